@@ -149,3 +149,19 @@ def ensure_placeholders(turns: list[tuple[str, str]], num_images: int) -> list[t
                 turns[i] = (role, (IMAGE_PLACEHOLDER + "\n") * num_images + text)
                 break
     return turns
+
+
+def class_token_ids(tok: Tokenizer, names: Sequence[str]) -> list[int]:
+    """NTP-M: each class name is scored through one vocabulary token, the first token of " name" (as the name
+    is written after a space in a prompt). Two names sharing that token cannot be told apart: an error."""
+    ids, seen = [], {}
+    for name in names:
+        if not isinstance(name, str) or not name.strip():
+            raise ChatFormatError(f"class names must be non-empty strings, got {name!r}")
+        first = tok.encode(" " + name.strip())[0]
+        if first in seen and seen[first] != name:
+            raise ChatFormatError(f"classes {seen[first]!r} and {name!r} start with the same token "
+                                  f"{tok.decode([first])!r}; rename one so each class has its own first token")
+        seen[first] = name
+        ids.append(first)
+    return ids

@@ -12,7 +12,7 @@ def _csv(text: str | None) -> list[str] | None:
 def cmd_quickstart(a: argparse.Namespace) -> None:
     from vlkit.train.quickstart import quickstart
 
-    quickstart(out=a.out, fast=a.fast, seed=a.seed)
+    quickstart(out=a.out, fast=a.fast, seed=a.seed, vision_target=a.vision_target)
 
 
 def cmd_data_synth(a: argparse.Namespace) -> None:
@@ -96,6 +96,8 @@ def build_parser() -> argparse.ArgumentParser:
     q.add_argument("--out", default="runs/quickstart")
     q.add_argument("--fast", action="store_true", help="tiny settings (a smoke run of a minute or two)")
     q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--vision-target", choices=["none", "codes"], default="none",
+                   help="codes: also train a visual tokenizer and a VLUAS model (text-to-image, segmentation)")
     q.set_defaults(func=cmd_quickstart)
 
     d = sub.add_parser("data", help="synthetic data and data inspection")

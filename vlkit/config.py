@@ -139,8 +139,12 @@ class ModelConfig:
     text: TextConfig = field(default_factory=TextConfig)
     vq: Optional[VQConfig] = None
     vision_target: str = "none"  # none (vision as input) | codes (VLUAS: also predict visual codes)
-    vision_loss_weight: float = 1.0
+    vision_loss_weight: float = 1.0  # per visual-code token, relative to a text token
     text_vocab_size: Optional[int] = None  # tokens below this id are text; codes follow (VLUAS)
+    depth_layers: int = 2  # depth transformer layers (vision_target='codes' with vq.depth > 1)
+    dense_prediction: bool = False  # NTP-M: train image tokens of segmentation samples on class-name tokens
+    dense_loss_weight: float = 1.0  # per patch, relative to a text token
+    dense_negatives: int = 16  # NTP-M: the top-k scoring non-positive tokens taken as negatives per patch
     max_images: int = 8  # per sample; more is a user error
     image_token_id: int = 4  # <|image_pad|> in vlkit's tokenizer; set from the tokenizer for HF models
     pad_token_id: int = 0
@@ -150,6 +154,10 @@ class ModelConfig:
         self.connector.validate()
         self.text.validate()
         _choice(self, "vision_target", ("none", "codes"))
+        _positive(self, "depth_layers", "dense_negatives")
+        for name in ("vision_loss_weight", "dense_loss_weight"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
         if self.vision_target == "codes":
             if self.vq is None:
                 raise ConfigError("vision_target='codes' needs a `vq` config (the visual tokenizer)")
@@ -169,6 +177,7 @@ class DataConfig:
     max_length: int = 512
     packing: bool = False  # pack several samples into one row (block-diagonal attention)
     strict: bool = False  # fail on a bad sample instead of skipping it with a counted warning
+    prompt_dropout: float = 0.1  # image-generation samples trained with a blank prompt (classifier-free guidance)
 
 
 @dataclass

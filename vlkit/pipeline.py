@@ -23,6 +23,7 @@ from vlkit.models.vlm import VisionLanguageModel
 from vlkit.tokenizer import Tokenizer
 
 TOKENIZER_FILE = "tokenizer.json"
+IMAGE_PROMPT = "Draw: {}"  # the user turn of text-to-image samples (the synthetic world's generation task)
 
 
 class Pipeline:
@@ -46,6 +47,11 @@ class Pipeline:
     @property
     def can_generate_images(self) -> bool:
         return self.vq is not None and self.config.vision_target == "codes"
+
+    @property
+    def can_segment(self) -> bool:
+        """Trained with NTP-M dense targets (ModelConfig.dense_prediction)."""
+        return bool(self.config.dense_prediction)
 
     # -- preprocessing ---------------------------------------------------------------------------------
     def image_tensor(self, image: ImageLike) -> torch.Tensor:
@@ -103,6 +109,42 @@ class Pipeline:
         rest = streamer.flush()
         if rest:
             yield rest
+
+    # -- vision as target ------------------------------------------------------------------------------
+    def image_prompt_ids(self, text: str) -> list[int]:
+        """A user turn, then the assistant opening an image: `... assistant\n<|gen_start|><|vision_start|>`."""
+        t = self.tokenizer
+        ids = self.processor.encode([("user", text)], [], add_generation_prompt=True).input_ids
+        return ids + [t.gen_start_id, t.vision_start_id]
+
+    def generate_image(self, prompt: str, cfg_scale: float = 3.0, temperature: float = 1.0, top_k: int = 0,
+                       top_p: float = 1.0, seed: Optional[int] = None):
+        """Text -> PIL image (VLUAS models): visual codes sampled with classifier-free guidance against the blank
+        prompt the model saw under prompt dropout, then decoded by the visual tokenizer."""
+        from vlkit.errors import UserError
+        from vlkit.infer.generate import ImageGenerationConfig, generate_codes
+        from vlkit.models.vq import tensor_to_pil
+
+        if not self.can_generate_images:
+            raise UserError("this model cannot generate images: it needs vision_target='codes' and a visual "
+                            "tokenizer (vq/ in the checkpoint)")
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise UserError("the image prompt must be a non-empty string")
+        gen = ImageGenerationConfig(cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+        cond = self.image_prompt_ids(IMAGE_PROMPT.format(prompt.strip()))
+        codes = generate_codes(self.model, cond, self.image_prompt_ids(""), self.vq.num_codes, gen,
+                               self.tokenizer.pad_id)
+        return tensor_to_pil(self.vq.decode_codes(codes[None]))[0]
+
+    def segment(self, image: ImageLike, classes: Sequence[str]):
+        """-> numpy uint8 mask at the image's size (NTP-M). Values index `classes` if it lists "background",
+        else 0 = background and k = classes[k - 1]."""
+        from vlkit.errors import UserError
+        from vlkit.infer.dense import segment
+
+        if not self.can_segment:
+            raise UserError("this model was not trained for dense prediction (model.dense_prediction is false)")
+        return segment(self, image, classes)
 
     # -- identity and persistence ----------------------------------------------------------------------
     def fingerprint(self) -> str:

@@ -7,6 +7,7 @@ import threading
 import zlib
 
 import httpx
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -245,3 +246,26 @@ def test_image_generation_endpoint(random_pipe):
         assert r.status_code == 400 and r.json()["error"]["param"] == "response_format"
         r = client.post("/v1/images/generations", json={"prompt": ""})
         assert r.status_code == 400 and r.json()["error"]["param"] == "prompt"
+
+
+def test_image_generation_endpoint_serves_a_real_vluas_model(tokenizer):
+    from fastapi.testclient import TestClient
+
+    from tests.models.test_vluas import _pipe
+
+    pipe = _pipe(tokenizer, seed=5)
+    with TestClient(create_app(pipe)) as client:
+        r = client.post("/v1/images/generations", json={"prompt": "a red circle", "seed": 3, "guidance_scale": 2.0,
+                                                        "n": 2})
+        assert r.status_code == 200, r.text
+        images = [Image.open(io.BytesIO(base64.b64decode(d["b64_json"]))) for d in r.json()["data"]]
+        assert [im.size for im in images] == [(64, 64)] * 2
+        # the server's image is the pipeline's image for the same settings (seed + i for the i-th of n)
+        for i, im in enumerate(images):
+            want = pipe.generate_image("a red circle", cfg_scale=2.0, seed=3 + i)
+            assert np.array_equal(np.asarray(im.convert("RGB")), np.asarray(want))
+        r = client.post("/v1/images/generations", json={"prompt": "a red circle", "size": "512x512"})
+        assert r.status_code == 400 and r.json()["error"]["param"] == "size"
+        r = client.post("/v1/images/generations", json={"prompt": "a red circle", "guidance_scale": -1})
+        assert r.status_code == 400
+        assert client.get("/health").status_code == 200

@@ -18,3 +18,41 @@ def test_fast_quickstart_end_to_end(tmp_path):
     import vlkit
 
     assert isinstance(vlkit.load(out / "final").chat("What color is the circle?", max_new_tokens=4), str)
+
+
+def test_fast_vluas_quickstart_generates_images_and_segments(tmp_path):
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    import vlkit
+
+    out = tmp_path / "qsv"
+    res = quickstart(out=out, fast=True, vision_target="codes")
+    assert (out / "vq" / "recon.png").is_file() and (out / "final" / "vq" / "config.json").is_file()
+    assert 0 < res["vq"]["codebook_usage"] <= 1 and res["vq"]["psnr"] > 0
+    tasks = res["scores"]["tasks"]
+    assert {"generation", "segmentation", "vqa"} <= set(tasks)
+    assert len(list((out / "eval" / "generations").glob("*.png"))) > 0
+    assert len(list((out / "eval" / "masks").glob("*.png"))) > 0
+    rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
+    multitask = [r["loss"] for r in rows if r["stage"] == "multitask"]
+    assert multitask[-1] < multitask[0]
+    pipe = vlkit.load(out / "final")
+    assert pipe.can_generate_images and pipe.can_segment
+    assert pipe.config.text_vocab_size == len(pipe.tokenizer)
+    # the CLI: generate-image writes a PNG of the tokenizer's size; segment writes a mask and an overlay
+    png, mask = tmp_path / "gen.png", tmp_path / "mask.png"
+    cli = [sys.executable, "-m", "vlkit"]
+    subprocess.run(cli + ["generate-image", str(out / "final"), "a red circle", "-o", str(png), "--seed", "1"],
+                   check=True, capture_output=True)
+    assert Image.open(png).size == (64, 64)
+    image = next((out / "data" / "test" / "images").glob("*.png"))
+    r = subprocess.run(cli + ["segment", str(out / "final"), str(image), "--classes", "circle,square", "-o", str(mask)],
+                       check=True, capture_output=True, text=True)
+    assert "overlay" in r.stdout
+    m = np.asarray(Image.open(mask))
+    assert m.shape == Image.open(image).size[::-1] and set(np.unique(m)) <= {0, 1, 2}
+    assert (tmp_path / "mask_overlay.png").is_file()

@@ -7,6 +7,7 @@ and counted, or raises under `strict`.
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass, field
 from typing import Callable, Iterable, Optional, Sequence
@@ -26,9 +27,34 @@ class Example:
     images: list[torch.Tensor]  # uint8 (3, H, W)
     task: str = ""
     sample_id: str = ""
+    target_images: list[int] = field(default_factory=list)  # images the assistant produces (generation)
+    depth_codes: Optional[list[tuple[int, list[int]]]] = None  # (position, D residual codes) of visual-code tokens
+    dense: Optional[list[tuple[int, list[int]]]] = None  # NTP-M: (image-token position, positive class-token ids)
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def num_targets(self) -> int:
+        """Supervised positions: shifted labels plus NTP-M patches (what the loss is normalised by)."""
+        return sum(t != IGNORE for t in self.labels[1:]) + len(self.dense or ())
+
+
+@dataclass
+class TargetSpec:
+    """What an example supervises beyond text.
+
+    code_offset/encode_codes: vision as target (ModelConfig.vision_target='codes'). `encode_codes` maps uint8
+    images (3, H, W) to codes (B, N, D); image tokens are then labelled with `code_offset + code`, and the image
+    tokens of a generated image become code tokens in the input too. prompt_dropout: the share of generation
+    samples whose user text is blanked (for classifier-free guidance). dense: NTP-M targets from the sample's
+    segmentation mask, as the first token of each class name (see chat.class_token_ids).
+    """
+    code_offset: Optional[int] = None
+    encode_codes: Optional[Callable[[list[torch.Tensor]], torch.Tensor]] = None
+    prompt_dropout: float = 0.0
+    dense: bool = False
+    seed: int = 0
 
 
 @dataclass
@@ -51,10 +77,11 @@ def image_to_uint8(img: Image.Image, size: int) -> torch.Tensor:
 
 def encode_samples(samples: Iterable[dict], processor: ChatProcessor, image_size: int,
                    tokens_per_image: Callable[[int, int], int], max_length: int, strict: bool = False,
-                   stats: Optional[EncodeStats] = None) -> list[Example]:
-    from vlkit.data.sources import load_sample_images
+                   stats: Optional[EncodeStats] = None, spec: Optional[TargetSpec] = None) -> list[Example]:
+    from vlkit.data.sources import load_sample_images, load_sample_mask
 
     stats = stats if stats is not None else EncodeStats()
+    spec = spec or TargetSpec()
     out = []
     n_tok = tokens_per_image(image_size, image_size)
     for sample in samples:
@@ -62,21 +89,126 @@ def encode_samples(samples: Iterable[dict], processor: ChatProcessor, image_size
         try:
             images = [image_to_uint8(im, image_size) for im in load_sample_images(sample)]
             enc = processor.encode_sample(sample, [n_tok] * len(images))
+            if enc.target_images:
+                if spec.encode_codes is None:
+                    raise UserError(f"sample {sid} asks the model to produce an image, which needs "
+                                    f"vision_target: codes and a visual tokenizer")
+                if spec.prompt_dropout and _coin(spec.seed, sid) < spec.prompt_dropout:
+                    enc = processor.encode_sample(blank_user_text(sample), [n_tok] * len(images))
             if len(enc.input_ids) > max_length:
                 raise UserError(f"sample {sid} has {len(enc.input_ids)} tokens > max_length={max_length}")
             if all(t == IGNORE for t in enc.labels):
                 raise UserError(f"sample {sid} has no assistant turn to learn from")
-        except (UserError, OSError, KeyError, TypeError) as exc:
+            dense = None
+            if spec.dense and (mask := load_sample_mask(sample)) is not None:
+                dense = dense_targets(enc.input_ids, processor, mask, (sample.get("meta") or {}).get("classes"), sid)
+        except (UserError, OSError, KeyError, TypeError, ValueError) as exc:
             if strict:
                 raise UserError(f"sample {sid}: {exc}") from None
             stats.skip(type(exc).__name__, f"sample {sid}: {exc}")
             continue
-        out.append(Example(enc.input_ids, enc.labels, images, sample.get("task", ""), sid))
+        out.append(Example(enc.input_ids, enc.labels, images, sample.get("task", ""), sid,
+                           target_images=list(enc.target_images), dense=dense))
         stats.encoded += 1
+    if spec.encode_codes is not None:
+        attach_codes(out, processor.tok.image_pad_id, spec)
     if stats.skipped:
         warnings.warn(f"skipped {sum(stats.skipped.values())} sample(s) while encoding: {stats.skipped}; "
                       f"e.g. {stats.examples[0]}", stacklevel=2)
     return out
+
+
+def _coin(seed: int, key: str) -> float:
+    """A uniform draw in [0, 1) that depends only on (seed, key): the same samples are dropped on every rank."""
+    import hashlib
+
+    return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 2 ** 32
+
+
+def blank_user_text(sample: dict) -> dict:
+    """The unconditional version of a generation sample: user turns keep only their image placeholders."""
+    from vlkit.chat import IMAGE_PLACEHOLDER
+
+    turns = []
+    for t in sample["conversations"]:
+        if t.get("from", t.get("role")) in ("human", "user"):
+            key = "value" if "value" in t else "content"
+            t = dict(t, **{key: IMAGE_PLACEHOLDER * str(t.get(key, "")).count(IMAGE_PLACEHOLDER)})
+        turns.append(t)
+    return dict(sample, conversations=turns)
+
+
+def image_spans(input_ids: Sequence[int], pad_id: int) -> list[tuple[int, int]]:
+    """[start, end) of each run of image-pad tokens, in order (one run per image)."""
+    spans, start = [], None
+    for i, t in enumerate(list(input_ids) + [None]):
+        if t == pad_id and start is None:
+            start = i
+        elif t != pad_id and start is not None:
+            spans.append((start, i))
+            start = None
+    return spans
+
+
+def attach_codes(examples: list[Example], pad_id: int, spec: TargetSpec, batch_size: int = 256) -> None:
+    """Vision as target: label every image token with its visual code (offset into the LM vocabulary); the tokens
+    of a generated image become those code tokens in the input as well, and that image leaves `images`.
+    Residual codes (D > 1) are kept per position in `depth_codes`. Encodes all images in batches, in place."""
+    flat = [im for ex in examples for im in ex.images]
+    codes = torch.cat([spec.encode_codes(flat[i:i + batch_size]).cpu() for i in range(0, len(flat), batch_size)]) \
+        if flat else torch.zeros(0, 0, 1, dtype=torch.long)
+    depth = codes.shape[-1]
+    k = 0
+    for ex in examples:
+        spans = image_spans(ex.input_ids, pad_id)
+        depth_codes = []
+        for j, (a, b) in enumerate(spans):
+            c = codes[k + j]
+            if c.shape[0] != b - a:
+                raise UserError(f"sample {ex.sample_id}: image {j} has {b - a} tokens but {c.shape[0]} visual codes; "
+                                f"the tokenizer's code grid must equal the LM's image-token grid")
+            ids = (c[:, 0] + spec.code_offset).tolist()
+            ex.labels[a:b] = ids
+            if j in ex.target_images:
+                ex.input_ids[a:b] = ids
+            if depth > 1:
+                depth_codes += [(a + n, c[n].tolist()) for n in range(b - a)]
+        k += len(spans)
+        ex.images = [im for j, im in enumerate(ex.images) if j not in ex.target_images]
+        ex.depth_codes = depth_codes or None
+
+
+def patch_classes(mask: np.ndarray, grid: int, min_fraction: float = 0.2) -> list[list[int]]:
+    """Per image token (row-major on a grid x grid layout): the class indices of the mask present in that patch,
+    i.e. covering at least `min_fraction` of it, and always the patch's majority class."""
+    m = torch.from_numpy(np.array(mask, dtype=np.int64))
+    n_cls = int(m.max()) + 1
+    frac = torch.nn.functional.adaptive_avg_pool2d(
+        torch.nn.functional.one_hot(m, n_cls).permute(2, 0, 1).float()[None], grid)[0]  # (C, g, g)
+    present = frac >= min_fraction
+    present.scatter_(0, frac.argmax(0, keepdim=True), True)
+    flat = present.reshape(n_cls, -1).T
+    return [row.nonzero().flatten().tolist() for row in flat]
+
+
+def dense_targets(input_ids: Sequence[int], processor: ChatProcessor, mask: np.ndarray,
+                  classes: Optional[Sequence[str]], sid: str) -> list[tuple[int, list[int]]]:
+    """NTP-M targets for a segmentation sample's (single) image: (position, positive class-token ids)."""
+    from vlkit.chat import class_token_ids
+
+    if not classes:
+        raise UserError(f"sample {sid} has a mask but no meta.classes naming its values")
+    spans = image_spans(input_ids, processor.tok.image_pad_id)
+    if len(spans) != 1:
+        raise UserError(f"sample {sid}: a segmentation sample needs exactly one image, got {len(spans)}")
+    a, b = spans[0]
+    grid = math.isqrt(b - a)
+    if grid * grid != b - a:
+        raise UserError(f"sample {sid}: {b - a} image tokens do not form a square grid")
+    if int(mask.max()) >= len(classes):
+        raise UserError(f"sample {sid}: mask value {int(mask.max())} has no name in meta.classes ({len(classes)})")
+    tokens = class_token_ids(processor.tok, classes)
+    return [(a + n, [tokens[c] for c in cls]) for n, cls in enumerate(patch_classes(mask, grid))]
 
 
 @dataclass
@@ -88,11 +220,20 @@ class Batch:
     position_ids: Optional[torch.Tensor] = None
     attn_mask_4d: Optional[torch.Tensor] = None
     num_samples: int = 0
+    depth_codes: Optional[torch.Tensor] = None  # (B, T, D) residual codes at visual-code tokens, -1 elsewhere
+    dense_targets: Optional[torch.Tensor] = None  # (B, T, P) NTP-M positive token ids at image tokens, -1 padded
 
     def to(self, device) -> "Batch":
         mv = lambda t: None if t is None else t.to(device, non_blocking=True)  # noqa: E731
         return Batch(mv(self.input_ids), mv(self.labels), [i.to(device) for i in self.images],
-                     mv(self.attention_mask), mv(self.position_ids), mv(self.attn_mask_4d), self.num_samples)
+                     mv(self.attention_mask), mv(self.position_ids), mv(self.attn_mask_4d), self.num_samples,
+                     mv(self.depth_codes), mv(self.dense_targets))
+
+    def model_inputs(self) -> dict:
+        """Keyword arguments for VisionLanguageModel.forward."""
+        return {"labels": self.labels, "attention_mask": self.attention_mask, "position_ids": self.position_ids,
+                "attn_mask_4d": self.attn_mask_4d, "depth_codes": self.depth_codes,
+                "dense_targets": self.dense_targets}
 
 
 class Collator:
@@ -120,18 +261,38 @@ class Collator:
             ids[i, :len(e)] = torch.tensor(e.input_ids)
             labels[i, :len(e)] = torch.tensor(e.labels)
         # right padding with a causal mask: real tokens never see the padding after them, so no mask is needed
-        return Batch(ids, labels, images, num_samples=len(examples))
+        return Batch(ids, labels, images, num_samples=len(examples),
+                     **self.extras(examples, [[(i, 0)] for i in range(len(examples))], ids.shape))
+
+    @staticmethod
+    def extras(examples: Sequence[Example], where: list[list[tuple[int, int]]], shape: tuple) -> dict:
+        """depth_codes / dense_targets tensors; where[r] lists (example index, offset) placed in row r."""
+        out = {}
+        for name, attr in (("depth_codes", "depth_codes"), ("dense_targets", "dense")):
+            if not any(getattr(e, attr) for e in examples):
+                continue
+            width = max(len(v) for e in examples for _, v in (getattr(e, attr) or ()))
+            t = torch.full((*shape, width), -1, dtype=torch.long)
+            for r, row in enumerate(where):
+                for i, off in row:
+                    for pos, values in getattr(examples[i], attr) or ():
+                        t[r, off + pos, :len(values)] = torch.tensor(values)
+            out[name] = t
+        return out
 
     def pack(self, examples: Sequence[Example], images: list[torch.Tensor]) -> Batch:
         """First-fit packing in the given order (images stay in order, as the model scatters them in order)."""
         rows: list[list[Example]] = []
         lengths: list[int] = []
-        for e in examples:
+        where: list[list[tuple[int, int]]] = []
+        for i, e in enumerate(examples):
             if rows and lengths[-1] + len(e) <= self.max_length:
                 rows[-1].append(e)
+                where[-1].append((i, lengths[-1]))
                 lengths[-1] += len(e)
             else:
                 rows.append([e])
+                where.append([(i, 0)])
                 lengths.append(len(e))
         n = max(lengths)
         b = len(rows)
@@ -153,4 +314,5 @@ class Collator:
         causal = torch.ones(n, n, dtype=torch.bool).tril()
         same = seg[:, :, None] == seg[:, None, :]
         mask4d = (same & causal) | torch.eye(n, dtype=torch.bool)
-        return Batch(ids, labels, images, position_ids=pos, attn_mask_4d=mask4d[:, None], num_samples=len(examples))
+        return Batch(ids, labels, images, position_ids=pos, attn_mask_4d=mask4d[:, None], num_samples=len(examples),
+                     **self.extras(examples, where, ids.shape))

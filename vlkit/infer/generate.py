@@ -142,3 +142,62 @@ class TextStreamer:
         text = self.decode(self.ids)
         piece, self.sent = text[self.sent:], len(text)
         return piece
+
+
+# ---------------------------------------------------------------------------------------------------------
+# image generation (vision as target)
+
+
+@dataclass
+class ImageGenerationConfig:
+    cfg_scale: float = 3.0  # classifier-free guidance: uncond + scale * (cond - uncond); 1 = cond only, 0 = uncond only
+    temperature: float = 1.0  # 0: greedy
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: Optional[int] = None
+
+    def validate(self) -> None:
+        if not isinstance(self.cfg_scale, (int, float)) or not 0.0 <= self.cfg_scale <= 50.0:
+            raise UserError(f"cfg_scale={self.cfg_scale!r} must be a number in [0, 50]")
+        GenerationConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p).validate()
+
+
+@torch.no_grad()
+def generate_codes(model, cond: Sequence[int], uncond: Sequence[int], num_codes: int, gen: ImageGenerationConfig,
+                   pad_id: int) -> torch.Tensor:
+    """Sample `num_codes` visual codes (row-major) after a prompt that ends with `<|gen_start|><|vision_start|>`.
+
+    Both prompts run as one batch; code 0 of each position is sampled from the guided code logits, deeper
+    residual codes (if any) from the depth transformer on the conditional hidden state. -> (num_codes, D) codes.
+    """
+    gen.validate()
+    if model.code_offset is None:
+        raise UserError("this model does not predict visual codes (vision_target is not 'codes')")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(gen.seed) if gen.seed is not None else None
+    pick = GenerationConfig(temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p)
+    guided = gen.cfg_scale != 1.0
+    prompts = [list(cond), list(uncond)] if guided else [list(cond)]
+    ids, mask = left_pad(prompts, pad_id)
+    ids, mask = ids.to(device), mask.to(device)
+    positions = padding_positions(mask)
+    cache = model.new_cache()
+    hidden = model.language(model.embed(ids), position_ids=positions, attention_mask=mask, cache=cache)[:, -1]
+    next_pos = positions[:, -1:] + 1
+    lo, hi = model.code_offset, model.code_offset + model.cfg.vq.codebook_size
+    out = []
+    for i in range(num_codes):
+        logits = model.logits(hidden)[:, lo:hi].float()
+        if guided:
+            logits = logits[1:] + gen.cfg_scale * (logits[:1] - logits[1:])
+        codes = sample(logits, pick, generator)[:, None]  # (1, 1): code 0
+        if model.depth is not None:
+            codes = model.depth.sample(hidden[:1], gen.temperature, gen.top_k, gen.top_p, generator, prefix=codes)
+        out.append(codes[0])
+        if i + 1 == num_codes:
+            break
+        emb = model.embed_codes(codes[:, None]).expand(len(prompts), 1, -1)
+        hidden = model.language(emb, position_ids=next_pos, attention_mask=torch.ones_like(next_pos),
+                                cache=cache)[:, -1]
+        next_pos = next_pos + 1
+    return torch.stack(out)

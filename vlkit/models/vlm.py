@@ -3,6 +3,17 @@
 Each `<|image_pad|>` position of `input_ids` is filled, in order, with one connector output embedding
 (`masked_scatter`); the counts must agree exactly, else `ImageTokenError`. Logits are computed only at positions
 where a loss is taken (training) or where the caller asks (generation).
+
+Vision as target (`vision_target: codes`, VLUAS): visual codes are vocabulary ids `text_vocab_size + code`. The
+data labels image tokens with their codes (and a generated image's tokens are those code ids in the input too),
+so one cross-entropy covers both; code tokens are weighted by `vision_loss_weight`. With residual codes (vq.depth
+D > 1) a code token's input embedding is the sum of its D code embeddings and the depth transformer predicts codes
+1..D-1 from the hidden state that predicts code 0.
+
+Dense prediction (NTP-M, `dense_prediction`): at each image token of a segmentation sample the ordinary LM head
+scores the text vocabulary; per-label BCE over the positive class-name tokens and the top-k scoring negatives,
+mean per patch. The loss is a per-target sum normalised by `num_tokens` (labels + patches), so micro-batches and
+ranks combine exactly.
 """
 from __future__ import annotations
 
@@ -17,6 +28,7 @@ from torch import nn
 from vlkit.config import ConfigError, ModelConfig, model_config_from_dict, to_dict
 from vlkit.errors import CheckpointError, ImageTokenError
 from vlkit.models.connectors import build_connector
+from vlkit.models.depth import DepthTransformer
 from vlkit.models.language import KVCache, LanguageModel
 from vlkit.models.vision import VisionEncoder, init_weights
 
@@ -32,7 +44,20 @@ class VisionLanguageModel(nn.Module):
         self.vision = VisionEncoder(cfg.vision)
         self.connector = build_connector(cfg.connector, cfg.vision.hidden_size, cfg.text.hidden_size)
         self.language = LanguageModel(cfg.text)
+        self.depth = None
+        if cfg.vision_target == "codes" and cfg.vq.depth > 1:
+            self.depth = DepthTransformer(cfg.text.hidden_size, cfg.vq.codebook_size, cfg.vq.depth,
+                                          num_layers=cfg.depth_layers)
         init_weights(self)
+
+    @property
+    def code_offset(self) -> Optional[int]:
+        """Vocabulary id of visual code 0 (None unless vision_target is 'codes')."""
+        return self.cfg.text_vocab_size if self.cfg.vision_target == "codes" else None
+
+    def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """Visual codes (..., D) -> input embeddings (..., hidden): the sum of the D code-token embeddings."""
+        return self.language.embed_tokens(codes + self.code_offset).sum(-2)
 
     # -- geometry --------------------------------------------------------------------------------------
     def tokens_per_image(self, height: int, width: int) -> int:
@@ -55,11 +80,17 @@ class VisionLanguageModel(nn.Module):
         return out  # type: ignore[return-value]
 
     def embed(self, input_ids: torch.Tensor, images: Optional[Sequence[torch.Tensor]] = None,
-              image_features: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Token embeddings with image features scattered into the `<|image_pad|>` positions."""
+              image_features: Optional[torch.Tensor] = None, depth_codes: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Token embeddings with image features scattered into the `<|image_pad|>` positions (and, for residual
+        visual-code tokens in the input, their deeper codes added)."""
         pad = input_ids == self.cfg.image_token_id
         n_slots = int(pad.sum())
         embeds = self.language.embed_tokens(input_ids.masked_fill(pad, 0))
+        if depth_codes is not None and self.depth is not None:
+            deep = (input_ids >= self.code_offset) & (depth_codes[..., 1] >= 0)
+            if deep.any():
+                extra = self.language.embed_tokens(depth_codes[deep][:, 1:] + self.code_offset).sum(1)
+                embeds = embeds.index_put((deep,), extra, accumulate=True)
         if image_features is None and images:
             image_features = torch.cat(self.encode_images(images), 0)
         n_feats = 0 if image_features is None else image_features.shape[0]
@@ -79,10 +110,13 @@ class VisionLanguageModel(nn.Module):
     def forward(self, input_ids: torch.Tensor, images: Optional[Sequence[torch.Tensor]] = None,
                 labels: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, attn_mask_4d: Optional[torch.Tensor] = None,
-                return_logits: bool = False) -> dict:
+                return_logits: bool = False, depth_codes: Optional[torch.Tensor] = None,
+                dense_targets: Optional[torch.Tensor] = None) -> dict:
         """labels are aligned with input_ids (label[i] is the token at i, IGNORE where no loss); the shift is
-        done here. Returns {"loss", "num_tokens", "logits" (if asked)}."""
-        embeds = self.embed(input_ids, images)
+        done here. depth_codes (B, T, D): residual codes of visual-code tokens (-1 elsewhere); dense_targets
+        (B, T, P): NTP-M positive token ids at image tokens (-1 padded). Returns {"loss", "num_tokens",
+        "text_loss", "vision_loss", "dense_loss" (means, where present), "logits" (if asked)}."""
+        embeds = self.embed(input_ids, images, depth_codes=depth_codes)
         hidden = self.language(embeds, position_ids=position_ids, attention_mask=attention_mask,
                                attn_mask_4d=attn_mask_4d)
         out: dict = {}
@@ -90,9 +124,33 @@ class VisionLanguageModel(nn.Module):
             target = labels[:, 1:]
             keep = target != IGNORE
             h = hidden[:, :-1][keep]  # logits only where a loss is taken
+            t = target[keep]
             n = int(keep.sum())
-            logits = self.logits(h).float()
-            out["loss"] = F.cross_entropy(logits, target[keep], reduction="sum") / max(n, 1)
+            ce = F.cross_entropy(self.logits(h).float(), t, reduction="none")
+            total = ce.sum()
+            if self.code_offset is not None:
+                is_code = t >= self.code_offset
+                n_code = int(is_code.sum())
+                vision_sum = ce[is_code].sum()
+                total = total + (self.cfg.vision_loss_weight - 1.0) * vision_sum
+                out["vision_loss"] = float(vision_sum.detach()) / max(n_code, 1)
+                out["text_loss"] = float(ce[~is_code].detach().sum()) / max(n - n_code, 1)
+                if self.depth is not None and depth_codes is not None:
+                    codes = depth_codes[:, 1:][keep]
+                    deep = is_code & (codes[:, 0] >= 0)
+                    if deep.any():  # codes 1..D-1 from the hidden state that predicts code 0, summed per token
+                        d_loss = self.depth.loss(h[deep], codes[deep], start_depth=1) * int(deep.sum())
+                        total = total + self.cfg.vision_loss_weight * d_loss
+            if dense_targets is not None and self.cfg.dense_prediction:
+                at = dense_targets[..., 0] >= 0
+                if at.any():
+                    limit = self.cfg.text_vocab_size or self.cfg.text.vocab_size
+                    dense_logits = self.logits(hidden[at]).float()[:, :limit]
+                    d_sum = ntp_m_loss(dense_logits, dense_targets[at], self.cfg.dense_negatives)
+                    total = total + self.cfg.dense_loss_weight * d_sum
+                    out["dense_loss"] = float(d_sum.detach()) / int(at.sum())
+                    n += int(at.sum())
+            out["loss"] = total / max(n, 1)
             out["num_tokens"] = n
         if return_logits:
             out["logits"] = self.logits(hidden)
@@ -140,6 +198,22 @@ class VisionLanguageModel(nn.Module):
         model = cls(cfg).to(device)
         load_state(model, state, str(w_path))
         return model.eval()
+
+
+def ntp_m_loss(logits: torch.Tensor, positives: torch.Tensor, num_negatives: int) -> torch.Tensor:
+    """NTP-M (Youtu-VL) summed over patches. logits (M, V) per patch; positives (M, P) token ids, -1 padded.
+
+    Per patch: binary cross-entropy on the positive tokens (target 1) and on the `num_negatives` highest-scoring
+    other tokens (target 0), averaged over those labels; every other token gets no loss and no gradient.
+    """
+    m, v = logits.shape
+    spare = positives.masked_fill(positives < 0, v)  # padding goes to a spare column that is dropped
+    pos = torch.zeros(m, v + 1, dtype=torch.bool, device=logits.device).scatter_(1, spare, True)[:, :v]
+    k = min(num_negatives, logits.shape[1] - 1)
+    negatives = logits.detach().masked_fill(pos, float("-inf")).topk(k, dim=1).indices
+    chosen = pos.clone().scatter_(1, negatives, True)
+    bce = F.binary_cross_entropy_with_logits(logits, pos.to(logits.dtype), reduction="none")
+    return ((bce * chosen).sum(1) / chosen.sum(1)).sum()
 
 
 def load_state(model: nn.Module, state: dict, source: str) -> None:

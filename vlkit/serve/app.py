@@ -364,21 +364,22 @@ def create_app(pipe, *, api_key: Optional[str] = None, allowed_local_media_path:
                                 "vision_target='codes', i.e. a VLUAS model)", "model", code="unsupported_model")
         kwargs: dict[str, Any] = {}
         accepted = inspect.signature(pipe.generate_image).parameters
-        for key in ("seed", "guidance_scale"):
+        for key, arg in (("seed", "seed"), ("guidance_scale", "cfg_scale")):  # OpenAI-style name -> vlkit's
             value = getattr(req, key)
             if value is not None:
-                if key not in accepted:
+                if arg not in accepted:
                     raise APIError(400, f"{key} is not supported by this model's image generation", key)
-                kwargs[key] = value
+                kwargs[arg] = value
         if req.size is not None:
             side = getattr(getattr(pipe, "vq", None), "cfg", None)
             side = getattr(side, "image_size", None)
             if side is not None and req.size != f"{side}x{side}":
                 raise APIError(400, f"size={req.size!r} is not supported; this model generates {side}x{side}", "size")
         out = []
-        for _ in range(req.n):
+        for i in range(req.n):
+            each = dict(kwargs, seed=kwargs["seed"] + i) if "seed" in kwargs else kwargs  # n distinct images
             try:
-                image = await asyncio.wrap_future(engine.call(lambda: pipe.generate_image(req.prompt, **kwargs)))
+                image = await asyncio.wrap_future(engine.call(lambda: pipe.generate_image(req.prompt, **each)))
             except UserError as exc:
                 raise APIError(400, str(exc), "prompt") from None
             buf = io.BytesIO()

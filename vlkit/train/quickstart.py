@@ -18,13 +18,17 @@ from vlkit.errors import UserError
 log = logging.getLogger("vlkit.quickstart")
 
 EVAL_TASKS = ["vqa", "grounding", "ocr", "caption", "reg", "chart", "doc"]
-RECIPE = Path(__file__).resolve().parents[2] / "recipes" / "quickstart.yaml"
+VLUAS_TASKS = ["generation", "segmentation"]  # added with --vision-target codes
+RECIPES = Path(__file__).resolve().parents[2] / "recipes"
+RECIPE = RECIPES / "quickstart.yaml"
+VLUAS_RECIPE = RECIPES / "quickstart-vluas.yaml"
+VQ_RECIPE = RECIPES / "vq.yaml"
 
 
-def recipe_dict(data_dir: Path, out: Path, fast: bool) -> dict:
-    if not RECIPE.is_file():
-        raise UserError(f"{RECIPE} not found: the quickstart runs from a source checkout (pip install -e .)")
-    raw = RECIPE.read_text().replace("{data}", str(data_dir))
+def recipe_dict(data_dir: Path, out: Path, fast: bool, recipe: Path = RECIPE, vq_dir: Path | None = None) -> dict:
+    if not recipe.is_file():
+        raise UserError(f"{recipe} not found: the quickstart runs from a source checkout (pip install -e .)")
+    raw = recipe.read_text().replace("{data}", str(data_dir)).replace("{vq}", str(vq_dir))
     tmp = out / "recipe.yaml"
     tmp.write_text(raw)
     data = load_yaml(tmp)
@@ -38,7 +42,24 @@ def recipe_dict(data_dir: Path, out: Path, fast: bool) -> dict:
     return data
 
 
-def quickstart(out: str | Path = "runs/quickstart", fast: bool = False, seed: int = 0) -> dict:
+def train_visual_tokenizer(data_dir: Path, out: Path, fast: bool, seed: int) -> dict:
+    """The VLUAS quickstart's first step: recipes/vq.yaml on the training images (a few steps with --fast);
+    returns its metrics on the held-out test images."""
+    from vlkit.config import VQConfig, from_dict
+    from vlkit.models.vq import VisualTokenizer
+    from vlkit.train.vq_trainer import evaluate_tokenizer, load_images, train_tokenizer
+
+    spec = load_yaml(VQ_RECIPE)
+    cfg = from_dict(VQConfig, spec["vq"], "vq")
+    steps, batch = (20, 8) if fast else (int(spec.get("steps", 1500)), int(spec.get("batch_size", 16)))
+    train = train_tokenizer(cfg, data_dir / "train", steps=steps, batch_size=batch, lr=float(spec.get("lr", 3e-3)),
+                            out_dir=out, seed=seed, precision=spec.get("precision", "fp32"), warmup_steps=5 if fast else 50)
+    test = evaluate_tokenizer(VisualTokenizer.from_pretrained(out), load_images(data_dir / "test", cfg.image_size))
+    return {**test, "steps": train["steps"], "seconds": round(train["seconds"], 1)}
+
+
+def quickstart(out: str | Path = "runs/quickstart", fast: bool = False, seed: int = 0,
+               vision_target: str = "none") -> dict:
     from vlkit.data.synth import generate_dataset
     from vlkit.eval.report import scores_table
     from vlkit.eval.runner import run_eval
@@ -49,22 +70,32 @@ def quickstart(out: str | Path = "runs/quickstart", fast: bool = False, seed: in
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    if vision_target not in ("none", "codes"):
+        raise UserError(f"vision_target={vision_target!r}: choose none or codes")
+    vluas = vision_target == "codes"
+    tasks = EVAL_TASKS + (VLUAS_TASKS if vluas else [])
     n_train, n_test = (240, 40) if fast else (10000, 700)
+    if vluas and not fast:
+        n_train, n_test = 12000, 900
     data_dir = out / "data"
     print(f"[1/4] synthetic data -> {data_dir}")
-    generate_dataset(data_dir / "train", n=n_train, tasks=EVAL_TASKS, split="train", seed=seed)
-    generate_dataset(data_dir / "test", n=n_test, tasks=EVAL_TASKS, split="test", seed=seed + 1)
+    generate_dataset(data_dir / "train", n=n_train, tasks=tasks, split="train", seed=seed)
+    generate_dataset(data_dir / "test", n=n_test, tasks=tasks, split="test", seed=seed + 1)
     t_data = time.perf_counter() - t0
 
+    vq_metrics = None
+    if vluas:
+        print(f"[1b/4] visual tokenizer -> {out / 'vq'}")
+        vq_metrics = train_visual_tokenizer(data_dir, out / "vq", fast, seed)
     print("[2/4] tokenizer + training (all stages)")
-    recipe = Recipe.from_dict(recipe_dict(data_dir, out, fast))
+    recipe = Recipe.from_dict(recipe_dict(data_dir, out, fast, VLUAS_RECIPE if vluas else RECIPE, out / "vq"))
     recipe.train.seed = seed
     final = train(recipe, out=out)
     t_train = time.perf_counter() - t0 - t_data
 
     print("[3/4] evaluation on the held-out test split")
     pipe = load(final)
-    scores = run_eval(pipe, data_dir / "test", tasks=EVAL_TASKS, batch_size=64, out_dir=out / "eval")
+    scores = run_eval(pipe, data_dir / "test", tasks=tasks, batch_size=64, out_dir=out / "eval")
     t_eval = time.perf_counter() - t0 - t_data - t_train
 
     print("[4/4] report")
@@ -78,11 +109,21 @@ def quickstart(out: str | Path = "runs/quickstart", fast: bool = False, seed: in
         f"Checkpoint: `{final}`  \nData: {n_train} train / {n_test} test synthetic samples "
         f"(held-out compositions in the test split)  \nWall-clock: {json.dumps(timing)}\n\n"
         "Held-out test split, 95% bootstrap CIs.\n\n" + scores_table(scores) + "\n\n"
+        + (vq_section(vq_metrics, out) if vq_metrics else "") +
         f"## Training loss\n\n![loss]({loss_png.name})\n\n## Test predictions\n\n![predictions]({grid_png.name})\n")
     (out / "timing.json").write_text(json.dumps(timing, indent=2))
     print(f"\nreport:     {report}\ncheckpoint: {final}\nchat:       vlkit chat {final} --image "
           f"{data_dir / 'test' / 'images'}/<file>.png\nserve:      vlkit serve {final}")
-    return {"scores": scores, "timing": timing, "checkpoint": str(final), "report": str(report)}
+    if vluas:
+        print(f"draw:       vlkit generate-image {final} \"a red circle above a blue square\" -o out.png\n"
+              f"segment:    vlkit segment {final} IMAGE --classes circle,square,triangle -o mask.png")
+    return {"scores": scores, "timing": timing, "checkpoint": str(final), "report": str(report), "vq": vq_metrics}
+
+
+def vq_section(metrics: dict, out: Path) -> str:
+    keep = {k: round(v, 4) if isinstance(v, float) else v for k, v in metrics.items()}
+    return (f"## Visual tokenizer (held-out test images)\n\n{json.dumps(keep)}\n\n![reconstructions](vq/recon.png)\n\n"
+            "Generated images are in `eval/generations/`, predicted masks in `eval/masks/`.\n\n")
 
 
 def plot_losses(metrics: Path, png: Path, size: tuple[int, int] = (640, 320)) -> Path:

@@ -17,8 +17,8 @@ log = logging.getLogger("vlkit.train")
 
 TRAINABLE = {
     "align": ("connector",),
-    "multitask": ("vision", "connector", "language"),
-    "sft": ("connector", "language"),
+    "multitask": ("vision", "connector", "language", "depth"),
+    "sft": ("connector", "language", "depth"),  # depth: the residual-code depth transformer (VLUAS, D > 1)
     "lora": ("connector",),  # plus adapter parameters added by vlkit.models.lora
 }
 
@@ -39,7 +39,7 @@ def apply_stage(model: nn.Module, stage: StageConfig) -> dict:
 
 def param_groups(model: nn.Module, stage: StageConfig, weight_decay: float) -> list[dict]:
     """One AdamW group per top-level module, each with its own learning rate; no decay on norms and biases."""
-    lrs = {"vision": stage.lr_vision, "connector": stage.lr_connector, "language": stage.lr_text}
+    lrs = {"vision": stage.lr_vision, "connector": stage.lr_connector, "language": stage.lr_text, "depth": stage.lr_text}
     groups: dict[tuple, dict] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:

@@ -21,7 +21,7 @@ import torch
 
 from vlkit.config import (ConfigError, DataConfig, ModelConfig, StageConfig, TrainConfig, apply_overrides, from_dict,
                           load_yaml, model_config_from_dict, to_dict, tiny_model_config)
-from vlkit.data.collate import Collator, EncodeStats, Example, encode_samples
+from vlkit.data.collate import Collator, EncodeStats, Example, TargetSpec, encode_samples
 from vlkit.errors import UserError
 from vlkit.train import checkpoint as ckpt_io
 from vlkit.train import distributed as dist_utils
@@ -39,12 +39,13 @@ class Recipe:
     model: dict = field(default_factory=dict)  # {"preset": "tiny", ...ModelConfig overrides}
     tokenizer: dict = field(default_factory=dict)  # {"path": tokenizer.json} | {"vocab_size": N} (trained)
     init: Optional[str] = None  # start from this checkpoint instead of a fresh model
+    vq: Optional[str] = None  # a trained visual tokenizer directory (needed by model.vision_target: codes)
     train: TrainConfig = field(default_factory=TrainConfig)
     stages: list = field(default_factory=list)  # [StageConfig]
 
     @classmethod
     def from_dict(cls, data: dict) -> "Recipe":
-        allowed = {"model", "tokenizer", "init", "train", "stages"}
+        allowed = {"model", "tokenizer", "init", "vq", "train", "stages"}
         unknown = set(data) - allowed
         if unknown:
             raise ConfigError(f"recipe: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
@@ -52,6 +53,7 @@ class Recipe:
         if not isinstance(stages, list) or not stages:
             raise ConfigError("recipe: `stages` must be a non-empty list")
         return cls(model=data.get("model") or {}, tokenizer=data.get("tokenizer") or {}, init=data.get("init"),
+                   vq=data.get("vq"),
                    train=from_dict(TrainConfig, data.get("train") or {}, "train"),
                    stages=[from_dict(StageConfig, s, f"stages.{i}") for i, s in enumerate(stages)])
 
@@ -84,8 +86,40 @@ def build_pipeline(recipe: Recipe, corpus: Callable[[], Any]):
             base[key] = value
     base["text"]["vocab_size"] = len(tok)
     base["image_token_id"], base["pad_token_id"] = tok.image_pad_id, tok.pad_id
+    vq = None
+    if base.get("vision_target") == "codes":  # VLUAS: the codes follow the text tokens in the vocabulary
+        from vlkit.models.vq import VisualTokenizer, check_code_grid
+
+        if not recipe.vq:
+            raise ConfigError("model.vision_target=codes needs `vq: DIR`, a visual tokenizer trained with "
+                              "`vlkit train recipes/vq.yaml`")
+        vq = VisualTokenizer.from_pretrained(recipe.vq).eval()
+        base["vq"] = to_dict(vq.cfg)
+        base["text_vocab_size"] = len(tok)
+        base["text"]["vocab_size"] = len(tok) + vq.cfg.codebook_size
     cfg: ModelConfig = model_config_from_dict(base)
-    return Pipeline(VisionLanguageModel(cfg), tok)
+    if vq is not None:
+        check_code_grid(cfg)
+    return Pipeline(VisionLanguageModel(cfg), tok, vq=vq)
+
+
+def target_spec(pipe, data: DataConfig, seed: int) -> TargetSpec:
+    """What the model supervises besides text: visual codes (vision_target: codes) and NTP-M masks."""
+    cfg = pipe.config
+    if not 0.0 <= data.prompt_dropout < 1.0:
+        raise ConfigError(f"data.prompt_dropout={data.prompt_dropout} must be in [0, 1)")
+    spec = TargetSpec(prompt_dropout=data.prompt_dropout, dense=cfg.dense_prediction, seed=seed)
+    if cfg.vision_target == "codes":
+        vq = pipe.vq
+        if vq is None:
+            raise ConfigError("vision_target=codes but the pipeline has no visual tokenizer (vq/)")
+
+        def encode_codes(images: list[torch.Tensor]) -> torch.Tensor:
+            pixels = torch.stack(images).float().div(127.5).sub(1.0).to(vq.quantizer.codebook.device)
+            return vq.encode(pixels).reshape(len(images), -1, vq.cfg.depth)
+
+        spec.code_offset, spec.encode_codes = cfg.text_vocab_size, encode_codes
+    return spec
 
 
 def load_examples(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = None) -> list[Example]:
@@ -95,6 +129,7 @@ def load_examples(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats
     if not data.train:
         raise ConfigError("stage data.train is empty: name at least one source {path: DIR}")
     g = torch.Generator().manual_seed(seed)
+    spec = target_spec(pipe, data, seed)
     out: list[Example] = []
     cache: dict[str, list[dict]] = {}  # a mixture often reads one folder several times, filtered by task
     for i, src in enumerate(data.train):
@@ -110,7 +145,7 @@ def load_examples(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats
                 log.warning("%s: %s", src["path"], rstats.summary())
         samples = [s for s in cache[src["path"]] if not tasks or s.get("task") in tasks]
         ex = encode_samples(samples, pipe.processor, pipe.config.vision.image_size, pipe.model.tokens_per_image,
-                            data.max_length, strict=data.strict, stats=stats)
+                            data.max_length, strict=data.strict, stats=stats, spec=spec)
         weight = float(src.get("weight", 1.0))
         if weight <= 0:
             raise ConfigError(f"data.train.{i}.weight={weight} must be > 0")
@@ -208,7 +243,7 @@ class Trainer:
             mine = dist_utils.shard(batch_idx, self.rank, self.world)
             mine.sort(key=lambda i: len(examples[i]))  # length grouping inside the step: less padding
             micro = [mine[k::stage.grad_accum] for k in range(stage.grad_accum)]
-            local_tokens = sum(sum(t != -100 for t in examples[i].labels[1:]) for i in mine)
+            local_tokens = sum(examples[i].num_targets for i in mine)
             global_tokens = dist_utils.all_reduce_sum(float(local_tokens), self.device)
             loss_sum = 0.0
             for k, idx in enumerate(micro):
@@ -216,8 +251,7 @@ class Trainer:
                 sync = contextlib.nullcontext() if (k == len(micro) - 1 or self.world == 1) else ddp.no_sync()
                 with sync:
                     with autocast:
-                        out = ddp(batch.input_ids, batch.images, labels=batch.labels,
-                                  position_ids=batch.position_ids, attn_mask_4d=batch.attn_mask_4d)
+                        out = ddp(batch.input_ids, batch.images, **batch.model_inputs())
                     part = out["loss"] * out["num_tokens"]
                     (part * self.world / max(global_tokens, 1.0)).backward()
                 loss_sum += float(part.detach())
