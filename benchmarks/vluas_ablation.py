@@ -40,6 +40,7 @@ def run_arm(target: str, data: Path, vq: Path, out: Path, steps: int, batch: int
     from vlkit.train.quickstart import VLUAS_RECIPE, recipe_dict
     from vlkit.train.trainer import Recipe, train
 
+    out.mkdir(parents=True, exist_ok=True)
     spec = recipe_dict(data, out, False, VLUAS_RECIPE, vq)
     spec["model"]["vision_target"] = target
     spec["model"]["dense_prediction"] = False

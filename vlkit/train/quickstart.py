@@ -180,8 +180,9 @@ def prediction_grid(per_sample: Path, data_dir: Path, png: Path, n: int = 16, ce
         di = ImageDraw.Draw(img)
         pred = str(r.get("prediction", ""))
         for color, box in (("lime", (s.get("meta", {}).get("boxes") or [None])[0]), ("red", parse_first_box(pred))):
-            if box:
-                di.rectangle(from_bins(box, cell, cell), outline=color, width=2)
+            if box:  # a predicted box may come with its corners swapped: draw it anyway
+                x0, y0, x1, y1 = from_bins(box, cell, cell)
+                di.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], outline=color, width=2)
         x, y = (k % cols) * cell, (k // cols) * (cell + 48)
         grid.paste(img, (x, y))
         q = s["conversations"][0]["value"].replace("<image>", "").strip()
