@@ -56,3 +56,21 @@ def test_fast_vluas_quickstart_generates_images_and_segments(tmp_path):
     m = np.asarray(Image.open(mask))
     assert m.shape == Image.open(image).size[::-1] and set(np.unique(m)) <= {0, 1, 2}
     assert (tmp_path / "mask_overlay.png").is_file()
+
+
+def test_prediction_grid_draws_a_predicted_box_with_swapped_corners(tmp_path):
+    from vlkit.data.sources import read_samples
+    from vlkit.data.synth import generate_dataset
+    from vlkit.train.quickstart import prediction_grid
+
+    generate_dataset(tmp_path / "test", n=2, tasks=["grounding"], split="test", seed=0)
+    ids = [s["id"] for s in read_samples(tmp_path / "test", check_images=False)]
+    rows = [{"id": ids[0], "task": "grounding", "prediction": "<ref>x</ref><box>(900,800),(100,200)</box>"},
+            {"id": ids[1], "task": "grounding", "prediction": "no box at all"}]
+    per_sample = tmp_path / "per_sample.jsonl"
+    per_sample.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    png = prediction_grid(per_sample, tmp_path / "test", tmp_path / "grid.png")
+    from PIL import Image
+
+    grid = Image.open(png).convert("RGB")
+    assert any(grid.getpixel((x, y)) == (255, 0, 0) for x in range(192) for y in range(192))  # the red box
