@@ -14,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlkit.config import TextConfig
+from vlkit.models.attention import sdpa
 
 
 class RMSNorm(nn.Module):
@@ -38,9 +39,10 @@ class RotaryEmbedding(nn.Module):
         self.register_buffer("inv_freq", inv_freq, persistent=False)
 
     def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """cos, sin (B, 1, T, D/2): computed once per forward and shared by all layers. HF's tables repeat
+        these halves ([f, f]); `apply_rope` uses each half once, which gives the same numbers."""
         freqs = position_ids.float()[..., None] * self.inv_freq  # B, T, D/2
-        emb = torch.cat([freqs, freqs], -1)
-        return emb.cos().to(dtype)[:, None], emb.sin().to(dtype)[:, None]  # B, 1, T, D
+        return freqs.cos().to(dtype)[:, None], freqs.sin().to(dtype)[:, None]
 
 
 def scale_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
@@ -62,9 +64,11 @@ def scale_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
     return torch.where(medium, smoothed, scaled)
 
 
-def rotate_half(x: torch.Tensor) -> torch.Tensor:
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """HF's x * cos + rotate_half(x) * sin, bit for bit, from half-width tables and without materialising
+    rotate_half(x) = [-x2, x1]."""
     a, b = x.chunk(2, -1)
-    return torch.cat([-b, a], -1)
+    return torch.cat([a * cos - b * sin, b * cos + a * sin], -1)
 
 
 class KVCache:
@@ -107,21 +111,15 @@ class Attention(nn.Module):
 
     def forward(self, x, cos, sin, mask: Optional[torch.Tensor], cache: Optional[KVCache]) -> torch.Tensor:
         b, t, _ = x.shape
-        q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        # RoPE in the tables' dtype (the residual stream's: fp32 under autocast, as in HF)
+        q = self.q_proj(x).view(b, t, self.heads, self.head_dim).transpose(1, 2).to(cos.dtype)
+        k = self.k_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2).to(cos.dtype)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
-        q = q * cos + rotate_half(q) * sin
-        k = k * cos + rotate_half(k) * sin
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer, k, v)
-        if self.kv_heads != self.heads:
-            rep = self.heads // self.kv_heads
-            k = k.repeat_interleave(rep, 1)
-            v = v.repeat_interleave(rep, 1)
-        if mask is None:
-            y = F.scaled_dot_product_attention(q, k, v, is_causal=t > 1)
-        else:
-            y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        # GQA inside SDPA (query head i reads kv head i // (heads / kv_heads), as repeat_interleave did)
+        y = sdpa(q, k, v, attn_mask=mask, is_causal=mask is None and t > 1, enable_gqa=self.kv_heads != self.heads)
         return self.o_proj(y.transpose(1, 2).reshape(b, t, -1))
 
 

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlkit.config import VisionConfig
+from vlkit.models.attention import sdpa
 
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -59,7 +60,7 @@ class VisionAttention(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = (p(x).view(b, n, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        y = F.scaled_dot_product_attention(q, k, v)
+        y = sdpa(q, k, v)
         return self.out_proj(y.transpose(1, 2).reshape(b, n, d))
 
 
