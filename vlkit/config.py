@@ -212,6 +212,10 @@ class TrainConfig:
     keep_last: int = 2
     num_workers: int = 0
     max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
+    distributed: str = "ddp"  # ddp | fsdp (shard parameters, gradients, optimizer state; under torchrun only)
+
+    def __post_init__(self) -> None:
+        _choice(self, "distributed", ("ddp", "fsdp"))
 
 
 # ---------------------------------------------------------------------------------------------------------

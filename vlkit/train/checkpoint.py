@@ -1,7 +1,8 @@
 """Periodic training checkpoints with the full trainer state, for exact resume.
 
     <out>/checkpoints/step-0000120/        a loadable vlkit checkpoint (config.json, model.safetensors, ...)
-        trainer_state/optimizer.pt        optimizer state (tensors only; loaded with weights_only=True)
+        trainer_state/optimizer.pt        optimizer state (tensors only; loaded with weights_only=True); under
+                                          FSDP the full (unsharded) state, keyed by parameter name
         trainer_state/state.json          stage index, step, epoch, data position, scheduler step, bad-step count
         trainer_state/rng.pt              torch / numpy / python RNG states
 Writes are atomic (the pipeline writes a temp dir and renames it); only the last `keep_last` are kept.
@@ -44,14 +45,16 @@ def set_rng_state(s: dict, python_state: list) -> None:
     random.setstate((python_state[0], tuple(python_state[1]), python_state[2]))
 
 
-def save_checkpoint(pipe, out: Path, step: int, state: dict, optimizer: torch.optim.Optimizer, keep_last: int) -> Path:
+def save_checkpoint(pipe, out: Path, step: int, state: dict, optimizer: torch.optim.Optimizer | dict,
+                    keep_last: int) -> Path:
+    """`optimizer`: the optimizer, or its state dict (FSDP: the gathered full state, see distributed.py)."""
     target = checkpoint_dir(out, step)
     state = dict(state, python_rng=python_rng_state())
 
     def extra(tmp: Path) -> None:  # written into the pipeline's temp dir, so one rename publishes both
         sd = tmp / STATE_DIR
         sd.mkdir()
-        torch.save(optimizer.state_dict(), sd / "optimizer.pt")
+        torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), sd / "optimizer.pt")
         torch.save(rng_state(), sd / "rng.pt")
         (sd / "state.json").write_text(json.dumps(state))
 

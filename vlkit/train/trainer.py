@@ -194,12 +194,10 @@ class Trainer:
             apply_lora(model, r=stage.lora_r, alpha=stage.lora_alpha, dropout=stage.lora_dropout,
                        vision=stage.lora_vision, trainable=("connector",))
         counts = apply_stage(model, stage)
-        if self.world > 1:
-            from torch.nn.parallel import DistributedDataParallel as DDP
-
-            ddp = DDP(model, find_unused_parameters=stage.train != "multitask")
-        else:
-            ddp = model
+        # DDP or FSDP (train.distributed) under torchrun, the model itself in one process; FSDP shards `model` in
+        # place (same parameter names), so the parameter groups and clipping below use it as they are
+        ddp = dist_utils.wrap_model(model, cfg.distributed, self.device, find_unused=stage.train != "multitask",
+                                    precision=cfg.precision)
         if stage.batch_size % (self.world * stage.grad_accum):
             raise ConfigError(f"stage {stage.name}: batch_size={stage.batch_size} must be divisible by "
                               f"world_size x grad_accum = {self.world * stage.grad_accum}")
@@ -214,7 +212,7 @@ class Trainer:
         step, epoch, pos = 0, 0, 0
         if resume is not None:
             state, opt_state, rng = resume
-            opt.load_state_dict(opt_state)
+            dist_utils.load_optimizer_state(model, opt, opt_state)
             sched.load_state_dict(state["scheduler"])
             step, epoch, pos = state["step"], state["epoch"], state["pos"]
             self.bad_steps_total = state.get("bad_steps_total", 0)
@@ -296,6 +294,7 @@ class Trainer:
                 cb(self, self.global_step)
         if bar is not None:
             bar.close()
+        model = self.pipe.model = dist_utils.unwrap_model(model)  # FSDP: plain again, full weights on every rank
         if stage.train == "lora":
             from vlkit.models.lora import merge_lora
 
@@ -304,12 +303,13 @@ class Trainer:
 
     # -- bookkeeping -----------------------------------------------------------------------------------
     def save(self, stage_index: int, step: int, epoch: int, pos: int, opt, sched) -> None:
+        # FSDP: every rank takes part in gathering the full weights and optimizer state to rank 0
+        pipe, opt_state = dist_utils.gather_for_save(self.pipe, opt)
         if dist_utils.is_main():
             state = {"stage": stage_index, "step": step, "epoch": epoch, "pos": pos, "global_step": self.global_step,
                      "bad_steps_total": self.bad_steps_total,
                      "scheduler": sched.state_dict() if sched is not None else None}
-            ckpt_io.save_checkpoint(self.pipe, self.out, self.global_step, state,
-                                    opt if opt is not None else _EmptyOptimizer(), self.cfg.keep_last)
+            ckpt_io.save_checkpoint(pipe, self.out, self.global_step, state, opt_state, self.cfg.keep_last)
         dist_utils.barrier()
 
     def log_metrics(self, row: dict) -> None:
@@ -333,11 +333,6 @@ class Trainer:
             except Exception:
                 pass
         return self._tb_writer
-
-
-class _EmptyOptimizer:
-    def state_dict(self) -> dict:
-        return {}
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1,0 +1,130 @@
+"""train.distributed=fsdp: FSDP2 (fully_shard) on CPU with gloo, against one process and against itself resumed."""
+import os
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from tests.train.test_trainer import _free_port, make_pipe, params, stage
+from vlkit.config import ConfigError, TrainConfig
+from vlkit.train import distributed as dist_utils
+from vlkit.train.trainer import Recipe, Trainer, load_examples, train
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    from vlkit.data.synth import generate_dataset
+
+    d = tmp_path_factory.mktemp("synth")
+    generate_dataset(d / "train", n=48, tasks=["vqa", "caption", "grounding"], seed=3, progress=False)
+    return d / "train"
+
+
+def test_distributed_option_is_validated_and_one_process_is_not_wrapped(tokenizer):
+    assert TrainConfig(distributed="fsdp").distributed == "fsdp"
+    with pytest.raises(ConfigError, match="train.distributed='zero'.*'ddp', 'fsdp'"):
+        TrainConfig(distributed="zero")
+    model = make_pipe(tokenizer).model
+    assert dist_utils.wrap_model(model, "fsdp", torch.device("cpu")) is model  # no process group: nothing to shard
+    with pytest.raises(ConfigError):
+        dist_utils.wrap_model(model, "zero", torch.device("cpu"))
+    layers = dist_utils.shard_units(model)
+    assert len(layers) == model.cfg.text.num_layers + len(model.vision.encoder.layers)
+
+
+def _init(rank, world, port):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
+                      LOCAL_RANK=str(rank))
+    torch.set_num_threads(1)
+
+
+def _stage_worker(rank, world, port, data_dir, tok_path, out):
+    _init(rank, world, port)
+    from vlkit.tokenizer import Tokenizer
+
+    pipe = make_pipe(Tokenizer.from_file(tok_path))
+    st = stage(data_dir, steps=3, batch_size=8, grad_accum=2)  # grad_accum: FSDP2's no_sync path too
+    trainer = Trainer(pipe, TrainConfig(precision="fp32", distributed="fsdp", save_every=2), out)
+    seen = []
+    trainer.callbacks = (lambda t, step: seen.append(dist_utils.is_fsdp(t.pipe.model)),)
+    trainer.run_stage(0, st, load_examples(pipe, st.data, 0))
+    assert seen == [True] * 3  # sharded while training
+    assert not dist_utils.is_fsdp(pipe.model)  # a plain module again after the stage, full weights on every rank
+    assert all(type(p) is torch.nn.Parameter for p in pipe.model.parameters())
+    lm = pipe.model.language
+    assert pipe.config.text.tie_word_embeddings and lm.lm_head.weight is lm.embed_tokens.weight  # still tied
+    assert torch.equal(lm.rotary.inv_freq, make_pipe(pipe.tokenizer).model.language.rotary.inv_freq)  # buffers
+    if rank == 0:
+        torch.save(params(pipe.model), out / "params.pt")
+    dist_utils.cleanup()
+
+
+def test_two_process_fsdp_equals_single_process(tokenizer, data_dir, tmp_path):
+    tok_path = tmp_path / "tok.json"
+    tokenizer.save(tok_path)
+    (tmp_path / "fsdp").mkdir()
+    mp.start_processes(_stage_worker, args=(2, _free_port(), data_dir, tok_path, tmp_path / "fsdp"), nprocs=2,
+                       start_method="spawn")
+    fsdp = torch.load(tmp_path / "fsdp" / "params.pt", weights_only=True)
+    pipe = make_pipe(tokenizer)
+    st = stage(data_dir, steps=3, batch_size=8)
+    Trainer(pipe, TrainConfig(precision="fp32"), tmp_path / "single").run_stage(0, st, load_examples(pipe, st.data, 0))
+    single = params(pipe.model)
+    assert fsdp.keys() == single.keys()
+    for k in single:
+        torch.testing.assert_close(fsdp[k], single[k], atol=1e-4, rtol=1e-3)  # AdamW amplifies fp32 noise
+    assert any(not torch.equal(single[k], params(make_pipe(tokenizer).model)[k]) for k in single)
+
+    # the mid-stage checkpoint (step 2) was gathered on rank 0: a plain loadable model and the full optimizer state
+    from vlkit.pipeline import load
+    from vlkit.train.checkpoint import load_trainer_state
+
+    ckpt = tmp_path / "fsdp" / "checkpoints" / "step-0000002"
+    model = load(ckpt).model
+    assert model.state_dict().keys() == single.keys()
+    _, opt_state, _ = load_trainer_state(ckpt)
+    for name, p in model.named_parameters():
+        assert opt_state["state"][name]["exp_avg"].shape == p.shape, name
+
+
+def _recipe(data_dir, out, save_every=0):
+    return Recipe(model={}, tokenizer={}, train=TrainConfig(out=str(out), precision="fp32", save_every=save_every,
+                                                            keep_last=2, log_every=1, distributed="fsdp"),
+                  stages=[stage(data_dir, train="align", steps=2), stage(data_dir, steps=4, grad_accum=2)])
+
+
+class Kill(Exception):
+    pass
+
+
+def _resume_worker(rank, world, port, data_dir, tok_path, out):
+    _init(rank, world, port)
+    from vlkit.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_file(tok_path)
+    full = train(_recipe(data_dir, out / "a"), pipe=make_pipe(tok))
+
+    def kill_at_5(trainer, global_step):
+        if global_step == 5:
+            raise Kill()
+
+    with pytest.raises(Kill):
+        train(_recipe(data_dir, out / "b", save_every=2), pipe=make_pipe(tok), callbacks=(kill_at_5,))
+    resumed = train(_recipe(data_dir, out / "b", save_every=2), resume=True)
+    if rank == 0:
+        torch.save({"full": str(full), "resumed": str(resumed)}, out / "done.pt")
+    dist_utils.cleanup()
+
+
+def test_fsdp_run_killed_and_resumed_matches_uninterrupted(tokenizer, data_dir, tmp_path):
+    tok_path = tmp_path / "tok.json"
+    tokenizer.save(tok_path)
+    mp.start_processes(_resume_worker, args=(2, _free_port(), data_dir, tok_path, tmp_path), nprocs=2,
+                       start_method="spawn")
+    done = torch.load(tmp_path / "done.pt", weights_only=True)
+    assert sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())[-1] == "step-0000006"
+    from vlkit.pipeline import load
+
+    a, b = load(done["full"]).model.state_dict(), load(done["resumed"]).model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
