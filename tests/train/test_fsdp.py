@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from tests.train.test_trainer import _free_port, make_pipe, params, stage
+from tests.train.test_trainer import _free_port, make_pipe, params, stage, two_process_and_single_params
 from vlkit.config import ConfigError, TrainConfig
 from vlkit.train import distributed as dist_utils
 from vlkit.train.trainer import Recipe, Trainer, load_examples, train
@@ -60,16 +60,7 @@ def _stage_worker(rank, world, port, data_dir, tok_path, out):
 
 
 def test_two_process_fsdp_equals_single_process(tokenizer, data_dir, tmp_path):
-    tok_path = tmp_path / "tok.json"
-    tokenizer.save(tok_path)
-    (tmp_path / "fsdp").mkdir()
-    mp.start_processes(_stage_worker, args=(2, _free_port(), data_dir, tok_path, tmp_path / "fsdp"), nprocs=2,
-                       start_method="spawn")
-    fsdp = torch.load(tmp_path / "fsdp" / "params.pt", weights_only=True)
-    pipe = make_pipe(tokenizer)
-    st = stage(data_dir, steps=3, batch_size=8)
-    Trainer(pipe, TrainConfig(precision="fp32"), tmp_path / "single").run_stage(0, st, load_examples(pipe, st.data, 0))
-    single = params(pipe.model)
+    fsdp, single = two_process_and_single_params(_stage_worker, "fsdp", tokenizer, data_dir, tmp_path)
     assert fsdp.keys() == single.keys()
     for k in single:
         torch.testing.assert_close(fsdp[k], single[k], atol=1e-4, rtol=1e-3)  # AdamW amplifies fp32 noise

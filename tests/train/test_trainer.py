@@ -164,17 +164,23 @@ def _free_port():
         return s.getsockname()[1]
 
 
-def test_two_process_ddp_equals_single_process(tokenizer, data_dir, tmp_path):
+def two_process_and_single_params(worker, name, tokenizer, data_dir, tmp_path) -> tuple[dict, dict]:
+    """Parameters after `worker` ran a 3-step stage on 2 spawned gloo processes, and after the same stage
+    (global batch 8) in this one process."""
     tok_path = tmp_path / "tok.json"
     tokenizer.save(tok_path)
-    (tmp_path / "ddp").mkdir()
-    mp.start_processes(_ddp_worker, args=(2, _free_port(), data_dir, tok_path, tmp_path / "ddp"), nprocs=2,
+    (tmp_path / name).mkdir()
+    mp.start_processes(worker, args=(2, _free_port(), data_dir, tok_path, tmp_path / name), nprocs=2,
                        start_method="spawn")
-    ddp = torch.load(tmp_path / "ddp" / "params.pt", weights_only=True)
+    multi = torch.load(tmp_path / name / "params.pt", weights_only=True)
     pipe = make_pipe(tokenizer)
     st = stage(data_dir, steps=3, batch_size=8)
     Trainer(pipe, TrainConfig(precision="fp32"), tmp_path / "single").run_stage(0, st, load_examples(pipe, st.data, 0))
-    single = params(pipe.model)
+    return multi, params(pipe.model)
+
+
+def test_two_process_ddp_equals_single_process(tokenizer, data_dir, tmp_path):
+    ddp, single = two_process_and_single_params(_ddp_worker, "ddp", tokenizer, data_dir, tmp_path)
     for k in single:
         torch.testing.assert_close(ddp[k], single[k], atol=1e-4, rtol=1e-3)  # AdamW amplifies fp32 noise
     assert any(not torch.equal(single[k], params(make_pipe(tokenizer).model)[k]) for k in single)

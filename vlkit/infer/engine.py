@@ -151,18 +151,33 @@ class EventStream:
             self.handle.cancel()
 
     async def collect(self) -> Completion:
-        pieces, ids = [], []
+        answer = _Answer()
         try:
             async for ev in self:
-                pieces.append(ev.text)
-                ids += ev.token_ids
-                if ev.finish_reason is not None:
-                    if ev.finish_reason == "error":
-                        raise RuntimeError(ev.error)
-                    return Completion("".join(pieces), ids, ev.finish_reason, ev.prompt_tokens, ev.completion_tokens)
+                done = answer.add(ev)
+                if done is not None:
+                    return done
         finally:
             self.cancel()
         raise EngineStoppedError("the request ended without a final event")
+
+
+class _Answer:
+    """Joins a request's events into its Completion; an error event raises."""
+
+    def __init__(self):
+        self.pieces: list[str] = []
+        self.ids: list[int] = []
+
+    def add(self, ev: EngineEvent) -> Optional[Completion]:
+        """The Completion once `ev` is the final event, else None."""
+        self.pieces.append(ev.text)
+        self.ids += ev.token_ids
+        if ev.finish_reason is None:
+            return None
+        if ev.finish_reason == "error":
+            raise RuntimeError(ev.error)
+        return Completion("".join(self.pieces), self.ids, ev.finish_reason, ev.prompt_tokens, ev.completion_tokens)
 
 
 def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
@@ -337,7 +352,7 @@ class Engine:
         """Blocking: submit and wait for the whole answer (any thread but the model thread)."""
         events: queue.Queue = queue.Queue()
         handle = self.submit(prompt_ids, pixels, params, events.put, stream=False)
-        pieces, ids = [], []
+        answer = _Answer()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -346,12 +361,9 @@ class Engine:
             except queue.Empty:
                 handle.cancel()
                 raise TimeoutError(f"no answer within {timeout} s") from None
-            pieces.append(ev.text)
-            ids += ev.token_ids
-            if ev.finish_reason is not None:
-                if ev.finish_reason == "error":
-                    raise RuntimeError(ev.error)
-                return Completion("".join(pieces), ids, ev.finish_reason, ev.prompt_tokens, ev.completion_tokens)
+            done = answer.add(ev)
+            if done is not None:
+                return done
 
     def cancel(self, handle: RequestHandle) -> None:
         with self._cond:
