@@ -55,16 +55,7 @@ class Tokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Tokenizer":
-        from tokenizers import Tokenizer as HFTokenizer
-
-        path = Path(path)
-        if not path.is_file():
-            raise CheckpointError(f"tokenizer file {path} does not exist")
-        try:
-            tok = HFTokenizer.from_file(str(path))
-        except Exception as exc:
-            raise CheckpointError(f"tokenizer file {path} cannot be read: {exc}") from None
-        return cls(tok)
+        return cls(read_tokenizer_json(path))
 
     def save(self, path: str | Path) -> None:
         self.hf.save(str(path))
@@ -89,3 +80,16 @@ class Tokenizer:
             ids = [i for i in ids if i not in drop]
         # keep <ref>/<box> text: grounding answers are read from it
         return self.hf.decode([i for i in ids if i < len(self)], skip_special_tokens=False)
+
+
+def read_tokenizer_json(path: str | Path):
+    """A `tokenizers.Tokenizer` from a tokenizer.json; CheckpointError if it is missing or unreadable."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"tokenizer file {path} does not exist")
+    try:
+        return HFTokenizer.from_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"tokenizer file {path} cannot be read: {exc}") from None

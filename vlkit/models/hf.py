@@ -516,15 +516,12 @@ def _tokenizer_class():
 
 
 def load_hf_tokenizer(path: Path, c: dict, image_token: str):
-    from tokenizers import Tokenizer as RawTokenizer
+    from vlkit.tokenizer import read_tokenizer_json
 
     tj = path / "tokenizer.json"
     if not tj.is_file():
         raise CheckpointError(f"{path} has no tokenizer.json (vlkit reads fast tokenizers only)")
-    try:
-        raw = RawTokenizer.from_file(str(tj))
-    except Exception as exc:
-        raise CheckpointError(f"{tj} cannot be read: {exc}") from None
+    raw = read_tokenizer_json(tj)
     tc = read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
     template = read_chat_template(path)
     if template is None:
