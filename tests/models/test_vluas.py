@@ -124,8 +124,8 @@ def test_loss_is_text_ce_plus_weighted_code_ce(tokenizer):
     n = out1["num_tokens"]
     n_code = 16
     assert n == examples[0].num_targets
-    text_sum = out1["text_loss"] * (n - n_code)
-    vision_sum = out1["vision_loss"] * n_code
+    text_sum = float(out1["text_loss"]) * (n - n_code)
+    vision_sum = float(out1["vision_loss"]) * n_code
     assert out1["loss"].item() == pytest.approx((text_sum + vision_sum) / n, rel=1e-5)
     assert out2["loss"].item() == pytest.approx((text_sum + 0.25 * vision_sum) / n, rel=1e-5)
 

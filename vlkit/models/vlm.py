@@ -133,8 +133,9 @@ class VisionLanguageModel(nn.Module):
                 n_code = int(is_code.sum())
                 vision_sum = ce[is_code].sum()
                 total = total + (self.cfg.vision_loss_weight - 1.0) * vision_sum
-                out["vision_loss"] = float(vision_sum.detach()) / max(n_code, 1)
-                out["text_loss"] = float(ce[~is_code].detach().sum()) / max(n - n_code, 1)
+                # detached tensors, not floats: no extra device sync per step
+                out["vision_loss"] = vision_sum.detach() / max(n_code, 1)
+                out["text_loss"] = ce[~is_code].detach().sum() / max(n - n_code, 1)
                 if self.depth is not None and depth_codes is not None:
                     codes = depth_codes[:, 1:][keep]
                     deep = is_code & (codes[:, 0] >= 0)
@@ -148,8 +149,9 @@ class VisionLanguageModel(nn.Module):
                     dense_logits = self.logits(hidden[at]).float()[:, :limit]
                     d_sum = ntp_m_loss(dense_logits, dense_targets[at], self.cfg.dense_negatives)
                     total = total + self.cfg.dense_loss_weight * d_sum
-                    out["dense_loss"] = float(d_sum.detach()) / int(at.sum())
-                    n += int(at.sum())
+                    n_patches = int(at.sum())
+                    out["dense_loss"] = d_sum.detach() / n_patches
+                    n += n_patches
             out["loss"] = total / max(n, 1)
             out["num_tokens"] = n
         if return_logits:
