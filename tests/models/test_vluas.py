@@ -278,3 +278,34 @@ def test_tiny_model_learns_a_mask_with_ntp_m(tokenizer):
         want = scores_to_mask(oracle, (64, 64))
         assert (pred == want).mean() > 0.9
         assert set(np.unique(pred)) == {0, int(s["mask_object"].max())}
+
+
+@pytest.mark.parametrize("connector", ["linear", "mlp", "resampler", "spatial_merge"])
+def test_vluas_trains_with_every_connector(tokenizer, connector):
+    from vlkit.models.vq import check_code_grid, lm_grid_downsample
+
+    base = tiny_model_config(connector)
+    down = lm_grid_downsample(base)
+    torch.manual_seed(0)
+    vq = VisualTokenizer(VQConfig(codebook_size=16, code_dim=8, hidden_size=16, num_layers=1, downsample=down,
+                                  image_size=64)).eval()
+    cfg = tiny_model_config(connector, vocab_size=len(tokenizer) + 16, vision_target="codes", vq=vq.cfg,
+                            text_vocab_size=len(tokenizer))
+    cfg.image_token_id, cfg.pad_token_id = tokenizer.image_pad_id, tokenizer.pad_id
+    check_code_grid(cfg)
+    pipe = Pipeline(VisionLanguageModel(cfg), tokenizer, vq=vq)
+    red = _drawing("red", "circle")
+    ask = {"id": "q", "image_objects": [red],
+           "conversations": [{"from": "human", "value": "<image>\nWhat color?"}, {"from": "gpt", "value": "red"}]}
+    examples = _encode(pipe, [_gen_sample(0, "a red circle", red), ask])
+    n_codes = vq.num_codes
+    assert sum(t >= len(tokenizer) for t in examples[0].labels) == n_codes  # the generated image's codes
+    assert sum(t >= len(tokenizer) for t in examples[1].labels) == n_codes  # the input image's codes
+    v = pipe.config.vision
+    batch = Collator(tokenizer.pad_id, v.image_mean, v.image_std)(examples)
+    out = pipe.model.train()(batch.input_ids, batch.images, **batch.model_inputs())
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and float(out["vision_loss"]) > 0
+    assert next(pipe.model.connector.parameters()).grad is not None
+    pipe.model.eval()
+    assert pipe.generate_image("a red circle", seed=0).size == (64, 64)
