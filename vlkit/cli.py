@@ -71,7 +71,7 @@ def cmd_segment(a: argparse.Namespace) -> None:
 
     pipe = vlkit.load(a.ckpt)
     classes = _csv(a.classes) or []
-    mask = pipe.segment(a.image, classes=classes)
+    mask = pipe.segment(a.image, classes=classes, refine=not a.no_refine)
     save_mask(mask, a.image, classes, a.output)
 
 
@@ -165,6 +165,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("image")
     m.add_argument("--classes", required=True)
     m.add_argument("-o", "--output", default="mask.png")
+    m.add_argument("--no-refine", action="store_true",
+                   help="skip the edge-aware refinement: plain bilinear upsampling of the per-patch scores")
     m.set_defaults(func=cmd_segment)
 
     x = sub.add_parser("export", help="export a checkpoint")

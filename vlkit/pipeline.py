@@ -136,15 +136,16 @@ class Pipeline:
                                self.tokenizer.pad_id)
         return tensor_to_pil(self.vq.decode_codes(codes[None]))[0]
 
-    def segment(self, image: ImageLike, classes: Sequence[str]):
+    def segment(self, image: ImageLike, classes: Sequence[str], refine: bool = True):
         """-> numpy uint8 mask at the image's size (NTP-M). Values index `classes` if it lists "background",
-        else 0 = background and k = classes[k - 1]."""
+        else 0 = background and k = classes[k - 1]. `refine`: edge-aware refinement guided by the image
+        (vlkit.infer.dense); False gives the plain bilinear upsampling of the per-patch scores."""
         from vlkit.errors import UserError
         from vlkit.infer.dense import segment
 
         if not self.can_segment:
             raise UserError("this model was not trained for dense prediction (model.dense_prediction is false)")
-        return segment(self, image, classes)
+        return segment(self, image, classes, refine=refine)
 
     # -- identity and persistence ----------------------------------------------------------------------
     def fingerprint(self) -> str:

@@ -275,7 +275,7 @@ def test_tiny_model_learns_a_mask_with_ntp_m(tokenizer):
         for n, (_, positive) in enumerate(ex.dense):
             for t in positive:
                 oracle[n, tokens.index(t)] = 6.0
-        want = scores_to_mask(oracle, (64, 64))
+        want = scores_to_mask(oracle, (64, 64), s["image_objects"][0])
         assert (pred == want).mean() > 0.9
         assert set(np.unique(pred)) == {0, int(s["mask_object"].max())}
 
