@@ -19,6 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vlkit.errors import UserError
+from vlkit.infer.generate import filter_logits
+from vlkit.models.attention import sdpa
 
 
 class DepthInputError(UserError):
@@ -40,7 +42,7 @@ class _Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, t, c = x.shape
         q, k, v = self.qkv(self.norm1(x)).view(b, t, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
-        att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        att = sdpa(q, k, v, is_causal=True)
         x = x + self.proj(att.transpose(1, 2).reshape(b, t, c))
         return x + self.mlp(self.norm2(x))
 
@@ -137,16 +139,5 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0
     """(M, K) logits -> (M,) ids; temperature 0 = argmax, then top-k, then nucleus (top-p) filtering."""
     if temperature == 0:
         return logits.argmax(-1)
-    logits = logits / temperature
-    if 0 < top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, dim=-1).values[:, -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        # drop a token when the mass before it already reaches top_p (the first token always stays)
-        drop = probs.cumsum(-1) - probs >= top_p
-        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
-    probs = logits.softmax(-1)
-    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+    logits = filter_logits(logits / temperature, top_k, top_p)
+    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
