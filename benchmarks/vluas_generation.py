@@ -19,6 +19,8 @@ import json
 import time
 from pathlib import Path
 
+from vluas_ablation import metric  # benchmarks/ is on sys.path when this script runs (one JSON form of a score)
+
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "vluas-grid16.yaml"
 
 
@@ -50,11 +52,6 @@ class Unrefined:
 
     def segment(self, image, classes):
         return self.pipe.segment(image, classes, refine=False)
-
-
-def metric(scores: dict, task: str, name: str) -> dict:
-    m = scores["tasks"][task]["metrics"][name]
-    return {"value": round(m["value"], 4), "ci95": [round(x, 4) for x in m["ci95"]], "n": m["n"]}
 
 
 def main() -> None:
