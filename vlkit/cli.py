@@ -153,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("ckpt")
     g.add_argument("prompt")
     g.add_argument("-o", "--output", default="out.png")
-    g.add_argument("--cfg-scale", type=float, default=3.0)
+    g.add_argument("--cfg-scale", type=float, default=1.5)
     g.add_argument("--temperature", type=float, default=1.0)
     g.add_argument("--top-k", type=int, default=0)
     g.add_argument("--top-p", type=float, default=1.0)

@@ -117,7 +117,7 @@ class Pipeline:
         ids = self.processor.encode([("user", text)], [], add_generation_prompt=True).input_ids
         return ids + [t.gen_start_id, t.vision_start_id]
 
-    def generate_image(self, prompt: str, cfg_scale: float = 3.0, temperature: float = 1.0, top_k: int = 0,
+    def generate_image(self, prompt: str, cfg_scale: float = 1.5, temperature: float = 1.0, top_k: int = 0,
                        top_p: float = 1.0, seed: Optional[int] = None):
         """Text -> PIL image (VLUAS models): visual codes sampled with classifier-free guidance against the blank
         prompt the model saw under prompt dropout, then decoded by the visual tokenizer."""

@@ -93,7 +93,7 @@ class FakePipe:
             out.append(ans)
         return out
 
-    def generate_image(self, prompt, cfg_scale=3.0, temperature=1.0, top_k=0, top_p=1.0, seed=0):
+    def generate_image(self, prompt, cfg_scale=1.5, temperature=1.0, top_k=0, top_p=1.0, seed=0):
         self.gen_calls.append((prompt, seed))
         return Image.new("RGB", (16, 16), RED)
 

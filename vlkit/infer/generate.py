@@ -150,7 +150,7 @@ class TextStreamer:
 
 @dataclass
 class ImageGenerationConfig:
-    cfg_scale: float = 3.0  # classifier-free guidance: uncond + scale * (cond - uncond); 1 = cond only, 0 = uncond only
+    cfg_scale: float = 1.5  # classifier-free guidance: uncond + scale * (cond - uncond); 1 = cond only, 0 = uncond only
     temperature: float = 1.0  # 0: greedy
     top_k: int = 0
     top_p: float = 1.0
