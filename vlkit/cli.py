@@ -59,8 +59,8 @@ def cmd_generate_image(a: argparse.Namespace) -> None:
     import vlkit
 
     pipe = vlkit.load(a.ckpt)
-    img = pipe.generate_image(a.prompt, cfg_scale=a.cfg_scale, temperature=a.temperature, top_k=a.top_k,
-                              top_p=a.top_p, seed=a.seed)
+    given = {k: getattr(a, k) for k in ("cfg_scale", "temperature", "top_k", "top_p") if getattr(a, k) is not None}
+    img = pipe.generate_image(a.prompt, seed=a.seed, **given)  # unset flags: the library's defaults
     img.save(a.output)
     print(f"wrote {a.output}")
 
@@ -153,10 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("ckpt")
     g.add_argument("prompt")
     g.add_argument("-o", "--output", default="out.png")
-    g.add_argument("--cfg-scale", type=float, default=1.5)
-    g.add_argument("--temperature", type=float, default=1.0)
-    g.add_argument("--top-k", type=int, default=0)
-    g.add_argument("--top-p", type=float, default=1.0)
+    for flag, kind in (("--cfg-scale", float), ("--temperature", float), ("--top-k", int), ("--top-p", float)):
+        g.add_argument(flag, type=kind, help="default: pipe.generate_image's (docs/vision_as_target.md)")
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(func=cmd_generate_image)
 

@@ -18,7 +18,7 @@ import torch
 from vlkit.chat import ChatProcessor, normalize_messages
 from vlkit.errors import CheckpointError
 from vlkit.images import ImageLike, load_image, to_tensor
-from vlkit.infer.generate import GenerationConfig, TextStreamer, generate, generate_stream
+from vlkit.infer.generate import GenerationConfig, ImageGenerationConfig, TextStreamer, generate, generate_stream
 from vlkit.models.vlm import VisionLanguageModel
 from vlkit.tokenizer import Tokenizer
 
@@ -117,12 +117,13 @@ class Pipeline:
         ids = self.processor.encode([("user", text)], [], add_generation_prompt=True).input_ids
         return ids + [t.gen_start_id, t.vision_start_id]
 
-    def generate_image(self, prompt: str, cfg_scale: float = 1.5, temperature: float = 1.0, top_k: int = 0,
-                       top_p: float = 1.0, seed: Optional[int] = None):
+    def generate_image(self, prompt: str, cfg_scale: float = ImageGenerationConfig.cfg_scale,
+                       temperature: float = ImageGenerationConfig.temperature, top_k: int = ImageGenerationConfig.top_k,
+                       top_p: float = ImageGenerationConfig.top_p, seed: Optional[int] = None):
         """Text -> PIL image (VLUAS models): visual codes sampled with classifier-free guidance against the blank
         prompt the model saw under prompt dropout, then decoded by the visual tokenizer."""
         from vlkit.errors import UserError
-        from vlkit.infer.generate import ImageGenerationConfig, generate_codes
+        from vlkit.infer.generate import generate_codes
         from vlkit.models.vq import tensor_to_pil
 
         if not self.can_generate_images:

@@ -49,6 +49,13 @@ def test_fast_vluas_quickstart_generates_images_and_segments(tmp_path):
     subprocess.run(cli + ["generate-image", str(out / "final"), "a red circle", "-o", str(png), "--seed", "1"],
                    check=True, capture_output=True)
     assert Image.open(png).size == (64, 64)
+    # unset sampling flags take pipe.generate_image's defaults; set ones are passed through
+    assert np.array_equal(np.asarray(Image.open(png)), np.asarray(pipe.generate_image("a red circle", seed=1)))
+    greedy = tmp_path / "greedy.png"
+    subprocess.run(cli + ["generate-image", str(out / "final"), "a red circle", "-o", str(greedy), "--seed", "1",
+                          "--temperature", "0", "--cfg-scale", "2"], check=True, capture_output=True)
+    want = pipe.generate_image("a red circle", seed=1, temperature=0, cfg_scale=2)
+    assert np.array_equal(np.asarray(Image.open(greedy)), np.asarray(want))
     image = next((out / "data" / "test" / "images").glob("*.png"))
     r = subprocess.run(cli + ["segment", str(out / "final"), str(image), "--classes", "circle,square", "-o", str(mask)],
                        check=True, capture_output=True, text=True)

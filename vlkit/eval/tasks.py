@@ -6,7 +6,7 @@ paths in the sample are resolved against.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Optional, Sequence
 
@@ -326,8 +326,10 @@ class GenerationTask(Task):
         return text[len("Draw:"):].strip() if text.startswith("Draw:") else text
 
     def settings(self, sample, max_new_tokens):
-        # a stable per-sample seed: reruns reproduce the same image, samples differ
-        return {"cfg_scale": 1.5, "temperature": 1.0, "top_k": 0, "top_p": 1.0, "seed": stable_seed(sample.get("id"))}
+        from vlkit.infer.generate import ImageGenerationConfig
+
+        # the library's sampling defaults, with a stable per-sample seed: reruns reproduce the image, samples differ
+        return {**asdict(ImageGenerationConfig()), "seed": stable_seed(sample.get("id"))}
 
     def validate(self, sample):
         need(sample, "objects")
