@@ -86,8 +86,8 @@ def main() -> None:
     data = out / "data"
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    generate_dataset(data / "train", n=a.n * 2, tasks=["generation", "segmentation"], split="train", seed=0,
-                     progress=False)  # the tokenizer always sees n generation images
+    made = sorted(set(tasks) | ({"generation"} if a.vision_target == "codes" else set()))  # the tokenizer's images
+    generate_dataset(data / "train", n=a.n * len(made), tasks=made, split="train", seed=0, progress=False)
     generate_dataset(data / "test", n=200, tasks=["generation", "segmentation"], split="test", seed=1, progress=False)
     res: dict = {"grid": a.grid, "tasks": tasks, "vision_target": a.vision_target}
     spec = recipe_dict(data, out, False, RECIPE, out / "vq")
