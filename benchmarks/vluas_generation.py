@@ -1,8 +1,9 @@
 """Text-to-image correctness and NTP-M segmentation mIoU of one VLUAS model on the synthetic world.
 
-1. Data: `--n` training samples per task (generation, segmentation), 100 held-out test samples per task.
-2. The visual tokenizer (`vq.downsample` = 64 / `--grid`) is trained on the generation images; its ceiling, the
-   verifier's verdict on the test images after encode -> decode, is measured.
+1. Data: `--n` training samples per task (generation, segmentation), `--test-n` (100) held-out test samples per
+   task.
+2. The visual tokenizer (`vq.downsample` = 64 / `--grid`) is trained on the first `--vq-images` (8,000)
+   generation images; its ceiling, the verifier's verdict on the test images after encode -> decode, is measured.
 3. recipes/vluas-grid16.yaml (patch 64 / `--grid`, so the token grid is the code grid) is trained on the tasks
    and evaluated on the test split: generation correctness by the synthetic world's verifier (shape, colour and
    relation as prompted), segmentation mIoU with and without the edge-aware refinement.
@@ -10,13 +11,15 @@ Prints JSON.
 
     python benchmarks/vluas_generation.py --out /tmp/vluas_gen            # one model, 16 x 16, both tasks
     # 8 x 8, generation only: 0.78 at cfg 1.5 (docs/vision_as_target.md); ~90 min on 2 CPU cores, ~9 GB of memory
-    python benchmarks/vluas_generation.py --out /tmp/vluas_g8 --grid 8 --tasks generation --n 200000 --steps 18000 --batch-size 64
+    python benchmarks/vluas_generation.py --out /tmp/vluas_g8 --grid 8 --tasks generation --n 200000 --steps 18000 \
+        --batch-size 64 --test-n 500
     python benchmarks/vluas_generation.py --out /tmp/ntpm --tasks segmentation --vision-target none  # NTP-M only
 """
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import time
 from pathlib import Path
 
@@ -40,6 +43,53 @@ def tokenizer_ceiling(vq_dir: Path, test: Path) -> float:
         recon = tensor_to_pil(vq.decode_codes(vq.encode(pixels)))
     ok = [check_generation(r, s["meta"]["objects"], s["meta"].get("relation"))["correct"] for r, s in zip(recon, samples)]
     return sum(ok) / len(ok)
+
+
+def heldout_kinds(test: Path, eval_dir: Path) -> dict:
+    """Generation correctness by what a test prompt holds out: nothing ("seen"), a (colour, shape) pair never
+    shown in training, the short relation phrasing ("left of" with no "to the"), or both."""
+    from vlkit.data.sources import read_samples
+    from vlkit.data.synth.tasks import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES
+    from vlkit.eval.metrics import summarize
+
+    correct = {r["id"]: r["gen_correct"] for r in map(json.loads, open(eval_dir / "per_sample.jsonl"))
+               if r["task"] == "generation"}
+    groups: dict[str, list[float]] = {}
+    for s in read_samples(test):
+        if s.get("id") not in correct:
+            continue
+        m = s["meta"]
+        pair = any((o["color"], o["shape"]) in DEFAULT_HELDOUT_PAIRS for o in m["objects"])
+        phrase = any(f" {p} " in m["prompt"] and f"the {p}" not in m["prompt"] for p in DEFAULT_HELDOUT_PHRASES)
+        kind = "+".join(k for k, on in (("pair", pair), ("phrasing", phrase)) if on) or "seen"
+        groups.setdefault(kind, []).append(correct[s["id"]])
+    return {k: {"value": round(v["value"], 4), "ci95": v["ci95"] and [round(x, 4) for x in v["ci95"]], "n": v["n"]}
+            for k, v in ((k, summarize(groups[k])) for k in sorted(groups))}
+
+
+# How the relation is worded, for the phrasing probe; "to the {} of" is the trained form, "{} of" the held-out one.
+WORDINGS = ("to the {} of", "to {} of", "the {} of", "{} of", "so so {} of")
+
+
+def phrasing_probe(pipe, test: Path, n: int = 80) -> dict:
+    """Generation correctness on the test split's first `n` left/right prompts, reworded each way in WORDINGS
+    (same objects, same seeds): which words the model needs in order to bind the first object."""
+    from vlkit.data.sources import read_samples
+    from vlkit.data.synth.verify import check_generation
+    from vlkit.eval.metrics import summarize
+
+    rows = [s["meta"] for s in read_samples(test)
+            if s.get("task") == "generation" and s["meta"]["relation"] in ("left of", "right of")][:n]
+    res = {}
+    for wording in WORDINGS:
+        ok = []
+        for i, m in enumerate(rows):
+            prompt = re.sub(r"(to the )?(left|right) of", lambda g: wording.format(g[2]), m["prompt"], count=1)
+            ok.append(check_generation(pipe.generate_image(prompt, seed=i), m["objects"], m["relation"])["correct"])
+        v = summarize(ok)
+        res[wording.format("X")] = {"value": round(v["value"], 4), "ci95": [round(x, 4) for x in v["ci95"]],
+                                    "n": v["n"]}
+    return res
 
 
 class Unrefined:
@@ -70,7 +120,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8000, help="training samples per task")
     ap.add_argument("--steps", type=int, default=1500, help="LM steps")
     ap.add_argument("--batch-size", type=int, default=32, help="LM batch size")
+    ap.add_argument("--test-n", type=int, default=100, help="held-out test samples per task")
     ap.add_argument("--vq-steps", type=int, default=2000, help="tokenizer steps (batch 32)")
+    ap.add_argument("--vq-images", type=int, default=8000, help="the tokenizer trains on the first this many")
     ap.add_argument("--grid", type=int, choices=[8, 16], default=16, help="image tokens (= codes) per side")
     ap.add_argument("--tasks", default="generation,segmentation")
     ap.add_argument("--vision-target", choices=["codes", "none"], default="codes",
@@ -88,11 +140,13 @@ def main() -> None:
     t0 = time.perf_counter()
     made = sorted(set(tasks) | ({"generation"} if a.vision_target == "codes" else set()))  # the tokenizer's images
     generate_dataset(data / "train", n=a.n * len(made), tasks=made, split="train", seed=0, progress=False)
-    generate_dataset(data / "test", n=200, tasks=["generation", "segmentation"], split="test", seed=1, progress=False)
+    generate_dataset(data / "test", n=2 * a.test_n, tasks=["generation", "segmentation"], split="test", seed=1,
+                     progress=False)
     res: dict = {"grid": a.grid, "tasks": tasks, "vision_target": a.vision_target}
     spec = recipe_dict(data, out, False, RECIPE, out / "vq")
     if a.vision_target == "codes":
         images = [s["images"][0] for s in read_samples(data / "train") if s.get("task") == "generation"]
+        images = images[:a.vq_images]  # held in memory as float tensors: 200,000 would take 10 GB
         cfg = VQConfig(codebook_size=256, code_dim=32, depth=1, hidden_size=64, num_layers=2, downsample=patch,
                        image_size=64, ema_decay=0.8, dead_code_threshold=0.05)
         vq = train_tokenizer(cfg, images, steps=a.vq_steps, batch_size=32, lr=2e-3, out_dir=out / "vq",
@@ -115,6 +169,8 @@ def main() -> None:
     if "generation" in tasks:
         gen = run_eval(pipe, data / "test", tasks=["generation"], out_dir=out / "eval", progress=False)
         res["gen_correct"] = metric(gen, "generation", "gen_correct")
+        res["gen_correct_by_heldout"] = heldout_kinds(data / "test", out / "eval")
+        res["gen_correct_by_wording"] = phrasing_probe(pipe, data / "test")
     if "segmentation" in tasks:
         seg = run_eval(pipe, data / "test", tasks=["segmentation"], out_dir=out / "eval", progress=False)
         raw = run_eval(Unrefined(pipe), data / "test", tasks=["segmentation"], out_dir=out / "eval_raw",
