@@ -1,4 +1,6 @@
 """Vision as target (VLUAS): code targets in the data, the loss split, text-to-image with CFG, NTP-M."""
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -308,4 +310,43 @@ def test_vluas_trains_with_every_connector(tokenizer, connector):
     assert torch.isfinite(out["loss"]) and float(out["vision_loss"]) > 0
     assert next(pipe.model.connector.parameters()).grad is not None
     pipe.model.eval()
+    assert pipe.generate_image("a red circle", seed=0).size == (64, 64)
+
+
+# -- growing a vision-as-input model into VLUAS ----------------------------------------------------------------
+
+@pytest.mark.parametrize("tied", [False, True])
+def test_growing_into_vluas_keeps_text_logits_and_adds_code_rows(tokenizer, tied):
+    from vlkit.config import ConfigError
+
+    torch.manual_seed(0)
+    cfg = tiny_model_config("spatial_merge", vocab_size=len(tokenizer))
+    cfg.text.tie_word_embeddings = tied  # tied as in SmolLM2, untied as in Qwen2.5-7B
+    cfg.image_token_id, cfg.pad_token_id = tokenizer.image_pad_id, tokenizer.pad_id
+    base = VisionLanguageModel(cfg).eval()
+    vq = _vq()
+    grown = base.with_visual_codes(vq.cfg, vision_loss_weight=0.5).eval()
+    n = len(tokenizer)
+    assert grown.code_offset == n and grown.cfg.text.vocab_size == n + 16 and grown.cfg.vision_loss_weight == 0.5
+    assert base.cfg.vision_target == "none"  # the original is untouched
+    ids = torch.tensor([tokenizer.encode("Draw: a red circle above a blue square")])
+    with torch.no_grad():
+        before = base.logits(base.language(base.embed(ids)))
+        after = grown.logits(grown.language(grown.embed(ids)))
+    assert torch.equal(after[..., :n], before)  # every old weight kept: text logits identical
+    emb = grown.language.embed_tokens.weight.detach()
+    codes, text = emb[n:], emb[:n]
+    assert len(set(map(tuple, codes.tolist()))) == 16  # distinct rows
+    spread = (text - text.mean(0)).norm(dim=1).mean()
+    assert (codes - text.mean(0)).norm(dim=1).max() < 0.5 * spread  # near the mean text embedding
+    assert (grown.language.lm_head.weight is grown.language.embed_tokens.weight) == tied
+    with pytest.raises(ConfigError, match="already predicts visual codes"):
+        grown.with_visual_codes(vq.cfg)
+    wrong = VQConfig(codebook_size=16, code_dim=8, hidden_size=16, num_layers=1, downsample=8, image_size=64)
+    with pytest.raises(ConfigError, match="downsample"):
+        base.with_visual_codes(wrong)
+    # the grown model trains on code targets and draws
+    pipe = Pipeline(grown, tokenizer, vq=vq)
+    _, loss = _train(pipe, _encode(pipe, [_gen_sample(0, "a red circle", _drawing("red", "circle"))]), steps=3)
+    assert math.isfinite(loss)
     assert pipe.generate_image("a red circle", seed=0).size == (64, 64)

@@ -199,3 +199,44 @@ def test_lora_stage_trains_adapters_then_merges(tokenizer, data_dir, tmp_path):
     from vlkit.pipeline import load
 
     assert load(tmp_path / "checkpoints" / "step-0000003").model.state_dict().keys() == before.keys()
+
+
+def test_recipe_grows_an_init_checkpoint_into_vluas(tokenizer, data_dir, tmp_path):
+    """Stage-wise VLUAS: a vision-as-input checkpoint (as `vlkit build` writes) + `vision_target: codes` + `vq:`."""
+    from vlkit.config import ConfigError, VQConfig
+    from vlkit.data.synth import generate_dataset
+    from vlkit.models.vq import VisualTokenizer, lm_grid_downsample
+    from vlkit.pipeline import load
+    from vlkit.train.trainer import build_pipeline
+
+    base = make_pipe(tokenizer)
+    base.save_pretrained(tmp_path / "init")
+    vq_cfg = VQConfig(codebook_size=16, code_dim=8, hidden_size=16, num_layers=1,
+                      downsample=lm_grid_downsample(base.config), image_size=base.config.vision.image_size)
+    VisualTokenizer(vq_cfg).save_pretrained(tmp_path / "vq")
+    gen = tmp_path / "gen"
+    generate_dataset(gen, n=16, tasks=["generation"], seed=0, progress=False)
+
+    def recipe(model, vq=str(tmp_path / "vq"), init=tmp_path / "init"):
+        return Recipe(model=model, init=str(init), vq=vq,
+                      train=TrainConfig(out=str(tmp_path / "run"), precision="fp32", log_every=1),
+                      stages=[StageConfig(name="gen", train="multitask", steps=2, lr=3e-3, batch_size=4,
+                                          data=DataConfig(train=[{"path": str(gen)}], max_length=200))])
+
+    spec = {"vision_target": "codes", "vision_loss_weight": 0.5}
+    grown = build_pipeline(recipe(spec), corpus=None)
+    n = len(tokenizer)
+    assert grown.config.vision_target == "codes" and grown.config.text_vocab_size == n
+    assert grown.config.vision_loss_weight == 0.5 and grown.vq is not None
+    assert torch.equal(grown.model.language.embed_tokens.weight[:n], base.model.language.embed_tokens.weight)
+    final = load(train(recipe(spec)))
+    assert final.config.vision_target == "codes" and final.can_generate_images
+    assert final.generate_image("a red circle", seed=0).size == (64, 64)
+    # other overrides ride along; what would change the model's shape, or drop its codes, is refused
+    assert build_pipeline(recipe({"dense_loss_weight": 3.0}, vq=None), corpus=None).config.dense_loss_weight == 3.0
+    with pytest.raises(ConfigError, match="text"):
+        build_pipeline(recipe({"text": {"num_layers": 4}}), corpus=None)
+    with pytest.raises(ConfigError, match="vq: DIR"):
+        build_pipeline(recipe(spec, vq=None), corpus=None)
+    with pytest.raises(ConfigError, match="cannot drop its visual codes"):
+        build_pipeline(recipe({"vision_target": "none"}, init=tmp_path / "run" / "final"), corpus=None)

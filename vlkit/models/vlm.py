@@ -167,6 +167,39 @@ class VisionLanguageModel(nn.Module):
     def new_cache(self) -> KVCache:
         return KVCache(self.cfg.text.num_layers)
 
+    # -- growing into VLUAS ----------------------------------------------------------------------------
+    def with_visual_codes(self, vq_cfg, vision_loss_weight: float = 1.0, depth_layers: int = 2,
+                          seed: int = 0) -> "VisionLanguageModel":
+        """A VLUAS copy of this vision-as-input model (e.g. one built from a pretrained LM): the vocabulary grows
+        by the codebook, codes following every existing row; each new embedding (and, if untied, head) row is
+        the mean of the existing rows plus a little noise, so the text distribution barely moves at step 0.
+        Every other weight is kept; a depth transformer (vq.depth > 1) starts fresh."""
+        from dataclasses import replace
+
+        from vlkit.models.vq import check_code_grid
+
+        if self.cfg.vision_target == "codes":
+            raise ConfigError("the model already predicts visual codes (vision_target is 'codes')")
+        rows = self.cfg.text.vocab_size
+        cfg = replace(self.cfg, vq=vq_cfg, vision_target="codes", text_vocab_size=rows,
+                      vision_loss_weight=vision_loss_weight, depth_layers=depth_layers,
+                      text=replace(self.cfg.text, vocab_size=rows + vq_cfg.codebook_size))
+        cfg.validate()
+        check_code_grid(cfg)
+        grown = VisionLanguageModel(cfg).to(next(self.parameters()).device)
+        state = dict(self.state_dict())
+        if cfg.text.tie_word_embeddings:
+            del state["language.lm_head.weight"]  # the embedding matrix itself
+        gen = torch.Generator().manual_seed(seed)
+        for key in ("language.embed_tokens.weight", "language.lm_head.weight"):
+            if key in state:
+                old = state[key].float()
+                noise = torch.randn(vq_cfg.codebook_size, old.shape[1], generator=gen).to(old.device)
+                state[key] = torch.cat([old, old.mean(0) + 0.1 * old.std(0) * noise]).to(state[key].dtype)
+        load_state(grown, state, "the model being grown", optional=[k for k in grown.state_dict()
+                                                                     if k.startswith("depth.")])
+        return grown.train(self.training)
+
     # -- persistence -----------------------------------------------------------------------------------
     def save(self, directory: str | Path) -> None:
         """config.json + model.safetensors into an existing directory (callers make the write atomic)."""
@@ -218,10 +251,10 @@ def ntp_m_loss(logits: torch.Tensor, positives: torch.Tensor, num_negatives: int
     return ((bce * chosen).sum(1) / chosen.sum(1)).sum()
 
 
-def load_state(model: nn.Module, state: dict, source: str) -> None:
-    """Strict load with an error naming missing, unexpected and mis-shaped tensors."""
+def load_state(model: nn.Module, state: dict, source: str, optional: Iterable[str] = ()) -> None:
+    """Strict load (but for `optional` tensors) with an error naming missing, unexpected and mis-shaped tensors."""
     tied = getattr(getattr(model, "cfg", None), "text", None)
-    optional = {"language.lm_head.weight"} if tied is not None and tied.tie_word_embeddings else set()
+    optional = set(optional) | ({"language.lm_head.weight"} if tied is not None and tied.tie_word_embeddings else set())
     check_state(model.state_dict(), state, source, optional)
     model.load_state_dict(state, strict=False)
 

@@ -69,7 +69,7 @@ def build_pipeline(recipe: Recipe, corpus: Callable[[], Any]):
     from vlkit.tokenizer import Tokenizer
 
     if recipe.init:
-        return load(recipe.init)
+        return adapt_init(load(recipe.init), recipe)
     if "path" in recipe.tokenizer:
         tok = Tokenizer.from_file(recipe.tokenizer["path"])
     else:
@@ -101,6 +101,48 @@ def build_pipeline(recipe: Recipe, corpus: Callable[[], Any]):
     if vq is not None:
         check_code_grid(cfg)
     return Pipeline(VisionLanguageModel(cfg), tok, vq=vq)
+
+
+# `model:` keys a recipe may set on top of `init:`: what the model learns, not its shape.
+INIT_MODEL_KEYS = ("vision_target", "vision_loss_weight", "depth_layers", "dense_prediction", "dense_loss_weight",
+                   "dense_negatives")
+
+
+def adapt_init(pipe, recipe: Recipe):
+    """The `init` checkpoint with the recipe's `model:` keys applied. `vision_target: codes` on a vision-as-input
+    checkpoint grows it into VLUAS (VisionLanguageModel.with_visual_codes) with the recipe's `vq:` tokenizer."""
+    from dataclasses import replace
+
+    from vlkit.models.vq import VisualTokenizer
+    from vlkit.pipeline import Pipeline
+
+    spec = dict(recipe.model)
+    fixed = sorted(set(spec) - set(INIT_MODEL_KEYS))
+    if fixed:
+        raise ConfigError(f"model: {fixed} cannot change when starting from init: {recipe.init}; on top of a "
+                          f"checkpoint a recipe may set only {list(INIT_MODEL_KEYS)}")
+    cfg = pipe.config
+    target = spec.pop("vision_target", cfg.vision_target)
+    if target == "codes" and cfg.vision_target != "codes":
+        if not recipe.vq:
+            raise ConfigError("model.vision_target=codes on top of init needs `vq: DIR`, a visual tokenizer "
+                              "trained with `vlkit train recipes/vq.yaml`")
+        if pipe.tokenizer.gen_start_id is None:
+            raise ConfigError(f"init: {recipe.init} has no <|gen_start|> token, which image generation needs; "
+                              "build the model with `vlkit build` (it adds vlkit's special tokens)")
+        vq = VisualTokenizer.from_pretrained(recipe.vq).eval()
+        grow = {k: spec.pop(k) for k in ("vision_loss_weight", "depth_layers") if k in spec}
+        pipe = Pipeline(pipe.model.with_visual_codes(vq.cfg, **grow), pipe.tokenizer, vq=vq)
+    elif target != cfg.vision_target:
+        raise ConfigError(f"model.vision_target={target!r}: init: {recipe.init} has vision_target="
+                          f"{cfg.vision_target!r}, and a model cannot drop its visual codes")
+    elif "depth_layers" in spec and spec["depth_layers"] != cfg.depth_layers:
+        raise ConfigError("model.depth_layers can change only when `vision_target: codes` adds the codes")
+    if spec:
+        new = replace(pipe.config, **spec)
+        new.validate()
+        pipe.model.cfg = new
+    return pipe
 
 
 def target_spec(pipe, data: DataConfig, seed: int) -> TargetSpec:
