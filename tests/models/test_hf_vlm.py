@@ -213,3 +213,29 @@ def test_build_rejects_swapped_backbones(tmp_path):
     _, lm_dir = make_qwen2(tmp_path / "qwen2")
     with pytest.raises(CheckpointError, match="--vision .* is not a vision encoder"):
         hf.build_from_backbones(lm_dir, vis_dir, out=tmp_path / "x")
+
+
+def test_built_model_grows_into_vluas_and_draws(tmp_path):
+    """VILA-U's starting point: a VLM composed from a pretrained LM, then the codebook added by a recipe."""
+    from vlkit.config import VQConfig
+    from vlkit.models.vq import VisualTokenizer, lm_grid_downsample
+    from vlkit.train.trainer import Recipe, build_pipeline
+
+    _, vis_dir = make_siglip(tmp_path / "siglip")
+    _, lm_dir = make_qwen2(tmp_path / "qwen2")
+    built = vlkit.load(hf.build_from_backbones(vis_dir, lm_dir, connector="mlp", out=tmp_path / "built"))
+    cfg = built.config
+    torch.manual_seed(0)
+    VisualTokenizer(VQConfig(codebook_size=16, code_dim=8, hidden_size=16, num_layers=1,
+                             downsample=lm_grid_downsample(cfg), image_size=cfg.vision.image_size)
+                    ).save_pretrained(tmp_path / "vq")
+    recipe = Recipe.from_dict({"init": str(tmp_path / "built"), "vq": str(tmp_path / "vq"),
+                               "model": {"vision_target": "codes"}, "stages": [{"name": "x"}]})
+    pipe = build_pipeline(recipe, corpus=None)
+    assert pipe.model.code_offset == cfg.text.vocab_size and pipe.can_generate_images
+    ids = torch.randint(5, 100, (1, 10), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = built.model(ids, return_logits=True)["logits"]
+        got = pipe.model(ids, return_logits=True)["logits"]
+    torch.testing.assert_close(got[..., :cfg.text.vocab_size], want, atol=1e-5, rtol=1e-5)  # (a wider matmul)
+    assert pipe.generate_image("a red circle", seed=0).size == (cfg.vision.image_size,) * 2
