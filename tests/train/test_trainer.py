@@ -238,5 +238,7 @@ def test_recipe_grows_an_init_checkpoint_into_vluas(tokenizer, data_dir, tmp_pat
         build_pipeline(recipe({"text": {"num_layers": 4}}), corpus=None)
     with pytest.raises(ConfigError, match="vq: DIR"):
         build_pipeline(recipe(spec, vq=None), corpus=None)
-    with pytest.raises(ConfigError, match="cannot drop its visual codes"):
+    with pytest.raises(ConfigError, match="can only add visual codes"):
         build_pipeline(recipe({"vision_target": "none"}, init=tmp_path / "run" / "final"), corpus=None)
+    with pytest.raises(ConfigError, match="can only add visual codes"):
+        build_pipeline(recipe({"vision_target": "pixels"}), corpus=None)

@@ -134,8 +134,8 @@ def adapt_init(pipe, recipe: Recipe):
         grow = {k: spec.pop(k) for k in ("vision_loss_weight", "depth_layers") if k in spec}
         pipe = Pipeline(pipe.model.with_visual_codes(vq.cfg, **grow), pipe.tokenizer, vq=vq)
     elif target != cfg.vision_target:
-        raise ConfigError(f"model.vision_target={target!r}: init: {recipe.init} has vision_target="
-                          f"{cfg.vision_target!r}, and a model cannot drop its visual codes")
+        raise ConfigError(f"model.vision_target={target!r} on top of init: {recipe.init} (vision_target="
+                          f"{cfg.vision_target!r}): a recipe can only add visual codes (none -> codes)")
     elif "depth_layers" in spec and spec["depth_layers"] != cfg.depth_layers:
         raise ConfigError("model.depth_layers can change only when `vision_target: codes` adds the codes")
     if spec:
