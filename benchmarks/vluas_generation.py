@@ -10,7 +10,7 @@
 Prints JSON.
 
     python benchmarks/vluas_generation.py --out /tmp/vluas_gen            # one model, 16 x 16, both tasks
-    # 8 x 8, generation only: 0.78 at cfg 1.5 (docs/vision_as_target.md); ~90 min on 2 CPU cores, ~9 GB of memory
+    # 8 x 8, generation only: 0.76 [0.72, 0.79] at cfg 1.5 (docs/vision_as_target.md); 100 min on 2 CPU cores, ~9 GB
     python benchmarks/vluas_generation.py --out /tmp/vluas_g8 --grid 8 --tasks generation --n 200000 --steps 18000 \
         --batch-size 64 --test-n 500
     python benchmarks/vluas_generation.py --out /tmp/ntpm --tasks segmentation --vision-target none  # NTP-M only
