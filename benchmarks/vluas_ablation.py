@@ -30,8 +30,12 @@ def metric(scores: dict, task: str, name: str, group: tuple[str, str] | None = N
     t = scores["tasks"][task]
     if group is not None:
         t = t["breakdown"][group[0]][group[1]]
-    m = t["metrics"][name]
-    return {"value": round(m["value"], 4), "ci95": [round(x, 4) for x in m["ci95"]], "n": m["n"]}
+    return rounded(t["metrics"][name])
+
+
+def rounded(m: dict) -> dict:
+    """A {"value", "ci95", "n"} summary with 4 decimals (ci95 None stays None)."""
+    return {"value": round(m["value"], 4), "ci95": m["ci95"] and [round(x, 4) for x in m["ci95"]], "n": m["n"]}
 
 
 def run_arm(target: str, data: Path, vq: Path, out: Path, steps: int, batch: int, seed: int) -> dict:

@@ -23,7 +23,7 @@ import re
 import time
 from pathlib import Path
 
-from vluas_ablation import metric  # benchmarks/ is on sys.path when this script runs (one JSON form of a score)
+from vluas_ablation import metric, rounded  # benchmarks/ is on sys.path when this script runs (one JSON form of a score)
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "vluas-grid16.yaml"
 
@@ -63,8 +63,7 @@ def heldout_kinds(test: Path, eval_dir: Path) -> dict:
         phrase = any(f" {p} " in m["prompt"] and f"the {p}" not in m["prompt"] for p in DEFAULT_HELDOUT_PHRASES)
         kind = "+".join(k for k, on in (("pair", pair), ("phrasing", phrase)) if on) or "seen"
         groups.setdefault(kind, []).append(correct[s["id"]])
-    return {k: {"value": round(v["value"], 4), "ci95": v["ci95"] and [round(x, 4) for x in v["ci95"]], "n": v["n"]}
-            for k, v in ((k, summarize(groups[k])) for k in sorted(groups))}
+    return {k: rounded(summarize(groups[k])) for k in sorted(groups)}
 
 
 # How the relation is worded, for the phrasing probe; "to the {} of" is the trained form, "{} of" the held-out one.
@@ -86,9 +85,7 @@ def phrasing_probe(pipe, test: Path, n: int = 80) -> dict:
         for i, m in enumerate(rows):
             prompt = re.sub(r"(to the )?(left|right) of", lambda g: wording.format(g[2]), m["prompt"], count=1)
             ok.append(check_generation(pipe.generate_image(prompt, seed=i), m["objects"], m["relation"])["correct"])
-        v = summarize(ok)
-        res[wording.format("X")] = {"value": round(v["value"], 4), "ci95": [round(x, 4) for x in v["ci95"]],
-                                    "n": v["n"]}
+        res[wording.format("X")] = rounded(summarize(ok))
     return res
 
 
