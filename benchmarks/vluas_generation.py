@@ -23,7 +23,7 @@ import re
 import time
 from pathlib import Path
 
-from vluas_ablation import metric, rounded  # benchmarks/ is on sys.path when this script runs (one JSON form of a score)
+from vluas_ablation import metric, rounded  # benchmarks/ is on sys.path when this script runs
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "vluas-grid16.yaml"
 
