@@ -178,6 +178,7 @@ class DataConfig:
     packing: bool = False  # pack several samples into one row (block-diagonal attention)
     strict: bool = False  # fail on a bad sample instead of skipping it with a counted warning
     prompt_dropout: float = 0.1  # image-generation samples trained with a blank prompt (classifier-free guidance)
+    prompt_noise: float = 0.0  # other image-generation samples trained with 1-2 filler words inserted in the prompt
 
 
 @dataclass

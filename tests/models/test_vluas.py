@@ -1,5 +1,6 @@
 """Vision as target (VLUAS): code targets in the data, the loss split, text-to-image with CFG, NTP-M."""
 import math
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ from PIL import Image, ImageDraw
 
 from vlkit.chat import ChatProcessor, class_token_ids
 from vlkit.config import VQConfig, tiny_model_config
-from vlkit.data.collate import Collator, TargetSpec, encode_samples, image_spans
+from vlkit.data.collate import FILLERS, Collator, TargetSpec, encode_samples, image_spans, insert_fillers
 from vlkit.errors import UserError
 from vlkit.infer.dense import scores_to_mask
 from vlkit.infer.generate import ImageGenerationConfig, generate_codes
@@ -111,6 +112,33 @@ def test_generation_samples_need_codes_and_prompt_dropout_blanks_the_prompt(toke
     assert 8 <= n_blank <= 32
     again = _encode(pipe, samples, prompt_dropout=0.5)
     assert [e.input_ids for e in again] == [e.input_ids for e in dropped]  # deterministic per sample id
+
+
+
+def test_prompt_noise_only_inserts_filler_words_into_generation_prompts(tokenizer):
+    prompt = "a red circle to the left of a blue square"
+    sample = _gen_sample(0, prompt, _drawing("red", "circle"))
+    noisy = insert_fillers(sample, seed=0)["conversations"]
+    words, orig = noisy[0]["value"].split(" "), f"Draw: {prompt}".split(" ")
+    assert 1 <= len(words) - len(orig) <= 2 and noisy[1] == sample["conversations"][1]
+    it = iter(words)
+    assert all(w in it for w in orig)  # the original words, in order
+    assert set((Counter(words) - Counter(orig)).elements()) <= set(FILLERS)  # and filler words between them
+    pipe = _pipe(tokenizer)
+    samples = [_gen_sample(i, prompt, _drawing("red", "circle")) for i in range(40)]
+    plain = _encode(pipe, samples, prompt_dropout=0.0)
+    noised = _encode(pipe, samples, prompt_dropout=0.0, prompt_noise=0.5)
+    changed = [a.input_ids != b.input_ids for a, b in zip(plain, noised)]
+    assert 8 <= sum(changed) <= 32
+    assert all(len(b) > len(a) for a, b, c in zip(plain, noised, changed) if c)
+    assert [e.labels[-8:] for e in noised] == [e.labels[-8:] for e in plain]  # the image codes are untouched
+    again = _encode(pipe, samples, prompt_dropout=0.0, prompt_noise=0.5)
+    assert [e.input_ids for e in again] == [e.input_ids for e in noised]  # deterministic per sample id
+    from vlkit.config import ConfigError, DataConfig
+    from vlkit.train.trainer import target_spec
+    assert target_spec(pipe, DataConfig(prompt_noise=1.0), seed=0).prompt_noise == 1.0
+    with pytest.raises(ConfigError, match="data.prompt_noise=1.5"):
+        target_spec(pipe, DataConfig(prompt_noise=1.5), seed=0)
 
 
 # -- the loss -----------------------------------------------------------------------------------------------

@@ -47,12 +47,14 @@ class TargetSpec:
     code_offset/encode_codes: vision as target (ModelConfig.vision_target='codes'). `encode_codes` maps uint8
     images (3, H, W) to codes (B, N, D); image tokens are then labelled with `code_offset + code`, and the image
     tokens of a generated image become code tokens in the input too. prompt_dropout: the share of generation
-    samples whose user text is blanked (for classifier-free guidance). dense: NTP-M targets from the sample's
+    samples whose user text is blanked (for classifier-free guidance). prompt_noise: the share of the other
+    generation samples whose user text gets one or two filler words inserted (see `insert_fillers`). dense: NTP-M targets from the sample's
     segmentation mask, as the first token of each class name (see chat.class_token_ids).
     """
     code_offset: Optional[int] = None
     encode_codes: Optional[Callable[[list[torch.Tensor]], torch.Tensor]] = None
     prompt_dropout: float = 0.0
+    prompt_noise: float = 0.0
     dense: bool = False
     seed: int = 0
 
@@ -95,6 +97,8 @@ def encode_samples(samples: Iterable[dict], processor: ChatProcessor, image_size
                                     f"vision_target: codes and a visual tokenizer")
                 if spec.prompt_dropout and _coin(spec.seed, sid) < spec.prompt_dropout:
                     enc = processor.encode_sample(blank_user_text(sample), [n_tok] * len(images))
+                elif spec.prompt_noise and _coin(spec.seed, "noise:" + sid) < spec.prompt_noise:
+                    enc = processor.encode_sample(insert_fillers(sample, spec.seed), [n_tok] * len(images))
             if len(enc.input_ids) > max_length:
                 raise UserError(f"sample {sid} has {len(enc.input_ids)} tokens > max_length={max_length}")
             if all(t == IGNORE for t in enc.labels):
@@ -123,6 +127,29 @@ def _coin(seed: int, key: str) -> float:
     import hashlib
 
     return int(hashlib.sha256(f"{seed}:{key}".encode()).hexdigest()[:8], 16) / 2 ** 32
+
+
+# Words that carry no content in an image prompt; `insert_fillers` puts them between the prompt's words.
+FILLERS = ("a", "the", "to", "of", "and", "so", "then", "now", "please", "here", "just", "with")
+
+
+def insert_fillers(sample: dict, seed: int) -> dict:
+    """The sample with one or two filler words inserted at random gaps between the words of each user turn.
+    Words are only added, never dropped or replaced, so no phrasing that the data lacks is synthesized; the
+    model learns that a content word keeps its meaning at another distance from the words around it."""
+    import random
+
+    rng = random.Random(f"{seed}:{sample.get('id', '?')}")
+    turns = []
+    for t in sample["conversations"]:
+        if t.get("from", t.get("role")) in ("human", "user"):
+            key = "value" if "value" in t else "content"
+            words = str(t.get(key, "")).split(" ")
+            for _ in range(rng.choice((1, 2))):
+                words.insert(rng.randrange(len(words) + 1), rng.choice(FILLERS))
+            t = dict(t, **{key: " ".join(words)})
+        turns.append(t)
+    return dict(sample, conversations=turns)
 
 
 def blank_user_text(sample: dict) -> dict:

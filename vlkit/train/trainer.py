@@ -150,7 +150,10 @@ def target_spec(pipe, data: DataConfig, seed: int) -> TargetSpec:
     cfg = pipe.config
     if not 0.0 <= data.prompt_dropout < 1.0:
         raise ConfigError(f"data.prompt_dropout={data.prompt_dropout} must be in [0, 1)")
-    spec = TargetSpec(prompt_dropout=data.prompt_dropout, dense=cfg.dense_prediction, seed=seed)
+    if not 0.0 <= data.prompt_noise <= 1.0:
+        raise ConfigError(f"data.prompt_noise={data.prompt_noise} must be in [0, 1]")
+    spec = TargetSpec(prompt_dropout=data.prompt_dropout, prompt_noise=data.prompt_noise,
+                      dense=cfg.dense_prediction, seed=seed)
     if cfg.vision_target == "codes":
         vq = pipe.vq
         if vq is None:
