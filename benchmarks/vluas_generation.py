@@ -121,6 +121,8 @@ def main() -> None:
     ap.add_argument("--vq-steps", type=int, default=2000, help="tokenizer steps (batch 32)")
     ap.add_argument("--vq-images", type=int, default=8000, help="the tokenizer trains on the first this many")
     ap.add_argument("--grid", type=int, choices=[8, 16], default=16, help="image tokens (= codes) per side")
+    ap.add_argument("--noise-steps", type=int, default=0,
+                    help="a last stage of this many steps (lr 5e-4) with data.prompt_noise 0.5 on the generation data")
     ap.add_argument("--tasks", default="generation,segmentation")
     ap.add_argument("--vision-target", choices=["codes", "none"], default="codes",
                     help="none: no tokenizer and no code targets (segmentation only)")
@@ -158,10 +160,15 @@ def main() -> None:
     stage = spec["stages"][-1]
     stage["steps"], stage["batch_size"] = a.steps, a.batch_size
     stage["data"]["train"] = [src for src in stage["data"]["train"] if src["tasks"][0] in tasks]
+    if a.noise_steps and "generation" in tasks:
+        gen_data = [src for src in stage["data"]["train"] if src["tasks"][0] == "generation"]
+        spec["stages"].append(dict(stage, name="prompt-noise", steps=a.noise_steps, lr=5e-4, warmup_steps=100,
+                                   data=dict(stage["data"], train=gen_data, prompt_noise=0.5)))
     final = train(Recipe.from_dict(spec), out=out)
     t_train = time.perf_counter() - t0 - t_vq
     pipe = load(final)
-    res.update({"data_and_vq_seconds": round(t_vq, 1), "lm_steps": a.steps, "lm_batch_size": a.batch_size,
+    res.update({"data_and_vq_seconds": round(t_vq, 1), "lm_steps": a.steps, "noise_steps": a.noise_steps,
+                "lm_batch_size": a.batch_size,
                 "train_seconds": round(t_train, 1)})
     if "generation" in tasks:
         gen = run_eval(pipe, data / "test", tasks=["generation"], out_dir=out / "eval", progress=False)
