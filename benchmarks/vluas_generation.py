@@ -6,13 +6,15 @@
    generation images; its ceiling, the verifier's verdict on the test images after encode -> decode, is measured.
 3. recipes/vluas-grid16.yaml (patch 64 / `--grid`, so the token grid is the code grid) is trained on the tasks
    and evaluated on the test split: generation correctness by the synthetic world's verifier (shape, colour and
-   relation as prompted), segmentation mIoU with and without the edge-aware refinement.
+   relation as prompted), segmentation mIoU with and without the edge-aware refinement. `--noise-steps` adds a
+   last stage on the generation data with `data.prompt_noise` 0.5 (filler words inserted in the prompts).
 Prints JSON.
 
     python benchmarks/vluas_generation.py --out /tmp/vluas_gen            # one model, 16 x 16, both tasks
-    # 8 x 8, generation only: 0.76 [0.72, 0.79] at cfg 1.5 (docs/vision_as_target.md); 100 min on 2 CPU cores, ~9 GB
+    # 8 x 8, generation only: 0.81 [0.77, 0.84] at cfg 1.5 (0.76 without --noise-steps; docs/vision_as_target.md);
+    # 101 min on 2 CPU cores, ~9 GB
     python benchmarks/vluas_generation.py --out /tmp/vluas_g8 --grid 8 --tasks generation --n 200000 --steps 18000 \
-        --batch-size 64 --test-n 500
+        --noise-steps 2000 --batch-size 64 --test-n 500
     python benchmarks/vluas_generation.py --out /tmp/ntpm --tasks segmentation --vision-target none  # NTP-M only
 """
 from __future__ import annotations
