@@ -140,27 +140,30 @@ def insert_fillers(sample: dict, seed: int) -> dict:
     import random
 
     rng = random.Random(f"{seed}:{sample.get('id', '?')}")
-    turns = []
-    for t in sample["conversations"]:
-        if t.get("from", t.get("role")) in ("human", "user"):
-            key = "value" if "value" in t else "content"
-            words = str(t.get(key, "")).split(" ")
-            for _ in range(rng.choice((1, 2))):
-                words.insert(rng.randrange(len(words) + 1), rng.choice(FILLERS))
-            t = dict(t, **{key: " ".join(words)})
-        turns.append(t)
-    return dict(sample, conversations=turns)
+
+    def insert(text: str) -> str:
+        words = text.split(" ")
+        for _ in range(rng.choice((1, 2))):
+            words.insert(rng.randrange(len(words) + 1), rng.choice(FILLERS))
+        return " ".join(words)
+
+    return _map_user_text(sample, insert)
 
 
 def blank_user_text(sample: dict) -> dict:
     """The unconditional version of a generation sample: user turns keep only their image placeholders."""
     from vlkit.chat import IMAGE_PLACEHOLDER
 
+    return _map_user_text(sample, lambda text: IMAGE_PLACEHOLDER * text.count(IMAGE_PLACEHOLDER))
+
+
+def _map_user_text(sample: dict, fn: Callable[[str], str]) -> dict:
+    """A copy of the sample with the text of each user turn replaced by fn(text)."""
     turns = []
     for t in sample["conversations"]:
         if t.get("from", t.get("role")) in ("human", "user"):
             key = "value" if "value" in t else "content"
-            t = dict(t, **{key: IMAGE_PLACEHOLDER * str(t.get(key, "")).count(IMAGE_PLACEHOLDER)})
+            t = dict(t, **{key: fn(str(t.get(key, "")))})
         turns.append(t)
     return dict(sample, conversations=turns)
 
