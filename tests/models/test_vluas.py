@@ -114,7 +114,6 @@ def test_generation_samples_need_codes_and_prompt_dropout_blanks_the_prompt(toke
     assert [e.input_ids for e in again] == [e.input_ids for e in dropped]  # deterministic per sample id
 
 
-
 def test_prompt_noise_only_inserts_filler_words_into_generation_prompts(tokenizer):
     prompt = "a red circle to the left of a blue square"
     sample = _gen_sample(0, prompt, _drawing("red", "circle"))

@@ -48,8 +48,9 @@ class TargetSpec:
     images (3, H, W) to codes (B, N, D); image tokens are then labelled with `code_offset + code`, and the image
     tokens of a generated image become code tokens in the input too. prompt_dropout: the share of generation
     samples whose user text is blanked (for classifier-free guidance). prompt_noise: the share of the other
-    generation samples whose user text gets one or two filler words inserted (see `insert_fillers`). dense: NTP-M targets from the sample's
-    segmentation mask, as the first token of each class name (see chat.class_token_ids).
+    generation samples whose user text gets one or two filler words inserted (see `insert_fillers`).
+    dense: NTP-M targets from the sample's segmentation mask, as the first token of each class name (see
+    chat.class_token_ids).
     """
     code_offset: Optional[int] = None
     encode_codes: Optional[Callable[[list[torch.Tensor]], torch.Tensor]] = None
