@@ -134,6 +134,8 @@ def main() -> None:
         ap.error(f"--tasks {a.tasks!r}: choose from generation, segmentation")
     if a.vision_target == "none" and "generation" in tasks:
         ap.error("generation needs --vision-target codes")
+    if a.noise_steps and "generation" not in tasks:
+        ap.error("--noise-steps adds prompt noise to generation prompts: it needs --tasks with generation")
     patch = 64 // a.grid
     out = Path(a.out)
     data = out / "data"
@@ -162,7 +164,7 @@ def main() -> None:
     stage = spec["stages"][-1]
     stage["steps"], stage["batch_size"] = a.steps, a.batch_size
     stage["data"]["train"] = [src for src in stage["data"]["train"] if src["tasks"][0] in tasks]
-    if a.noise_steps and "generation" in tasks:
+    if a.noise_steps:
         gen_data = [src for src in stage["data"]["train"] if src["tasks"][0] == "generation"]
         spec["stages"].append(dict(stage, name="prompt-noise", steps=a.noise_steps, lr=5e-4, warmup_steps=100,
                                    data=dict(stage["data"], train=gen_data, prompt_noise=0.5)))
@@ -170,8 +172,7 @@ def main() -> None:
     t_train = time.perf_counter() - t0 - t_vq
     pipe = load(final)
     res.update({"data_and_vq_seconds": round(t_vq, 1), "lm_steps": a.steps, "noise_steps": a.noise_steps,
-                "lm_batch_size": a.batch_size,
-                "train_seconds": round(t_train, 1)})
+                "lm_batch_size": a.batch_size, "train_seconds": round(t_train, 1)})
     if "generation" in tasks:
         gen = run_eval(pipe, data / "test", tasks=["generation"], out_dir=out / "eval", progress=False)
         res["gen_correct"] = metric(gen, "generation", "gen_correct")
