@@ -6,11 +6,13 @@ these dataclasses. Unknown keys and bad values raise `ConfigError` naming the ke
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Literal, Optional
 
 
 from vlkit.errors import UserError
@@ -20,82 +22,128 @@ class ConfigError(UserError):
     """A configuration value a user wrote is wrong; the message names the key and what is allowed."""
 
 
+# ---------------------------------------------------------------------------------------------------------
+# field ranges: declared next to each field, checked by `check_fields` (every from_dict and every construction)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The interval a numeric field must lie in (None: unbounded); tuple fields are checked element-wise."""
+
+    lo: Optional[float] = None
+    hi: Optional[float] = None
+    lo_open: bool = False  # lo itself is excluded
+    hi_open: bool = False
+
+    def __contains__(self, v: float) -> bool:
+        above = self.lo is None or (v > self.lo if self.lo_open else v >= self.lo)
+        below = self.hi is None or (v < self.hi if self.hi_open else v <= self.hi)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.hi is None:
+            return f"{'>' if self.lo_open else '>='} {self.lo:g}"
+        if self.lo is None:
+            return f"{'<' if self.hi_open else '<='} {self.hi:g}"
+        return f"in {'(' if self.lo_open else '['}{self.lo:g}, {self.hi:g}{')' if self.hi_open else ']'}"
+
+
+def ranged(default: Any, lo: Optional[float] = None, hi: Optional[float] = None, *, lo_open: bool = False,
+           hi_open: bool = False) -> Any:
+    """A dataclass field whose value must lie in the range (None, for Optional fields, is always allowed)."""
+    return field(default=default, metadata={"range": Range(lo, hi, lo_open, hi_open)})
+
+
+def positive(default: Any) -> Any:
+    return ranged(default, 0, lo_open=True)
+
+
+def non_negative(default: Any) -> Any:
+    return ranged(default, 0)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# the config dataclasses
+
+
+class _Checked:
+    """Config dataclasses check their fields when built, from Python or from a dict (errors name the key)."""
+
+    def __post_init__(self) -> None:
+        check_fields(self, _section(self))
+
+
 @dataclass
-class VisionConfig:
+class VisionConfig(_Checked):
     """ViT encoder (SigLIP/CLIP layout)."""
 
-    image_size: int = 64  # the resolution the processor resizes to; the encoder accepts others (interpolated)
-    patch_size: int = 8
-    num_channels: int = 3
-    hidden_size: int = 64
-    intermediate_size: int = 256
-    num_layers: int = 2
-    num_heads: int = 4
-    layer_norm_eps: float = 1e-6
-    hidden_act: str = "gelu_tanh"  # gelu | gelu_tanh (SigLIP) | quick_gelu (CLIP)
+    image_size: int = positive(64)  # the resolution the processor resizes to; the encoder accepts others (interpolated)
+    patch_size: int = positive(8)
+    num_channels: int = positive(3)
+    hidden_size: int = positive(64)
+    intermediate_size: int = positive(256)
+    num_layers: int = positive(2)
+    num_heads: int = positive(4)
+    layer_norm_eps: float = positive(1e-6)
+    hidden_act: Literal["gelu", "gelu_tanh", "quick_gelu"] = "gelu_tanh"  # gelu_tanh (SigLIP) | quick_gelu (CLIP)
     class_token: bool = False  # CLIP has one; it is dropped from the features handed to the connector
     pre_norm: bool = False  # CLIP's pre_layrnorm
     post_norm: bool = True  # SigLIP's post_layernorm (applied only when the last layer is selected)
     feature_layer: int = -1  # hidden state feeding the connector (LLaVA uses -2, the penultimate layer)
     image_mean: tuple = (0.5, 0.5, 0.5)
-    image_std: tuple = (0.5, 0.5, 0.5)
+    image_std: tuple = positive((0.5, 0.5, 0.5))
 
     def validate(self) -> None:
-        _positive(self, "image_size", "patch_size", "hidden_size", "intermediate_size", "num_layers", "num_heads")
+        check_fields(self, "vision")
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"vision.hidden_size={self.hidden_size} must be divisible by vision.num_heads={self.num_heads}")
         if self.image_size % self.patch_size:
             raise ConfigError(f"vision.image_size={self.image_size} must be a multiple of vision.patch_size={self.patch_size}")
-        _choice(self, "hidden_act", ("gelu", "gelu_tanh", "quick_gelu"))
         # indexes hidden states as transformers does: 0 = embeddings, i = after layer i, -1 = last
         if not -(self.num_layers + 1) <= self.feature_layer <= self.num_layers:
             raise ConfigError(f"vision.feature_layer={self.feature_layer} out of range for {self.num_layers} layers")
 
 
 @dataclass
-class ConnectorConfig:
+class ConnectorConfig(_Checked):
     """Maps vision features to LM embeddings; `type` picks an entry of the connector registry."""
 
-    type: str = "mlp"  # linear | mlp | resampler | spatial_merge
-    num_queries: int = 16  # resampler: learnable queries (a square number)
-    num_heads: int = 4  # resampler cross-attention heads
-    merge_size: int = 2  # spatial_merge: merge_size x merge_size patches become one token
+    type: str = "mlp"  # linear | mlp | resampler | spatial_merge (checked against the registry in validate)
+    num_queries: int = positive(16)  # resampler: learnable queries (a square number)
+    num_heads: int = positive(4)  # resampler cross-attention heads
+    merge_size: int = positive(2)  # spatial_merge: merge_size x merge_size patches become one token
     norm: bool = True  # spatial_merge: LayerNorm before merging (Qwen2-VL); Idefics3's pixel shuffle has none
-    merge_proj: str = "mlp"  # spatial_merge: mlp (Qwen2-VL, 2 layers) | linear (Idefics3: one bias-free Linear)
+    merge_proj: Literal["mlp", "linear"] = "mlp"  # spatial_merge: mlp (Qwen2-VL, 2 layers) | linear (Idefics3)
 
     def validate(self) -> None:
         from vlkit.models.connectors import CONNECTORS
 
+        check_fields(self, "connector")
         if self.type not in CONNECTORS:
             raise ConfigError(f"connector.type={self.type!r} is unknown; choose one of {sorted(CONNECTORS)}")
-        _positive(self, "num_queries", "num_heads", "merge_size")
-        _choice(self, "merge_proj", ("mlp", "linear"))
 
 
 @dataclass
-class TextConfig:
+class TextConfig(_Checked):
     """Decoder LM (Llama/Qwen2 layout)."""
 
-    vocab_size: int = 512  # the LM's full vocabulary: text tokens (+ visual codes for VLUAS models)
-    hidden_size: int = 64
-    intermediate_size: int = 176
-    num_layers: int = 2
-    num_heads: int = 4
-    num_kv_heads: int = 2
-    head_dim: Optional[int] = None  # default hidden_size // num_heads
-    rope_theta: float = 10000.0
-    rms_norm_eps: float = 1e-6
-    max_position_embeddings: int = 2048
+    vocab_size: int = positive(512)  # the LM's full vocabulary: text tokens (+ visual codes for VLUAS models)
+    hidden_size: int = positive(64)
+    intermediate_size: int = positive(176)
+    num_layers: int = positive(2)
+    num_heads: int = positive(4)
+    num_kv_heads: int = positive(2)
+    head_dim: Optional[int] = positive(None)  # default hidden_size // num_heads
+    rope_theta: float = positive(10000.0)
+    rms_norm_eps: float = positive(1e-6)
+    max_position_embeddings: int = positive(2048)
     tie_word_embeddings: bool = True
     attention_bias: bool = False  # Qwen2 has biases on q/k/v
     rope_scaling: Optional[dict] = None  # as in HF configs: {"rope_type": "linear" | "llama3", "factor": ..., ...}
 
     def validate(self) -> None:
-        _positive(self, "vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads")
+        check_fields(self, "text")
         if self.rope_scaling is not None:
-            if not isinstance(self.rope_scaling, dict):
-                raise ConfigError(f"text.rope_scaling must be a mapping like {{rope_type: llama3, factor: 8}}, "
-                                  f"got {self.rope_scaling!r}")
             kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
             if kind not in ("default", "linear", "llama3"):
                 raise ConfigError(f"text.rope_scaling type {kind!r} is not supported; allowed: default, linear, llama3")
@@ -110,54 +158,52 @@ class TextConfig:
 
 
 @dataclass
-class VQConfig:
+class VQConfig(_Checked):
     """Visual tokenizer (models/vq.py): its code grid equals the LM's image-token grid."""
 
-    codebook_size: int = 256
-    code_dim: int = 32
-    depth: int = 1  # residual quantization depth (shared codebook); > 1 uses the depth transformer
-    hidden_size: int = 64
-    num_layers: int = 2
-    num_heads: int = 4
-    downsample: int = 8  # pixels per code along each side
-    image_size: int = 64
-    commitment_weight: float = 0.25
-    ema_decay: float = 0.99
-    dead_code_threshold: float = 1e-3
-    perceptual_weight: float = 0.0
-    contrastive_weight: float = 0.0
-    contrastive_dim: int = 64  # text-embedding width for the optional contrastive head (used when contrastive_weight > 0)
+    codebook_size: int = positive(256)
+    code_dim: int = positive(32)
+    depth: int = positive(1)  # residual quantization depth (shared codebook); > 1 uses the depth transformer
+    hidden_size: int = positive(64)
+    num_layers: int = non_negative(2)
+    num_heads: int = positive(4)
+    downsample: int = positive(8)  # pixels per code along each side
+    image_size: int = positive(64)
+    commitment_weight: float = non_negative(0.25)
+    ema_decay: float = ranged(0.99, 0, 1, hi_open=True)
+    dead_code_threshold: float = ranged(1e-3, 0, 1, hi_open=True)  # a fraction of the mean code usage
+    perceptual_weight: float = non_negative(0.0)
+    contrastive_weight: float = non_negative(0.0)
+    contrastive_dim: int = positive(64)  # text-embedding width for the optional contrastive head (contrastive_weight > 0)
 
     def validate(self) -> None:
-        _positive(self, "codebook_size", "code_dim", "depth", "hidden_size", "downsample", "image_size")
+        check_fields(self, "vq")
+        if self.image_size % self.downsample:
+            raise ConfigError(f"vq.image_size={self.image_size} must be a multiple of vq.downsample={self.downsample}")
 
 
 @dataclass
-class ModelConfig:
+class ModelConfig(_Checked):
     vision: VisionConfig = field(default_factory=VisionConfig)
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     text: TextConfig = field(default_factory=TextConfig)
     vq: Optional[VQConfig] = None
-    vision_target: str = "none"  # none (vision as input) | codes (VLUAS: also predict visual codes)
-    vision_loss_weight: float = 1.0  # per visual-code token, relative to a text token
-    text_vocab_size: Optional[int] = None  # tokens below this id are text; codes follow (VLUAS)
-    depth_layers: int = 2  # depth transformer layers (vision_target='codes' with vq.depth > 1)
+    vision_target: Literal["none", "codes"] = "none"  # none (vision as input) | codes (VLUAS: also predict codes)
+    vision_loss_weight: float = non_negative(1.0)  # per visual-code token, relative to a text token
+    text_vocab_size: Optional[int] = positive(None)  # tokens below this id are text; codes follow (VLUAS)
+    depth_layers: int = positive(2)  # depth transformer layers (vision_target='codes' with vq.depth > 1)
     dense_prediction: bool = False  # NTP-M: train image tokens of segmentation samples on class-name tokens
-    dense_loss_weight: float = 1.0  # per patch, relative to a text token
-    dense_negatives: int = 16  # NTP-M: the top-k scoring non-positive tokens taken as negatives per patch
-    max_images: int = 8  # per sample; more is a user error
-    image_token_id: int = 4  # <|image_pad|> in vlkit's tokenizer; set from the tokenizer for HF models
-    pad_token_id: int = 0
+    dense_loss_weight: float = non_negative(1.0)  # per patch, relative to a text token
+    dense_negatives: int = positive(16)  # NTP-M: the top-k scoring non-positive tokens taken as negatives per patch
+    max_images: int = positive(8)  # per sample; more is a user error
+    image_token_id: int = non_negative(4)  # <|image_pad|> in vlkit's tokenizer; set from the tokenizer for HF models
+    pad_token_id: int = non_negative(0)
 
     def validate(self) -> None:
+        check_fields(self, "")
         self.vision.validate()
         self.connector.validate()
         self.text.validate()
-        _choice(self, "vision_target", ("none", "codes"))
-        _positive(self, "depth_layers", "dense_negatives")
-        for name in ("vision_loss_weight", "dense_loss_weight"):
-            if getattr(self, name) < 0:
-                raise ConfigError(f"{name}={getattr(self, name)} must be >= 0")
         if self.vision_target == "codes":
             if self.vq is None:
                 raise ConfigError("vision_target='codes' needs a `vq` config (the visual tokenizer)")
@@ -170,53 +216,60 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
+class DataConfig(_Checked):
     """Where a stage reads its samples and how they are mixed."""
 
     train: list = field(default_factory=list)  # [{"path": DIR_OR_FILE, "weight": 1.0, "tasks": [...]}, ...]
-    max_length: int = 512
+    max_length: int = positive(512)
     packing: bool = False  # pack several samples into one row (block-diagonal attention)
     strict: bool = False  # fail on a bad sample instead of skipping it with a counted warning
-    prompt_dropout: float = 0.1  # image-generation samples trained with a blank prompt (classifier-free guidance)
-    prompt_noise: float = 0.0  # other image-generation samples trained with 1-2 filler words inserted in the prompt
+    # image-generation samples trained with a blank prompt (classifier-free guidance)
+    prompt_dropout: float = ranged(0.1, 0, 1, hi_open=True)
+    # other image-generation samples trained with 1-2 filler words inserted in the prompt
+    prompt_noise: float = ranged(0.0, 0, 1)
 
 
 @dataclass
-class StageConfig:
+class StageConfig(_Checked):
     name: str = "sft"
-    train: str = "sft"  # align (connector only) | multitask (everything) | sft (vision encoder frozen) | lora
-    steps: int = 100
-    epochs: Optional[float] = None  # if set, overrides steps
-    lr: float = 1e-3
-    lr_vision: Optional[float] = None
-    lr_connector: Optional[float] = None
-    lr_text: Optional[float] = None
-    warmup_steps: int = 10
-    batch_size: int = 16
-    grad_accum: int = 1
-    lora_r: int = 16  # train: lora (adapters on the LM's attention and MLP projections; merged at stage end)
-    lora_alpha: float = 32.0
-    lora_dropout: float = 0.05
+    train: str = "sft"  # align (connector only) | multitask (everything) | sft (vision frozen) | lora (train/stages.py)
+    steps: int = positive(100)
+    epochs: Optional[float] = positive(None)  # if set, overrides steps
+    lr: float = positive(1e-3)
+    lr_vision: Optional[float] = positive(None)  # per-module learning rates; unset: lr
+    lr_connector: Optional[float] = positive(None)
+    lr_text: Optional[float] = positive(None)
+    warmup_steps: int = non_negative(10)
+    batch_size: int = positive(16)
+    grad_accum: int = positive(1)
+    lora_r: int = positive(16)  # train: lora (adapters on the LM's attention and MLP projections; merged at stage end)
+    lora_alpha: float = positive(32.0)
+    lora_dropout: float = ranged(0.05, 0, 1, hi_open=True)
     lora_vision: bool = False  # also adapt the vision encoder
     data: DataConfig = field(default_factory=DataConfig)
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(_Checked):
     out: str = "runs/train"
-    seed: int = 0
-    weight_decay: float = 0.0
-    grad_clip: float = 1.0
-    precision: str = "bf16"  # bf16 | fp32
-    log_every: int = 10
-    save_every: int = 0  # 0: only at stage ends
-    keep_last: int = 2
-    num_workers: int = 0
-    max_bad_steps: int = 10  # consecutive non-finite losses before the run stops
-    distributed: str = "ddp"  # ddp | fsdp (shard parameters, gradients, optimizer state; under torchrun only)
+    seed: int = non_negative(0)
+    weight_decay: float = non_negative(0.0)
+    grad_clip: float = non_negative(1.0)  # 0: no clipping
+    precision: Literal["bf16", "fp32"] = "bf16"  # no fp16: without a loss scaler its gradients underflow
+    log_every: int = positive(10)
+    save_every: int = non_negative(0)  # 0: only at stage ends
+    keep_last: int = non_negative(2)  # 0: keep every checkpoint
+    num_workers: int = non_negative(0)
+    max_bad_steps: int = positive(10)  # consecutive non-finite losses before the run stops
+    distributed: Literal["ddp", "fsdp"] = "ddp"  # fsdp: shard parameters, gradients, optimizer state (torchrun only)
 
-    def __post_init__(self) -> None:
-        _choice(self, "distributed", ("ddp", "fsdp"))
+
+@dataclass
+class TokenizerConfig(_Checked):
+    """A recipe's `tokenizer:` section: a tokenizer.json to load, or the size of a BPE trained on the stage data."""
+
+    path: Optional[str] = None
+    vocab_size: int = positive(1024)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -234,20 +287,51 @@ def to_dict(obj: Any) -> Any:
 
 
 def from_dict(cls: type, data: Any, path: str = "") -> Any:
-    """Build dataclass `cls` from a dict, checking keys and basic types; errors name the dotted key."""
+    """Build dataclass `cls` from a dict: unknown keys, wrong types, choices and ranges raise ConfigError naming
+    the dotted key (`stages.0.lr=-1.0 must be > 0`)."""
     if data is None:
         return None
     if not isinstance(data, dict):
         raise ConfigError(f"{path or cls.__name__}: expected a mapping, got {type(data).__name__}")
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = set(data) - names
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(data) - set(fields)
     if unknown:
-        raise ConfigError(f"{path or cls.__name__}: unknown key(s) {sorted(unknown)}; allowed: {sorted(names)}")
-    kwargs = {}
-    for key, value in data.items():
-        kwargs[key] = _coerce(hints[key], value, f"{path}.{key}" if path else key)
-    return cls(**kwargs)
+        raise ConfigError(f"{path or cls.__name__}: unknown key(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+    hints = _hints(cls)
+    kwargs = {key: _check_value(fields[key], hints[key], value, f"{path}.{key}" if path else key)
+              for key, value in data.items()}
+    return cls(**kwargs)  # __post_init__ checks the defaults of the keys not given
+
+
+def check_fields(obj: Any, path: str = "") -> None:
+    """The one validator of config dataclasses: each field against its type (Literal = the allowed choices) and its
+    declared range (`ranged`, `positive`, ...). Values are normalized in place (an int for a float field becomes a
+    float); nested config dataclasses are checked too. Errors name the key as `path.field`."""
+    hints = _hints(type(obj))
+    for f in dataclasses.fields(obj):
+        key = f"{path}.{f.name}" if path else f.name
+        setattr(obj, f.name, _check_value(f, hints[f.name], getattr(obj, f.name), key))
+
+
+@functools.lru_cache(maxsize=None)
+def _hints(cls: type) -> dict:
+    return typing.get_type_hints(cls)
+
+
+def _section(obj: Any) -> str:
+    """The key prefix of a config built directly (`TrainConfig` -> `train`, `StageConfig` -> `stage`)."""
+    return type(obj).__name__.replace("Config", "").lower()
+
+
+def _check_value(f: dataclasses.Field, tp: Any, value: Any, key: str) -> Any:
+    value = _coerce(tp, value, key)
+    rng = f.metadata.get("range")
+    for v in (value if isinstance(value, tuple) else (value,)):
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{key}={value!r} must be a finite number")
+        if rng is not None and v is not None and v not in rng:
+            raise ConfigError(f"{key}={value!r} must be {rng}")
+    return value
 
 
 def _coerce(tp: Any, value: Any, path: str) -> Any:
@@ -258,29 +342,46 @@ def _coerce(tp: Any, value: Any, path: str) -> Any:
             return None
         tp = next(a for a in args if a is not type(None))
         return _coerce(tp, value, path)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}={value!r} is not allowed; choose one of {list(args)}")
+        return value
     if dataclasses.is_dataclass(tp):
+        if isinstance(value, tp):
+            check_fields(value, path)
+            return value
         return from_dict(tp, value, path)
     if tp is bool:
         if not isinstance(value, bool):
-            raise ConfigError(f"{path}: expected true/false, got {value!r}")
+            raise ConfigError(f"{path}={value!r} must be true or false")
         return value
     if tp is int:
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
         if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                return int(value)
-            raise ConfigError(f"{path}: expected an integer, got {value!r}")
+            raise ConfigError(f"{path}={value!r} must be an integer")
         return value
     if tp is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{path}: expected a number, got {value!r}")
-        return float(value)
-    if tp is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{path}: expected a string, got {value!r}")
-        return value
+        return _number(value, path)
     if tp is tuple:
-        return tuple(value)
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{path}={value!r} must be a list of numbers")
+        return tuple(_number(v, path) for v in value)
+    for kind, what in ((str, "a string"), (list, "a list"), (dict, "a mapping")):
+        if tp is kind and not isinstance(value, kind):
+            raise ConfigError(f"{path}={value!r} must be {what}")
     return value
+
+
+def _number(value: Any, path: str) -> float:
+    if isinstance(value, str):  # YAML 1.1 reads `1e-3` (no dot) as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigError(f"{path}={value!r} must be a number")
+    return float(value)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -290,22 +391,33 @@ def parse_override(text: str) -> tuple[list[str], Any]:
     if "=" not in text:
         raise ConfigError(f"override {text!r} must look like key.sub=value")
     key, raw = text.split("=", 1)
-    return key.strip().split("."), yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        raise ConfigError(f"override {text!r}: the value is not valid YAML") from None
+    return key.strip().split("."), value
 
 
 def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Set each `a.b.c=value` in the recipe dict; a list is indexed by position (`stages.1.lr=...`)."""
     for item in overrides:
         keys, value = parse_override(item)
-        node = data
-        for k in keys[:-1]:
+        node: Any = data
+        for depth, k in enumerate(keys):
+            where = ".".join(keys[:depth]) or "the recipe"
             if isinstance(node, list):
-                node = node[int(k)]
+                if not k.isdigit() or int(k) >= len(node):
+                    raise ConfigError(f"override {item!r}: {where} has {len(node)} entries (0..{len(node) - 1}), "
+                                      f"no {k!r}")
+                k = int(k)
+            elif not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {where}={node!r} has no key {k!r}")
+            if depth == len(keys) - 1:
+                node[k] = value
             else:
-                node = node.setdefault(k, {})
-        if isinstance(node, list):
-            node[int(keys[-1])] = value
-        else:
-            node[keys[-1]] = value
+                if isinstance(node, dict) and node.get(k) is None:
+                    node[k] = {}
+                node = node[k]
     return data
 
 
@@ -348,21 +460,3 @@ def tiny_model_config(connector: str = "mlp", vocab_size: int = 512, **overrides
 
 
 PRESETS = {"tiny": tiny_model_config}
-
-
-# ---------------------------------------------------------------------------------------------------------
-
-
-def _positive(obj: Any, *names: str) -> None:
-    section = type(obj).__name__.replace("Config", "").lower()
-    for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ConfigError(f"{section}.{name}={value!r} must be a positive integer")
-
-
-def _choice(obj: Any, name: str, allowed: tuple) -> None:
-    value = getattr(obj, name)
-    if value not in allowed:
-        section = type(obj).__name__.replace("Config", "").lower()
-        raise ConfigError(f"{section}.{name}={value!r} is not allowed; choose one of {list(allowed)}")

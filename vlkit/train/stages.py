@@ -23,10 +23,15 @@ TRAINABLE = {
 }
 
 
+def check_stage_kind(stage: StageConfig, key: str = "stage.train") -> None:
+    """`train:` names an entry of TRAINABLE (the registry is the only list of stage kinds)."""
+    if stage.train not in TRAINABLE:
+        raise ConfigError(f"{key}={stage.train!r} is unknown; choose one of {sorted(TRAINABLE)}")
+
+
 def apply_stage(model: nn.Module, stage: StageConfig) -> dict:
     """Sets requires_grad per module; returns {"trainable": n, "frozen": n} parameter counts (also logged)."""
-    if stage.train not in TRAINABLE:
-        raise ConfigError(f"stage {stage.name!r}: train={stage.train!r} is unknown; choose one of {sorted(TRAINABLE)}")
+    check_stage_kind(stage, f"stage {stage.name!r}: train")
     parts = TRAINABLE[stage.train]
     for name, p in model.named_parameters():
         top = name.split(".")[0]

@@ -19,13 +19,13 @@ from typing import Any, Callable, Optional
 
 import torch
 
-from vlkit.config import (ConfigError, DataConfig, ModelConfig, StageConfig, TrainConfig, apply_overrides, from_dict,
-                          load_yaml, model_config_from_dict, to_dict, tiny_model_config)
+from vlkit.config import (ConfigError, DataConfig, ModelConfig, StageConfig, TokenizerConfig, TrainConfig,
+                          apply_overrides, from_dict, load_yaml, model_config_from_dict, to_dict, tiny_model_config)
 from vlkit.data.collate import Collator, EncodeStats, Example, TargetSpec, encode_samples
 from vlkit.errors import UserError
 from vlkit.train import checkpoint as ckpt_io
 from vlkit.train import distributed as dist_utils
-from vlkit.train.stages import apply_stage, param_groups
+from vlkit.train.stages import apply_stage, check_stage_kind, param_groups
 
 log = logging.getLogger("vlkit.train")
 
@@ -52,10 +52,12 @@ class Recipe:
         stages = data.get("stages") or []
         if not isinstance(stages, list) or not stages:
             raise ConfigError("recipe: `stages` must be a non-empty list")
+        stages = [from_dict(StageConfig, s, f"stages.{i}") for i, s in enumerate(stages)]
+        for i, s in enumerate(stages):
+            check_stage_kind(s, f"stages.{i}.train")
+        from_dict(TokenizerConfig, data.get("tokenizer") or {}, "tokenizer")  # checked; build_pipeline reads the dict
         return cls(model=data.get("model") or {}, tokenizer=data.get("tokenizer") or {}, init=data.get("init"),
-                   vq=data.get("vq"),
-                   train=from_dict(TrainConfig, data.get("train") or {}, "train"),
-                   stages=[from_dict(StageConfig, s, f"stages.{i}") for i, s in enumerate(stages)])
+                   vq=data.get("vq"), train=from_dict(TrainConfig, data.get("train") or {}, "train"), stages=stages)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -148,10 +150,6 @@ def adapt_init(pipe, recipe: Recipe):
 def target_spec(pipe, data: DataConfig, seed: int) -> TargetSpec:
     """What the model supervises besides text: visual codes (vision_target: codes) and NTP-M masks."""
     cfg = pipe.config
-    if not 0.0 <= data.prompt_dropout < 1.0:
-        raise ConfigError(f"data.prompt_dropout={data.prompt_dropout} must be in [0, 1)")
-    if not 0.0 <= data.prompt_noise <= 1.0:
-        raise ConfigError(f"data.prompt_noise={data.prompt_noise} must be in [0, 1]")
     spec = TargetSpec(prompt_dropout=data.prompt_dropout, prompt_noise=data.prompt_noise,
                       dense=cfg.dense_prediction, seed=seed)
     if cfg.vision_target == "codes":
@@ -388,7 +386,10 @@ def train(recipe: Recipe, out: Optional[str | Path] = None, resume: bool = False
           pipe=None) -> Path:
     """Runs every stage of `recipe`; returns the final checkpoint directory (`<out>/final`)."""
     out = Path(out or recipe.train.out)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # an existing file there or on the path, no permission
+        raise ConfigError(f"train.out={str(out)!r} cannot be the run's folder: {exc.strerror}") from None
     torch.manual_seed(recipe.train.seed)
     resume_state = None
     start_stage = 0
