@@ -7,9 +7,6 @@ that then replaces the target in one rename.
 from __future__ import annotations
 
 import hashlib
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator, Optional, Sequence
 
@@ -18,6 +15,7 @@ import torch
 from vlkit.chat import ChatProcessor, normalize_messages
 from vlkit.errors import CheckpointError
 from vlkit.images import ImageLike, load_image, to_tensor
+from vlkit.io import write_dir_atomically
 from vlkit.infer.generate import GenerationConfig, ImageGenerationConfig, TextStreamer, generate, generate_stream
 from vlkit.models.vlm import VisionLanguageModel
 from vlkit.tokenizer import Tokenizer
@@ -173,30 +171,6 @@ class Pipeline:
         directory = Path(directory)
         write_dir_atomically(directory, write)
         return directory
-
-
-def write_dir_atomically(directory: Path, write: Callable[[Path], None]) -> Path:
-    """`write(tmp)` fills a temporary sibling directory, which then replaces `directory` in one rename."""
-    directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
-    try:
-        write(tmp)
-        replace_dir(tmp, directory)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return directory
-
-
-def replace_dir(src: Path, dst: Path) -> None:
-    """Atomically put directory `src` at `dst` (an old `dst` is moved aside first, then removed)."""
-    old = None
-    if dst.exists():
-        old = dst.with_name(f".{dst.name}.old-{os.getpid()}")
-        os.replace(dst, old)
-    os.replace(src, dst)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def load(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:

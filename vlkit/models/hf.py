@@ -667,7 +667,7 @@ def export(pipe: Any, out_dir: str | Path, format: str = "llava-hf") -> Path:
     AutoProcessor (hence vLLM). Written atomically."""
     if format not in EXPORTERS:
         raise ExportError(f"export format {format!r} is unknown; choose one of {sorted(EXPORTERS)}")
-    from vlkit.pipeline import write_dir_atomically
+    from vlkit.io import write_dir_atomically
 
     return write_dir_atomically(Path(out_dir), lambda tmp: EXPORTERS[format](pipe, tmp))
 

@@ -35,8 +35,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -48,6 +46,7 @@ import torch.nn.functional as F
 
 from vlkit.config import ConfigError, VQConfig, from_dict, to_dict
 from vlkit.errors import CheckpointError, UserError
+from vlkit.io import write_dir_atomically
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -512,17 +511,13 @@ class VisualTokenizer(nn.Module):
         """Write config.json + model.safetensors atomically (temp dir, then rename over `out_dir`)."""
         from safetensors.torch import save_file
 
-        out = Path(out_dir)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp", dir=out.parent))
-        try:
+        def write(tmp: Path) -> None:
             (tmp / CONFIG_NAME).write_text(json.dumps(to_dict(self.cfg), indent=2) + "\n")
             state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
             save_file(state, str(tmp / WEIGHTS_NAME), metadata={"format": "pt", "vlkit": "visual_tokenizer"})
-            _replace_dir(tmp, out)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+
+        out = Path(out_dir)
+        write_dir_atomically(out, write)
         return out
 
     @classmethod
@@ -556,17 +551,6 @@ class VisualTokenizer(nn.Module):
                                       f"{tuple(own[k].shape)}")
         model.load_state_dict(state)
         return model.to(map_location).eval()
-
-
-def _replace_dir(tmp: Path, out: Path) -> None:
-    """Rename tmp onto out; an existing out is moved aside first and removed after the swap."""
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old", dir=out.parent))
-        os.replace(out, old / out.name)
-        os.replace(tmp, out)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, out)
 
 
 def gradient_loss(a: torch.Tensor, b: torch.Tensor, scales: int = 3) -> torch.Tensor:
