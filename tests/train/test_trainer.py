@@ -86,12 +86,38 @@ def test_killed_and_resumed_run_matches_uninterrupted(tokenizer, data_dir, tmp_p
         train(_recipe(data_dir, tmp_path / "b", save_every=2), pipe=make_pipe(tokenizer), callbacks=(kill_at_5,))
     ckpts = sorted(p.name for p in (tmp_path / "b" / "checkpoints").iterdir())
     assert ckpts[-1] == "step-0000004" and len(ckpts) <= 2  # keep_last
+    assert max(_metrics(tmp_path / "b")) == 5  # a row past the checkpoint, which the resumed run logs again
     resumed = train(_recipe(data_dir, tmp_path / "b", save_every=2), resume=True)
     from vlkit.pipeline import load
 
     a, b = load(full).model.state_dict(), load(resumed).model.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    # metrics.jsonl: each step once, as in the uninterrupted run (the rows after the checkpoint were dropped)
+    assert list(_metrics(tmp_path / "b")) == list(range(1, 9))
+    assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
+
+
+def _metrics(run) -> dict:
+    """{global_step: (stage, step, loss)} of a run's metrics.jsonl, in file order; a repeated step is an error."""
+    rows = {}
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        r = json.loads(line)
+        assert r["global_step"] not in rows, f"global step {r['global_step']} logged twice"
+        rows[r["global_step"]] = (r["stage"], r["step"], r["loss"])
+    return rows
+
+
+def test_resume_drops_metric_rows_past_the_checkpoint_and_a_torn_line(tmp_path):
+    from vlkit.train.checkpoint import drop_metrics_after
+
+    path = tmp_path / "metrics.jsonl"
+    rows = [{"stage": "s", "step": i, "global_step": i, "loss": 1.0 / i} for i in range(1, 8)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"stage": "s", "step": 8, "glo')
+    assert drop_metrics_after(path, 4) == 4  # rows 5, 6, 7 and the torn line
+    assert path.read_text() == "".join(json.dumps(r) + "\n" for r in rows[:4])
+    assert drop_metrics_after(path, 4) == 0 and drop_metrics_after(tmp_path / "none.jsonl", 4) == 0
+    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temporary file left behind
 
 
 def test_corrupt_line_mid_epoch_is_skipped_and_counted(tokenizer, data_dir, tmp_path):

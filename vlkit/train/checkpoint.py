@@ -10,6 +10,7 @@ Writes are atomic (the pipeline writes a temp dir and renames it); only the last
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 from pathlib import Path
@@ -84,3 +85,24 @@ def load_trainer_state(ckpt: Path) -> tuple[dict, Any, dict]:
         raise CheckpointError(f"trainer state in {sd} cannot be read ({exc}); delete {ckpt} to resume from an "
                               f"earlier checkpoint") from None
     return state, opt, rng
+
+
+def drop_metrics_after(metrics: Path, global_step: int) -> int:
+    """Rewrite `metrics` (metrics.jsonl) atomically without the rows past `global_step` (and any torn line);
+    on resume from a checkpoint at that step those rows are logged again. Returns how many rows were dropped."""
+    if not metrics.is_file():
+        return 0
+    lines = metrics.read_text().splitlines()
+    keep = []
+    for line in lines:
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a torn last line from the interrupted run
+        if isinstance(row, dict) and row.get("global_step", 0) <= global_step:
+            keep.append(line)
+    if len(keep) < len(lines):
+        tmp = metrics.with_name(metrics.name + ".tmp")
+        tmp.write_text("".join(line + "\n" for line in keep))
+        os.replace(tmp, metrics)
+    return len(lines) - len(keep)

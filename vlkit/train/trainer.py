@@ -403,6 +403,8 @@ def train(recipe: Recipe, out: Optional[str | Path] = None, resume: bool = False
             pipe = load(latest)
             resume_state = ckpt_io.load_trainer_state(latest)
             start_stage = resume_state[0]["stage"]
+            if dist_utils.is_main():  # rows logged after the checkpoint are logged again by the resumed run
+                ckpt_io.drop_metrics_after(out / "metrics.jsonl", resume_state[0]["global_step"])
             if resume_state[0]["step"] == 0:
                 resume_state = None  # a stage boundary: nothing to restore but the weights
             log.info("resuming from %s (stage %d)", latest, start_stage)
