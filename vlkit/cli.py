@@ -35,9 +35,12 @@ def cmd_train(a: argparse.Namespace) -> None:
 
 
 def cmd_eval(a: argparse.Namespace) -> None:
+    import logging
+
     import vlkit
     from vlkit.eval.runner import run_eval
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     pipe = vlkit.load(a.ckpt)
     run_eval(pipe, a.data, tasks=_csv(a.tasks), batch_size=a.batch_size, limit=a.limit, out_dir=a.out)
 

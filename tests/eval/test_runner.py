@@ -184,11 +184,20 @@ def test_kill_and_resume_does_not_recompute(dataset, tmp_path, fake_verify):
     asked = [p for call, _ in counting.chat_calls for p in call]
     assert not done & set(asked)                       # finished predictions are not recomputed
     assert len(asked) + len(done) == 12 + 6 + 6 + 16   # only the remaining samples were asked
-    assert scores == {**ref, "data": scores["data"]} and scores["tasks"] == ref["tasks"]
+    assert scores["predictions"] == {"total": 46, "reused": 12, "new": 34}  # the run says what it reused
+    assert _without_cache_counts(scores) == {**_without_cache_counts(ref), "data": scores["data"]}
+    assert scores["tasks"] == ref["tasks"]
 
     again = FakePipe(truth)
-    assert run_eval(again, data, batch_size=4, out_dir=out, resamples=200, progress=False) == scores
+    rerun = run_eval(again, data, batch_size=4, out_dir=out, resamples=200, progress=False)
+    assert _without_cache_counts(rerun) == _without_cache_counts(scores)
     assert again.chat_calls == [] and again.gen_calls == [] and again.seg_calls == 0
+    assert rerun["predictions"] == {"total": 46, "reused": 46, "new": 0}
+    assert "Predictions: 46 of 46 reused from the cache, 0 new." in (out / "scores.md").read_text()
+
+
+def _without_cache_counts(scores):
+    return {k: v for k, v in scores.items() if k != "predictions"}
 
 
 def test_cache_key_includes_model_and_settings(dataset, tmp_path):
@@ -253,3 +262,34 @@ def test_unreadable_image_is_reported_not_cached(dataset, tmp_path):
     assert scores["tasks"]["vqa"]["n"] == 11 and scores["tasks"]["vqa"]["errors"] == 1
     assert "vqa-broken" in scores["tasks"]["vqa"]["error_examples"]
     assert len((out / PREDICTIONS_FILE).read_text().splitlines()) == 11
+
+
+def test_changed_images_or_questions_are_asked_again_not_served_from_the_cache(tmp_path, caplog):
+    """Issue 17 item 7: samples that kept their ids but got new images and questions were scored with the old
+    answers. Predictions are keyed on the prompt text and the image bytes."""
+    from tests.eval.helpers import ColorPipe, write_color_data
+
+    data, out = tmp_path / "data", tmp_path / "out"
+    colors = ["red", "green", "blue", "yellow"] * 5
+    write_color_data(data, colors)
+    first = ColorPipe()
+    assert run_eval(first, data, out_dir=out, progress=False, resamples=50)["predictions"]["new"] == 20
+    # the issue's case: the same 20 ids, new images and new questions
+    new_colors = colors[1:] + colors[:1]
+    write_color_data(data, new_colors, questions=[f"Which colour, {i}?" for i in range(20)])
+    second = ColorPipe()
+    with caplog.at_level("INFO", logger="vlkit.eval"):
+        scores = run_eval(second, data, out_dir=out, progress=False, resamples=50)
+    assert len(second.calls) == 20 and scores["predictions"] == {"total": 20, "reused": 0, "new": 20}
+    assert "0 of 20 predictions reused" in caplog.text
+    assert _value(scores, "vqa", "vqa_acc") == 1.0  # the stale answers would score 0
+    # one change at a time: a new image (same file name, same question), a new question (same image)
+    new_colors[0] = "blue" if new_colors[0] != "blue" else "red"
+    questions = [f"Which colour, {i}?" for i in range(20)]
+    questions[1] = "Name the colour."
+    write_color_data(data, new_colors, questions=questions)
+    third = ColorPipe()
+    scores = run_eval(third, data, out_dir=out, progress=False, resamples=50)
+    assert sorted(p.split("\n")[1] for p, _ in third.calls) == ["Name the colour.", "Which colour, 0?"]
+    assert scores["predictions"] == {"total": 20, "reused": 18, "new": 2}
+    assert _value(scores, "vqa", "vqa_acc") == 1.0

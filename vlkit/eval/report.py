@@ -36,6 +36,9 @@ def scores_table(scores: dict[str, Any], breakdowns: bool = True) -> str:
     skipped = (scores.get("skipped") or {}).get("tasks") or {}
     if skipped:
         parts += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items())]
+    p = scores.get("predictions")
+    if p:
+        parts += ["", f"Predictions: {p['reused']} of {p['total']} reused from the cache, {p['new']} new."]
     if breakdowns:
         for name, t in tasks.items():
             primary = t.get("primary")
@@ -49,3 +52,4 @@ def scores_table(scores: dict[str, Any], breakdowns: bool = True) -> str:
                 parts += ["", f"### {name}: {primary} by group", "",
                           _table(["by", "group", primary, "95% CI", "n", "parse fail"], brows)]
     return "\n".join(parts) + "\n"
+

@@ -1,14 +1,17 @@
 """The eval runner: batched generation with a crash-safe prediction cache, then scoring and reports.
 
 Predictions are appended to `<out_dir>/predictions.jsonl` and flushed after every batch, so a crash loses at
-most one batch. Each record is keyed by (model fingerprint, task, sample id, generation settings); a rerun
-skips keys already present and only asks the model for the rest. Scores are recomputed from the cache every
-run, so an interrupted + resumed run scores exactly like an uninterrupted one.
+most one batch. Each record is keyed by what decides the answer: the model fingerprint, the task, the prompt text,
+a hash of each input image's bytes and the generation settings. A
+rerun skips keys already present and only asks the model for the rest; a sample that kept its id but got a new
+image or question gets a new key. Scores are recomputed from the cache every run, so an interrupted + resumed run
+scores exactly like an uninterrupted one.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import warnings
 from dataclasses import asdict, is_dataclass
@@ -26,6 +29,9 @@ SCORES_JSON = "scores.json"
 SCORES_MD = "scores.md"
 PER_SAMPLE_FILE = "per_sample.jsonl"
 _OWN_FILES = {PREDICTIONS_FILE, PER_SAMPLE_FILE, SCORES_JSON}
+KEY_VERSION = 2  # 1 keyed on the sample id, so a changed image or question reused the old answer
+
+log = logging.getLogger("vlkit.eval")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -87,9 +93,33 @@ def load_samples(data: Union[str, os.PathLike]) -> list[dict]:
 # Prediction cache
 # ---------------------------------------------------------------------------------------------------------
 
-def prediction_key(fingerprint: str, task: str, sample_id: str, settings: dict) -> str:
-    blob = json.dumps([fingerprint, task, sample_id, settings], sort_keys=True, ensure_ascii=True)
+def prediction_key(fingerprint: str, task: str, content: str, settings: dict) -> str:
+    """The cache key of one prediction: model, task, `content` (content_digest: prompt + image bytes) and
+    generation settings."""
+    blob = json.dumps([KEY_VERSION, fingerprint, task, content, settings], sort_keys=True, ensure_ascii=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def content_digest(task: Task, sample: dict, file_digests: Optional[dict] = None) -> str:
+    """sha256 of what the model is given for `sample`: the prompt text and the bytes of each input image (the
+    file's bytes, or the decoded pixels of tar / HF sources). `file_digests` memoizes files shared by samples."""
+    h = hashlib.sha256(task.prompt(sample).encode("utf-8"))
+    if task.kind == "generate_image":  # the sample's image is the target, not an input
+        return h.hexdigest()
+    if "image_objects" in sample:
+        for im in sample["image_objects"]:
+            h.update(f"|{im.mode}{im.size}|".encode())
+            h.update(im.tobytes())
+        return h.hexdigest()
+    memo = file_digests if file_digests is not None else {}
+    for path in sample_images(sample):
+        if path not in memo:
+            try:
+                memo[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+            except OSError as exc:  # reported by _run_batch, which never caches it
+                memo[path] = f"unreadable: {exc}"
+        h.update(f"|{memo[path]}".encode())
+    return h.hexdigest()
 
 
 class PredictionCache:
@@ -144,7 +174,7 @@ class _Job:
 
 
 def _sample_ids(samples: Sequence[dict], task: str) -> list[str]:
-    """Sample ids; a missing id becomes '<task>-<index>', a repeated id gets '#k' so keys stay unique."""
+    """Sample ids; a missing id becomes '<task>-<index>', a repeated id gets '#k' so ids stay unique."""
     seen: dict[str, int] = {}
     out = []
     for i, s in enumerate(samples):
@@ -166,6 +196,28 @@ def _supported(pipe: Any, task: Task) -> Optional[str]:
     return None
 
 
+def _make_jobs(pipe: Any, by_task: dict[str, list[dict]], order: list[str], limit: Optional[int],
+               max_new_tokens: Optional[int], skipped: dict[str, str]) -> dict[str, list[_Job]]:
+    """{task: [job]} for the tasks the pipe can answer; the others go to `skipped`."""
+    fingerprint = str(pipe.fingerprint())
+    file_digests: dict[str, str] = {}
+    jobs: dict[str, list[_Job]] = {}
+    for name in order:
+        task = get_task(name)
+        reason = _supported(pipe, task)
+        if reason:
+            skipped[name] = reason
+            continue
+        ss = by_task[name][:limit] if limit is not None else by_task[name]
+        jobs[name] = []
+        for s, sid in zip(ss, _sample_ids(ss, name)):
+            task.validate(s)  # missing ground truth is a data error: report before any model call
+            settings = task.settings(s, max_new_tokens)
+            content = content_digest(task, s, file_digests)
+            jobs[name].append(_Job(task, s, sid, settings, prediction_key(fingerprint, name, content, settings)))
+    return jobs
+
+
 def _safe_name(key: str) -> str:
     return "".join(c for c in key if c.isalnum())
 
@@ -177,24 +229,31 @@ def _write_png_atomic(img: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def _job_images(job: _Job) -> list:
+    """The images the model gets for `job`; raises ImageError."""
+    from vlkit.images import load_image
+
+    if job.task.kind == "generate_image":
+        return []
+    if "image_objects" in job.sample:  # tar / HF sources: decoded
+        return list(job.sample["image_objects"])
+    return [load_image(p) for p in sample_images(job.sample)]
+
+
 def _run_batch(pipe: Any, jobs: list[_Job], out_dir: Path) -> tuple[list[dict], dict[str, str]]:
     """Ask the model for one batch; returns cache records and {sample id: error} for samples whose inputs
     could not be used (these are reported, not cached, so a rerun retries them)."""
     from PIL import Image
 
-    from vlkit.images import ImageError, load_image
+    from vlkit.images import ImageError
 
     errors: dict[str, str] = {}
     ready: list[tuple[_Job, list]] = []
     for j in jobs:
         try:
-            imgs = [] if j.task.kind == "generate_image" else (
-                list(j.sample["image_objects"]) if "image_objects" in j.sample  # tar / HF sources: decoded
-                else [load_image(p) for p in sample_images(j.sample)])
+            ready.append((j, _job_images(j)))
         except ImageError as exc:
             errors[j.sid] = str(exc)
-            continue
-        ready.append((j, imgs))
     if not ready:
         return [], errors
     task = ready[0][0].task
@@ -232,6 +291,32 @@ def _run_batch(pipe: Any, jobs: list[_Job], out_dir: Path) -> tuple[list[dict], 
     records = [{"key": j.key, "task": j.task.name, "id": j.sid, "settings": j.settings, "prediction": out}
                for (j, _), out in zip(ready, outputs)]
     return records, errors
+
+
+def _generate(pipe: Any, jobs: list[_Job], cache: PredictionCache, batch_size: int, out: Path,
+              progress: bool) -> dict[str, dict[str, str]]:
+    """Ask the model for every job not in the cache, batch by batch (each batch appended to the cache at once).
+    Returns {task: {sample id: error}} for samples whose inputs could not be used."""
+    from tqdm.auto import tqdm
+
+    errors: dict[str, dict[str, str]] = {}
+    # a batch shares task and (chat) settings: one max_new_tokens per call
+    groups: dict[tuple, list[_Job]] = {}
+    for j in jobs:
+        if j.key not in cache:
+            same = json.dumps(j.settings, sort_keys=True) if j.task.kind == "chat" else ""
+            groups.setdefault((j.task.name, same), []).append(j)
+    with tqdm(total=sum(map(len, groups.values())), desc="eval", unit="sample", disable=not progress,
+              dynamic_ncols=True) as bar:
+        for (name, _), group in groups.items():
+            bar.set_postfix_str(name)
+            for i in range(0, len(group), batch_size):
+                batch = group[i:i + batch_size]
+                records, errs = _run_batch(pipe, batch, out)
+                cache.append(records)  # flushed per batch: a crash loses at most this batch
+                errors.setdefault(name, {}).update(errs)
+                bar.update(len(batch))
+    return errors
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -281,6 +366,23 @@ def _score_task(task: Task, jobs: list[_Job], preds: list[Any], resamples: int, 
     return out, per_sample
 
 
+def _prediction(cache: PredictionCache, job: _Job, out: Path) -> Any:
+    raw = cache.get(job.key)["prediction"]
+    return job.task.extract(raw) if job.task.kind == "chat" else str(out / raw)
+
+
+def _task_result(task: Task, jobs: list[_Job], cache: PredictionCache, errors: dict[str, str], out: Path,
+                 resamples: int, seed: int) -> tuple[dict, list[dict]]:
+    done = [j for j in jobs if j.key in cache]
+    if not done:
+        return {"n": 0, "primary": task.metrics[0], "metrics": {}, "errors": len(errors)}, []
+    res, per_sample = _score_task(task, done, [_prediction(cache, j, out) for j in done], resamples, seed)
+    res["errors"] = len(errors)
+    if errors:
+        res["error_examples"] = dict(list(errors.items())[:5])
+    return res, per_sample
+
+
 def _write_json_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -290,6 +392,48 @@ def _write_json_atomic(obj: Any, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------
 # Entry point
 # ---------------------------------------------------------------------------------------------------------
+
+def _check_args(pipe: Any, tasks: Optional[Sequence[str]], batch_size: int, limit: Optional[int],
+                out_dir: Optional[Union[str, os.PathLike]], max_new_tokens: Optional[int]) -> Path:
+    """Raise EvalError on a bad argument; returns the output folder (created)."""
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise EvalError(f"batch_size must be a positive integer, got {batch_size!r}")
+    if limit is not None and (not isinstance(limit, int) or limit < 0):
+        raise EvalError(f"limit must be a non-negative integer or None, got {limit!r}")
+    if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
+        raise EvalError(f"max_new_tokens must be a positive integer or None, got {max_new_tokens!r}")
+    for t in tasks or ():
+        get_task(t)  # unknown names -> EvalError listing the known ones
+    if out_dir is None:
+        ckpt = getattr(pipe, "path", None)
+        if not ckpt:
+            raise EvalError("out_dir is required: this model has no checkpoint path to put '<ckpt>/eval' under")
+        out_dir = Path(ckpt) / "eval"
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    return out
+
+
+def _group_samples(samples: list[dict], tasks: Optional[Sequence[str]], data: Any) -> tuple[dict, list, dict]:
+    """({task: samples}, task order, skipped info) for the requested tasks present in the data."""
+    by_task: dict[str, list[dict]] = {}
+    no_task, unknown = 0, {}
+    for s in samples:
+        name = s.get("task")
+        if not name:
+            no_task += 1
+        elif name not in TASKS:
+            unknown[name] = unknown.get(name, 0) + 1
+        elif tasks is None or name in tasks:
+            by_task.setdefault(name, []).append(s)
+    order = [t for t in (tasks or list(TASKS)) if t in by_task]
+    if not order:
+        raise EvalError(f"no samples to evaluate in {data} for tasks {tasks or sorted(TASKS)} "
+                        f"(tasks in the data: {sorted({str(s.get('task')) for s in samples})})")
+    skipped = {"tasks": {t: "no samples of this task in the data" for t in (tasks or []) if t not in by_task},
+               "samples_without_task": no_task, "unknown_tasks": unknown}
+    return by_task, order, skipped
+
 
 def run_eval(pipe: Any, data: Union[str, os.PathLike], tasks: Optional[Sequence[str]] = None, batch_size: int = 32,
              limit: Optional[int] = None, out_dir: Optional[Union[str, os.PathLike]] = None,
@@ -302,102 +446,30 @@ def run_eval(pipe: Any, data: Union[str, os.PathLike], tasks: Optional[Sequence[
     out_dir default: `<pipe.path>/eval`. Files: predictions.jsonl (the cache), per_sample.jsonl, scores.json,
     scores.md, generations/*.png and masks/*.png for image outputs.
     """
-    from tqdm.auto import tqdm
-
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise EvalError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if limit is not None and (not isinstance(limit, int) or limit < 0):
-        raise EvalError(f"limit must be a non-negative integer or None, got {limit!r}")
-    if max_new_tokens is not None and (not isinstance(max_new_tokens, int) or max_new_tokens < 1):
-        raise EvalError(f"max_new_tokens must be a positive integer or None, got {max_new_tokens!r}")
-    if tasks is not None:
-        for t in tasks:
-            get_task(t)  # unknown names -> EvalError listing the known ones
-    if out_dir is None:
-        ckpt = getattr(pipe, "path", None)
-        if not ckpt:
-            raise EvalError("out_dir is required: this model has no checkpoint path to put '<ckpt>/eval' under")
-        out_dir = Path(ckpt) / "eval"
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    samples = load_samples(data)
-    by_task: dict[str, list[dict]] = {}
-    no_task, unknown = 0, {}
-    for s in samples:
-        name = s.get("task")
-        if not name:
-            no_task += 1
-        elif name not in TASKS:
-            unknown[name] = unknown.get(name, 0) + 1
-        elif tasks is None or name in tasks:
-            by_task.setdefault(name, []).append(s)
-    order = [t for t in (tasks or list(TASKS)) if t in by_task]
-    skipped_tasks = {t: "no samples of this task in the data" for t in (tasks or []) if t not in by_task}
-    if not order:
-        raise EvalError(f"no samples to evaluate in {data} for tasks {tasks or sorted(TASKS)} "
-                        f"(tasks in the data: {sorted({str(s.get('task')) for s in samples})})")
-
-    fingerprint = str(pipe.fingerprint())
-    jobs: dict[str, list[_Job]] = {}
-    for name in order:
-        task = get_task(name)
-        reason = _supported(pipe, task)
-        if reason:
-            skipped_tasks[name] = reason
-            continue
-        ss = by_task[name][:limit] if limit is not None else by_task[name]
-        jl = []
-        for s, sid in zip(ss, _sample_ids(ss, name)):
-            task.validate(s)  # missing ground truth is a data error: report before any model call
-            settings = task.settings(s, max_new_tokens)
-            jl.append(_Job(task, s, sid, settings, prediction_key(fingerprint, name, sid, settings)))
-        jobs[name] = jl
-
+    out = _check_args(pipe, tasks, batch_size, limit, out_dir, max_new_tokens)
+    by_task, order, skipped = _group_samples(load_samples(data), tasks, data)
+    jobs = _make_jobs(pipe, by_task, order, limit, max_new_tokens, skipped["tasks"])
     cache = PredictionCache(out / PREDICTIONS_FILE)
-    pending = {name: [j for j in jl if j.key not in cache] for name, jl in jobs.items()}
-    errors: dict[str, dict[str, str]] = {name: {} for name in jobs}
-    total = sum(len(v) for v in pending.values())
-    with tqdm(total=total, desc="eval", unit="sample", disable=not progress, dynamic_ncols=True) as bar:
-        for name, jl in pending.items():
-            bar.set_postfix_str(name)
-            # chat batches must share settings (one max_new_tokens per call)
-            groups: dict[str, list[_Job]] = {}
-            for j in jl:
-                groups.setdefault(json.dumps(j.settings, sort_keys=True) if j.task.kind == "chat" else "", []).append(j)
-            for group in groups.values():
-                for i in range(0, len(group), batch_size):
-                    batch = group[i:i + batch_size]
-                    records, errs = _run_batch(pipe, batch, out)
-                    cache.append(records)  # flushed per batch: a crash loses at most this batch
-                    errors[name].update(errs)
-                    bar.update(len(batch))
+    everything = [j for jl in jobs.values() for j in jl]
+    reused = sum(j.key in cache for j in everything)
+    log.info("eval: %d of %d predictions reused from %s; asking the model for the rest", reused, len(everything),
+             out / PREDICTIONS_FILE)
+    errors = _generate(pipe, everything, cache, batch_size, out, progress)
 
     results: dict[str, Any] = {}
     per_sample_all: list[dict] = []
     for name, jl in jobs.items():
         task = get_task(name)
-        done = [j for j in jl if j.key in cache]
-        preds = []
-        for j in done:
-            raw = cache.get(j.key)["prediction"]
-            preds.append(task.extract(raw) if task.kind == "chat" else str(out / raw))
-        if not done:
-            results[name] = {"n": 0, "primary": task.metrics[0], "metrics": {}, "errors": len(errors[name])}
-            continue
-        res, per_sample = _score_task(task, done, preds, resamples, seed)
-        res["errors"] = len(errors[name])
-        if errors[name]:
-            res["error_examples"] = dict(list(errors[name].items())[:5])
-        results[name] = res
+        results[name], per_sample = _task_result(task, jl, cache, errors.get(name, {}), out, resamples, seed)
         per_sample_all.extend(per_sample)
-
     scores = {
-        "fingerprint": fingerprint,
+        "fingerprint": str(pipe.fingerprint()),
         "data": str(data),
         "bootstrap": {"resamples": resamples, "seed": seed, "ci": 0.95},
         "tasks": results,
-        "skipped": {"tasks": skipped_tasks, "samples_without_task": no_task, "unknown_tasks": unknown},
+        "skipped": skipped,
+        "predictions": {"total": len(everything), "reused": reused,
+                        "new": sum(j.key in cache for j in everything) - reused},
     }
     with open(out / PER_SAMPLE_FILE, "w", encoding="utf-8") as f:
         for rec in per_sample_all:
