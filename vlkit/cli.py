@@ -42,7 +42,8 @@ def cmd_eval(a: argparse.Namespace) -> None:
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     pipe = vlkit.load(a.ckpt)
-    run_eval(pipe, a.data, tasks=_csv(a.tasks), batch_size=a.batch_size, limit=a.limit, out_dir=a.out)
+    run_eval(pipe, a.data, tasks=_csv(a.tasks), batch_size=a.batch_size, limit=a.limit, out_dir=a.out,
+             blind=a.blind)
 
 
 def cmd_chat(a: argparse.Namespace) -> None:
@@ -133,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--batch-size", type=int, default=32)
     e.add_argument("--limit", type=int, default=None)
     e.add_argument("--out", default=None, help="results folder (default CKPT/eval)")
+    e.add_argument("--blind", action="store_true",
+                   help="also score with every image replaced by a mid-grey one of the same size; report with "
+                        "images vs blind, the difference with a 95%% paired CI, and flag tasks not beating blind")
     e.set_defaults(func=cmd_eval)
 
     c = sub.add_parser("chat", help="chat in the terminal")

@@ -36,6 +36,8 @@ def scores_table(scores: dict[str, Any], breakdowns: bool = True) -> str:
     skipped = (scores.get("skipped") or {}).get("tasks") or {}
     if skipped:
         parts += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items())]
+    if "blind" in scores:
+        parts += ["", blind_table(scores)]
     p = scores.get("predictions")
     if p:
         parts += ["", f"Predictions: {p['reused']} of {p['total']} reused from the cache, {p['new']} new."]
@@ -53,3 +55,28 @@ def scores_table(scores: dict[str, Any], breakdowns: bool = True) -> str:
                           _table(["by", "group", primary, "95% CI", "n", "parse fail"], brows)]
     return "\n".join(parts) + "\n"
 
+
+def blind_table(scores: dict[str, Any]) -> str:
+    """Markdown: per task, the headline metric with images and blind (every image blanked), their difference with
+    a 95% paired bootstrap CI, and a flag where the model does not beat its blind self (CI not above 0)."""
+    rows = []
+    for name, t in scores.get("tasks", {}).items():
+        b = t.get("blind")
+        if b is None:
+            continue
+        diff = "-" if b["difference"] is None else f"{b['difference']:+.3f}"
+        rows.append([name, b["metric"], _fmt(b["with_images"]), _fmt(b["blind"]), diff, _ci(b["ci95"]),
+                     str(b["n"]), "yes" if b["beats_blind"] else "**NO**"])
+    info = scores["blind"]
+    fill = ", ".join(str(c) for c in info.get("fill", []))
+    parts = ["## With images vs blind", "",
+             _table(["task", "metric", "with images", "blind", "difference", "95% CI (paired)", "n", "beats blind"],
+                    rows), "",
+             f"Blind: every input image replaced by a blank one of the same size (RGB {fill}). CI: paired "
+             "percentile bootstrap over samples (the same resampled samples for both scores)."]
+    if info.get("not_beating_blind"):
+        parts += ["", "**Does not beat its blind self** (the CI of the difference includes or is below 0): "
+                  + ", ".join(info["not_beating_blind"])]
+    if info.get("no_input_image"):
+        parts += ["", "No blind run (no input image): " + ", ".join(info["no_input_image"])]
+    return "\n".join(parts)

@@ -2,10 +2,14 @@
 
 Predictions are appended to `<out_dir>/predictions.jsonl` and flushed after every batch, so a crash loses at
 most one batch. Each record is keyed by what decides the answer: the model fingerprint, the task, the prompt text,
-a hash of each input image's bytes and the generation settings. A
+a hash of each input image's bytes, the generation settings and whether the images were blanked (`blind`). A
 rerun skips keys already present and only asks the model for the rest; a sample that kept its id but got a new
 image or question gets a new key. Scores are recomputed from the cache every run, so an interrupted + resumed run
 scores exactly like an uninterrupted one.
+
+`blind=True` ("a model must beat its blind self") also asks the model with every input image replaced by a blank
+one of the same size (BLIND_FILL, mid-grey) and reports, per task, the difference with images minus blind with a
+95% paired bootstrap CI.
 """
 from __future__ import annotations
 
@@ -22,7 +26,7 @@ import numpy as np
 
 from vlkit.eval.metrics import EvalError
 from vlkit.eval.report import scores_table
-from vlkit.eval.tasks import TASKS, Task, get_task, sample_images
+from vlkit.eval.tasks import TASKS, Task, get_task, paired_difference, sample_images
 
 PREDICTIONS_FILE = "predictions.jsonl"
 SCORES_JSON = "scores.json"
@@ -30,6 +34,9 @@ SCORES_MD = "scores.md"
 PER_SAMPLE_FILE = "per_sample.jsonl"
 _OWN_FILES = {PREDICTIONS_FILE, PER_SAMPLE_FILE, SCORES_JSON}
 KEY_VERSION = 2  # 1 keyed on the sample id, so a changed image or question reused the old answer
+# Blind runs replace each input image by this colour at the image's size: mid-grey is ~0 after the usual
+# (x - 0.5) / 0.5 normalization, an input with no signal rather than an extreme one (black is -1).
+BLIND_FILL = (128, 128, 128)
 
 log = logging.getLogger("vlkit.eval")
 
@@ -93,10 +100,10 @@ def load_samples(data: Union[str, os.PathLike]) -> list[dict]:
 # Prediction cache
 # ---------------------------------------------------------------------------------------------------------
 
-def prediction_key(fingerprint: str, task: str, content: str, settings: dict) -> str:
-    """The cache key of one prediction: model, task, `content` (content_digest: prompt + image bytes) and
-    generation settings."""
-    blob = json.dumps([KEY_VERSION, fingerprint, task, content, settings], sort_keys=True, ensure_ascii=True)
+def prediction_key(fingerprint: str, task: str, content: str, settings: dict, blind: bool = False) -> str:
+    """The cache key of one prediction: model, task, `content` (content_digest: prompt + image bytes), generation
+    settings, and whether the images were blanked."""
+    blob = json.dumps([KEY_VERSION, fingerprint, task, content, settings, blind], sort_keys=True, ensure_ascii=True)
     return hashlib.sha256(blob.encode()).hexdigest()[:32]
 
 
@@ -167,10 +174,11 @@ class PredictionCache:
 # ---------------------------------------------------------------------------------------------------------
 
 class _Job:
-    __slots__ = ("task", "sample", "sid", "settings", "key")
+    __slots__ = ("task", "sample", "sid", "settings", "key", "blind")
 
-    def __init__(self, task: Task, sample: dict, sid: str, settings: dict, key: str):
+    def __init__(self, task: Task, sample: dict, sid: str, settings: dict, key: str, blind: bool = False):
         self.task, self.sample, self.sid, self.settings, self.key = task, sample, sid, settings, key
+        self.blind = blind
 
 
 def _sample_ids(samples: Sequence[dict], task: str) -> list[str]:
@@ -197,11 +205,13 @@ def _supported(pipe: Any, task: Task) -> Optional[str]:
 
 
 def _make_jobs(pipe: Any, by_task: dict[str, list[dict]], order: list[str], limit: Optional[int],
-               max_new_tokens: Optional[int], skipped: dict[str, str]) -> dict[str, list[_Job]]:
-    """{task: [job]} for the tasks the pipe can answer; the others go to `skipped`."""
+               max_new_tokens: Optional[int], blind: bool, skipped: dict[str, str]) -> tuple[dict, dict]:
+    """({task: [job]}, {task: [blind job, same order]}) for the tasks the pipe can answer; the others go to
+    `skipped`. Blind jobs exist for tasks with input images (not text-to-image)."""
     fingerprint = str(pipe.fingerprint())
     file_digests: dict[str, str] = {}
     jobs: dict[str, list[_Job]] = {}
+    blind_jobs: dict[str, list[_Job]] = {}
     for name in order:
         task = get_task(name)
         reason = _supported(pipe, task)
@@ -210,12 +220,17 @@ def _make_jobs(pipe: Any, by_task: dict[str, list[dict]], order: list[str], limi
             continue
         ss = by_task[name][:limit] if limit is not None else by_task[name]
         jobs[name] = []
+        if blind and task.kind != "generate_image":
+            blind_jobs[name] = []
         for s, sid in zip(ss, _sample_ids(ss, name)):
             task.validate(s)  # missing ground truth is a data error: report before any model call
             settings = task.settings(s, max_new_tokens)
             content = content_digest(task, s, file_digests)
             jobs[name].append(_Job(task, s, sid, settings, prediction_key(fingerprint, name, content, settings)))
-    return jobs
+            if name in blind_jobs:
+                key = prediction_key(fingerprint, name, content, settings, blind=True)
+                blind_jobs[name].append(_Job(task, s, sid, settings, key, blind=True))
+    return jobs, blind_jobs
 
 
 def _safe_name(key: str) -> str:
@@ -229,15 +244,24 @@ def _write_png_atomic(img: Any, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def blank_like(image: Any) -> Any:
+    """The blind run's stand-in for `image`: the same size, every pixel BLIND_FILL (RGB)."""
+    from PIL import Image
+
+    return Image.new("RGB", image.size, BLIND_FILL)
+
+
 def _job_images(job: _Job) -> list:
-    """The images the model gets for `job`; raises ImageError."""
+    """The images the model gets for `job` (blanks of the same size in a blind job); raises ImageError."""
     from vlkit.images import load_image
 
     if job.task.kind == "generate_image":
         return []
     if "image_objects" in job.sample:  # tar / HF sources: decoded
-        return list(job.sample["image_objects"])
-    return [load_image(p) for p in sample_images(job.sample)]
+        imgs = list(job.sample["image_objects"])
+    else:
+        imgs = [load_image(p) for p in sample_images(job.sample)]
+    return [blank_like(im) for im in imgs] if job.blind else imgs
 
 
 def _run_batch(pipe: Any, jobs: list[_Job], out_dir: Path) -> tuple[list[dict], dict[str, str]]:
@@ -288,33 +312,33 @@ def _run_batch(pipe: Any, jobs: list[_Job], out_dir: Path) -> tuple[list[dict], 
         ready = [(j, i) for j, i in ready if j.sid not in errors]
     else:
         raise EvalError(f"task {task.name!r} has unknown kind {task.kind!r}")
-    records = [{"key": j.key, "task": j.task.name, "id": j.sid, "settings": j.settings, "prediction": out}
-               for (j, _), out in zip(ready, outputs)]
+    records = [{"key": j.key, "task": j.task.name, "id": j.sid, "blind": j.blind, "settings": j.settings,
+                "prediction": out} for (j, _), out in zip(ready, outputs)]
     return records, errors
 
 
 def _generate(pipe: Any, jobs: list[_Job], cache: PredictionCache, batch_size: int, out: Path,
-              progress: bool) -> dict[str, dict[str, str]]:
+              progress: bool) -> dict[tuple[str, bool], dict[str, str]]:
     """Ask the model for every job not in the cache, batch by batch (each batch appended to the cache at once).
-    Returns {task: {sample id: error}} for samples whose inputs could not be used."""
+    Returns {(task, blind): {sample id: error}} for samples whose inputs could not be used."""
     from tqdm.auto import tqdm
 
-    errors: dict[str, dict[str, str]] = {}
-    # a batch shares task and (chat) settings: one max_new_tokens per call
+    errors: dict[tuple[str, bool], dict[str, str]] = {}
+    # a batch shares task, blindness and (chat) settings: one max_new_tokens per call
     groups: dict[tuple, list[_Job]] = {}
     for j in jobs:
         if j.key not in cache:
             same = json.dumps(j.settings, sort_keys=True) if j.task.kind == "chat" else ""
-            groups.setdefault((j.task.name, same), []).append(j)
+            groups.setdefault((j.task.name, j.blind, same), []).append(j)
     with tqdm(total=sum(map(len, groups.values())), desc="eval", unit="sample", disable=not progress,
               dynamic_ncols=True) as bar:
-        for (name, _), group in groups.items():
-            bar.set_postfix_str(name)
+        for (name, blind, _), group in groups.items():
+            bar.set_postfix_str(f"{name} (blind)" if blind else name)
             for i in range(0, len(group), batch_size):
                 batch = group[i:i + batch_size]
                 records, errs = _run_batch(pipe, batch, out)
                 cache.append(records)  # flushed per batch: a crash loses at most this batch
-                errors.setdefault(name, {}).update(errs)
+                errors.setdefault((name, blind), {}).update(errs)
                 bar.update(len(batch))
     return errors
 
@@ -383,6 +407,23 @@ def _task_result(task: Task, jobs: list[_Job], cache: PredictionCache, errors: d
     return res, per_sample
 
 
+def _blind_comparison(task: Task, jobs: list[_Job], blind_jobs: list[_Job], cache: PredictionCache, out: Path,
+                      resamples: int, seed: int) -> dict:
+    """The headline metric with images and blind on the samples that have both predictions, and their difference
+    with a 95% paired bootstrap CI. `beats_blind`: the CI lies above 0."""
+    pairs = [(j, b) for j, b in zip(jobs, blind_jobs) if j.key in cache and b.key in cache]
+    primary = task.metrics[0]
+    if not pairs:
+        return {"metric": primary, "n": 0, "with_images": None, "blind": None, "difference": None, "ci95": None,
+                "beats_blind": False}
+    samples = [j.sample for j, _ in pairs]
+    seen = task.score(samples, [_prediction(cache, j, out) for j, _ in pairs]).metrics[primary]
+    blank = task.score(samples, [_prediction(cache, b, out) for _, b in pairs]).metrics[primary]
+    diff = paired_difference(seen, blank, range(len(pairs)), resamples, seed)
+    return {"metric": primary, "n": len(pairs), **diff,
+            "beats_blind": diff["ci95"] is not None and diff["ci95"][0] > 0}
+
+
 def _write_json_atomic(obj: Any, path: Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
@@ -437,20 +478,22 @@ def _group_samples(samples: list[dict], tasks: Optional[Sequence[str]], data: An
 
 def run_eval(pipe: Any, data: Union[str, os.PathLike], tasks: Optional[Sequence[str]] = None, batch_size: int = 32,
              limit: Optional[int] = None, out_dir: Optional[Union[str, os.PathLike]] = None,
-             max_new_tokens: Optional[int] = None, *, resamples: int = 1000, seed: int = 0,
+             max_new_tokens: Optional[int] = None, *, blind: bool = False, resamples: int = 1000, seed: int = 0,
              progress: bool = True) -> dict:
     """Evaluate `pipe` on the samples in `data` and return the scores dict (also written to out_dir).
 
     tasks: task names to run (default: every known task present in the data). limit: at most this many samples
     per task (the first ones in file order). max_new_tokens: overrides each task's default answer length.
+    blind: also score every task with input images with each image replaced by a blank one (blank_like) and
+    report with images vs blind, their difference and its 95% paired bootstrap CI (`tasks[t]["blind"]`).
     out_dir default: `<pipe.path>/eval`. Files: predictions.jsonl (the cache), per_sample.jsonl, scores.json,
     scores.md, generations/*.png and masks/*.png for image outputs.
     """
     out = _check_args(pipe, tasks, batch_size, limit, out_dir, max_new_tokens)
     by_task, order, skipped = _group_samples(load_samples(data), tasks, data)
-    jobs = _make_jobs(pipe, by_task, order, limit, max_new_tokens, skipped["tasks"])
+    jobs, blind_jobs = _make_jobs(pipe, by_task, order, limit, max_new_tokens, blind, skipped["tasks"])
     cache = PredictionCache(out / PREDICTIONS_FILE)
-    everything = [j for jl in jobs.values() for j in jl]
+    everything = [j for jl in [*jobs.values(), *blind_jobs.values()] for j in jl]
     reused = sum(j.key in cache for j in everything)
     log.info("eval: %d of %d predictions reused from %s; asking the model for the rest", reused, len(everything),
              out / PREDICTIONS_FILE)
@@ -460,8 +503,10 @@ def run_eval(pipe: Any, data: Union[str, os.PathLike], tasks: Optional[Sequence[
     per_sample_all: list[dict] = []
     for name, jl in jobs.items():
         task = get_task(name)
-        results[name], per_sample = _task_result(task, jl, cache, errors.get(name, {}), out, resamples, seed)
+        results[name], per_sample = _task_result(task, jl, cache, errors.get((name, False), {}), out, resamples, seed)
         per_sample_all.extend(per_sample)
+        if name in blind_jobs:
+            results[name]["blind"] = _blind_comparison(task, jl, blind_jobs[name], cache, out, resamples, seed)
     scores = {
         "fingerprint": str(pipe.fingerprint()),
         "data": str(data),
@@ -471,6 +516,9 @@ def run_eval(pipe: Any, data: Union[str, os.PathLike], tasks: Optional[Sequence[
         "predictions": {"total": len(everything), "reused": reused,
                         "new": sum(j.key in cache for j in everything) - reused},
     }
+    if blind:
+        scores["blind"] = {"fill": list(BLIND_FILL), "no_input_image": sorted(set(jobs) - set(blind_jobs)),
+                           "not_beating_blind": [t for t in blind_jobs if not results[t]["blind"]["beats_blind"]]}
     with open(out / PER_SAMPLE_FILE, "w", encoding="utf-8") as f:
         for rec in per_sample_all:
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
