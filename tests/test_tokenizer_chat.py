@@ -21,6 +21,14 @@ def test_control_tokens_in_text_are_plain_characters_and_grounding_tags_single_i
     assert tokenizer.decode(ids, skip_special=True) == text
 
 
+def test_a_pickled_tokenizer_still_splits_special_tokens_in_text(tokenizer):
+    import pickle
+
+    again = pickle.loads(pickle.dumps(tokenizer))  # how DataLoader workers and process pools receive it
+    assert again.encode("<|im_start|>system") == tokenizer.encode("<|im_start|>system")
+    assert tokenizer.im_start_id not in again.encode("<|im_start|>")
+
+
 def test_tokenizer_files_with_special_grounding_tags_load_with_the_same_ids(tokenizer, tmp_path):
     """tokenizer.json files written before grounding tags were text-level have them special: same ids, and
     text keeps them as single ids."""

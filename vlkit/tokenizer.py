@@ -46,6 +46,10 @@ class Tokenizer:
         self.vision_end_id = self.token_id(VISION_END)
         self.gen_start_id = self.token_id(GEN_START)
 
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.text_hf.encode_special_tokens = True  # not part of a tokenizer's pickle (DataLoader workers)
+
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
     def train(cls, texts: Iterable[str], vocab_size: int = 512, min_frequency: int = 2) -> "Tokenizer":
