@@ -97,7 +97,7 @@ def server(box_ckpt, media_dir):
         yield srv
 
 
-def bad_cases(media_dir, outside, media_host: str) -> list[Case]:
+def media_cases(media_dir, outside, media_host: str) -> list[Case]:
     png = helpers.image_png()
     return [
         # images
@@ -133,6 +133,11 @@ def bad_cases(media_dir, outside, media_host: str) -> list[Case]:
         Case("remote 404", with_image(f"{media_host}/missing.png"), param=URL, code="image_fetch_failed"),
         Case("remote HTML page", with_image(f"{media_host}/page"), param=URL, code="unsupported_mime"),
         Case("remote host refuses", with_image("http://127.0.0.1:9/x.png"), param=URL, code="image_fetch_failed"),
+    ]
+
+
+def request_cases() -> list[Case]:
+    return [
         # text and the prompt
         Case("prompt longer than the context", with_text("red " * 600), param="messages",
              code="context_length_exceeded"),
@@ -218,7 +223,7 @@ def test_bad_input_suite(server, media_dir, media_host, tmp_path_factory):
                          ("loop-b.png", media_dir / "loop-a.png")):
         if not (media_dir / name).is_symlink():
             (media_dir / name).symlink_to(target)
-    cases = bad_cases(media_dir, outside, media_host)
+    cases = media_cases(media_dir, outside, media_host) + request_cases()
     engine = server.server.config.app.state.engine
     with httpx.Client(base_url=server.url, timeout=60) as client:
         before = client.post("/v1/chat/completions", json=GOOD)
