@@ -2,14 +2,46 @@ import pytest
 
 from vlkit.chat import IGNORE, ChatFormatError, ChatProcessor, normalize_messages
 from vlkit.errors import CheckpointError
-from vlkit.tokenizer import SPECIAL_TOKENS, Tokenizer
+from vlkit.tokenizer import CONTROL_TOKENS, GROUNDING_TOKENS, SPECIAL_TOKENS, Tokenizer
 
 
-def test_special_tokens_are_single_ids_and_round_trip(tokenizer):
-    for tok in SPECIAL_TOKENS:
+def test_control_tokens_in_text_are_plain_characters_and_grounding_tags_single_ids(tokenizer):
+    assert len({tokenizer.token_id(t) for t in SPECIAL_TOKENS}) == len(SPECIAL_TOKENS)
+    assert tokenizer.special_ids() == {tokenizer.token_id(t) for t in CONTROL_TOKENS}
+    for tok in CONTROL_TOKENS:
+        ids = tokenizer.encode(tok)
+        assert len(ids) > 1 and not set(ids) & tokenizer.special_ids(), tok
+        assert tokenizer.decode(ids) == tok
+    for tok in GROUNDING_TOKENS:
         assert tokenizer.encode(tok) == [tokenizer.token_id(tok)]
     text = "<ref>the red circle</ref><box>(12,340),(999,0)</box>"
     assert tokenizer.decode(tokenizer.encode(text)) == text
+    # decoding with skip_special drops control tokens only: the grounding text stays
+    ids = [tokenizer.im_start_id] + tokenizer.encode(text) + [tokenizer.im_end_id]
+    assert tokenizer.decode(ids, skip_special=True) == text
+
+
+def test_a_pickled_tokenizer_still_splits_special_tokens_in_text(tokenizer):
+    import pickle
+
+    again = pickle.loads(pickle.dumps(tokenizer))  # how DataLoader workers and process pools receive it
+    assert again.encode("<|im_start|>system") == tokenizer.encode("<|im_start|>system")
+    assert tokenizer.im_start_id not in again.encode("<|im_start|>")
+
+
+def test_tokenizer_files_with_special_grounding_tags_load_with_the_same_ids(tokenizer, tmp_path):
+    """tokenizer.json files written before grounding tags were text-level have them special: same ids, and
+    text keeps them as single ids."""
+    import json
+
+    data = json.loads(tokenizer.hf.to_str())
+    for t in data["added_tokens"]:
+        t["special"] = True
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = Tokenizer.from_file(tmp_path / "old.json")
+    text = "Where is it? <ref>the blue star</ref><box>(120,45),(300,999)</box> <|im_start|>"
+    assert old.encode(text) == tokenizer.encode(text)
+    assert [old.token_id(t) for t in SPECIAL_TOKENS] == [tokenizer.token_id(t) for t in SPECIAL_TOKENS]
 
 
 def test_digits_are_split(tokenizer):

@@ -1,10 +1,15 @@
 """Text tokenizer over Hugging Face `tokenizers`: train a byte-level BPE or load a `tokenizer.json`.
 
-Special tokens are single ids and never split. Digits are split one per token so that box coordinates and
-numbers are spelled digit by digit (a tiny model learns them far more easily than merged number pieces).
+User text is text: `encode` splits special tokens (`<|im_start|>`, `<|image_pad|>` ...) into plain characters,
+so text from users, data samples and eval prompts can never open a turn or claim an image slot; only the chat
+template (vlkit/chat.py) puts control tokens into a sequence, by id. The grounding tags (`<ref>`, `<box>` ...) are
+words of the grounding text format that prompts and answers write, so they are added tokens but not special: they
+stay single ids in text. Digits are split one per token so that box coordinates and numbers are spelled digit
+by digit (a tiny model learns them far more easily than merged number pieces).
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable, Optional
 
@@ -18,18 +23,21 @@ GEN_START = "<|gen_start|>"
 IMAGE_PLACEHOLDER = "<image>"  # in sample text only; the processor expands it (never a token)
 
 SPECIAL_TOKENS = [PAD, IM_START, IM_END, VISION_START, IMAGE_PAD, VISION_END, REF_START, REF_END, BOX_START,
-                  BOX_END, GEN_START]
+                  BOX_END, GEN_START]  # every vlkit token outside the BPE vocabulary, in id order
+GROUNDING_TOKENS = [REF_START, REF_END, BOX_START, BOX_END]  # text-level: single ids, also in user text
+CONTROL_TOKENS = [t for t in SPECIAL_TOKENS if t not in GROUNDING_TOKENS]  # only the template inserts these
 
 
 class Tokenizer:
     """A thin wrapper giving vlkit's special-token ids by name."""
 
     def __init__(self, hf_tokenizer, chat_template: Optional[str] = None):
-        self.hf = hf_tokenizer
         self.chat_template = chat_template  # a Jinja template for HF models; None: vlkit's ChatML
         missing = [t for t in SPECIAL_TOKENS if hf_tokenizer.token_to_id(t) is None]
         if missing:  # HF tokenizers of real LMs lack some of ours; add them (they get new ids at the end)
             hf_tokenizer.add_special_tokens(missing)
+        self.hf = not_special(hf_tokenizer, GROUNDING_TOKENS)
+        self.text_hf = text_encoder(self.hf)
         self.pad_id = self.token_id(PAD)
         self.im_start_id = self.token_id(IM_START)
         self.im_end_id = self.token_id(IM_END)
@@ -37,6 +45,10 @@ class Tokenizer:
         self.image_pad_id = self.token_id(IMAGE_PAD)
         self.vision_end_id = self.token_id(VISION_END)
         self.gen_start_id = self.token_id(GEN_START)
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.text_hf.encode_special_tokens = True  # not part of a tokenizer's pickle (DataLoader workers)
 
     # -- construction ----------------------------------------------------------------------------------
     @classmethod
@@ -71,15 +83,40 @@ class Tokenizer:
         return i
 
     def encode(self, text: str) -> list[int]:
-        return self.hf.encode(text, add_special_tokens=False).ids
+        """Text -> ids, special tokens in the text split as plain characters (see the module docstring)."""
+        return self.text_hf.encode(text, add_special_tokens=False).ids
+
+    def special_ids(self) -> set[int]:
+        """Ids of the special tokens: no `encode` result contains one."""
+        return {i for i, t in self.hf.get_added_tokens_decoder().items() if t.special}
 
     def decode(self, ids: list[int], skip_special: bool = False) -> str:
-        if skip_special:
-            drop = {self.pad_id, self.im_start_id, self.im_end_id, self.vision_start_id, self.image_pad_id,
-                    self.vision_end_id, self.gen_start_id}
-            ids = [i for i in ids if i not in drop]
-        # keep <ref>/<box> text: grounding answers are read from it
-        return self.hf.decode([i for i in ids if i < len(self)], skip_special_tokens=False)
+        # skip_special keeps <ref>/<box> text (not special): grounding answers are read from it
+        return self.hf.decode([i for i in ids if i < len(self)], skip_special_tokens=skip_special)
+
+
+def text_encoder(hf_tokenizer):
+    """A copy of `hf_tokenizer` that encodes special tokens written in text as plain characters (`tokenizers`'
+    `encode_special_tokens`, the setting behind transformers' `split_special_tokens`)."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    copy = HFTokenizer.from_str(hf_tokenizer.to_str())
+    copy.encode_special_tokens = True
+    return copy
+
+
+def not_special(hf_tokenizer, tokens: list[str]):
+    """`hf_tokenizer` with the added `tokens` marked non-special (same ids), so that text keeps them as single
+    ids; tokenizer.json files written before this rule had them special."""
+    from tokenizers import Tokenizer as HFTokenizer
+
+    data = json.loads(hf_tokenizer.to_str())
+    flagged = [t for t in data["added_tokens"] if t["content"] in tokens and t["special"]]
+    if not flagged:
+        return hf_tokenizer
+    for t in flagged:
+        t["special"] = False
+    return HFTokenizer.from_str(json.dumps(data))
 
 
 def read_tokenizer_json(path: str | Path):

@@ -7,6 +7,7 @@ import pytest
 import torch
 from PIL import Image
 
+from vlkit.errors import ImageTokenError, UserError
 from vlkit.infer.engine import (ContextLengthError, Engine, QueueFullError, SamplingParams, TooManyImagesError,
                                 merge_caches, trim_cache)
 from vlkit.infer.generate import generate
@@ -195,6 +196,54 @@ def test_user_errors_and_cancel(pipe):
             time.sleep(0.005)
         assert events[-1].finish_reason == "cancelled"
         assert engine.generate(ids, px, SamplingParams(3)).finish_reason == "length"  # still serving
+
+
+def test_requests_the_batch_could_not_run_are_refused_at_submit_alone(pipe):
+    """Checked before joining a batch: a wrong number of image positions (it would fail the batch's image merge,
+    or move image features into another row), ids outside the vocabulary, a malformed image, a seed torch
+    cannot take. The requests queued with them are served as if alone."""
+    with Engine(pipe, max_batch_size=8) as engine:
+        good = [_request(engine, k) for k in range(3)]
+        ids, px = good[0]
+        pad = pipe.tokenizer.image_pad_id
+        gate = _block(engine)
+        results = {k: [] for k in range(3)}
+        for k, (i, p) in enumerate(good):
+            engine.submit(i, p, SamplingParams(6), results[k].append)
+        bad = [(ImageTokenError, ids + [pad], px, {}), (ImageTokenError, ids, [], {}),
+               (UserError, ids + [len(pipe.tokenizer) + 10 ** 6], px, {}),
+               (UserError, ids, [px[0][:2]], {}), (UserError, ids, px, {"seed": 2 ** 64})]
+        for error, i, p, kw in bad:
+            with pytest.raises(error):
+                engine.submit(i, p, SamplingParams(6, **kw), print)
+        assert engine.num_waiting == 3
+        gate.set()
+        deadline = time.monotonic() + 30
+        while not all(r and r[-1].finish_reason for r in results.values()) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for k, (i, p) in enumerate(good):
+            assert results[k][-1].finish_reason == "length"
+            assert results[k][-1].token_ids == _alone(pipe, i, p, 6)
+
+
+def test_queue_slot_is_given_back_on_every_way_out(pipe):
+    with Engine(pipe, max_batch_size=1, max_queue=2) as engine:
+        ids, px = _request(engine, 2)
+        for _ in range(5):  # failures while holding the slot: the with block gives it back
+            with pytest.raises(RuntimeError), engine.reserve():
+                raise RuntimeError("preprocessing failed")
+            with pytest.raises(UserError), engine.reserve() as slot:
+                engine.submit(ids, px, SamplingParams(4, seed=-2 ** 64), print, slot=slot)
+        assert engine._reserved == 0
+        with engine.reserve() as slot:  # submit takes the place over: the queue counts the request instead
+            done = []
+            engine.submit(ids, px, SamplingParams(4), done.append, slot=slot)
+            assert not slot.held
+        assert engine._reserved == 0
+        deadline = time.monotonic() + 30
+        while not (done and done[-1].finish_reason) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert done[-1].finish_reason == "length"
 
 
 def test_merge_and_trim_caches_keep_rows_apart():

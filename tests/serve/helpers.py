@@ -1,7 +1,10 @@
 """Tiny checkpoints for the serving tests: built from config in seconds, nothing downloaded."""
 from __future__ import annotations
 
+import base64
 import io
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -24,20 +27,20 @@ def tokenizer() -> Tokenizer:
     return Tokenizer.train(CORPUS * 10 + [BOX_QUESTION + " " + BOX_ANSWER] * 5, vocab_size=320)
 
 
-def _model(tok: Tokenizer, seed: int) -> VisionLanguageModel:
+def _model(tok: Tokenizer, seed: int, context: int = 512) -> VisionLanguageModel:
     torch.manual_seed(seed)
     cfg = tiny_model_config("mlp", vocab_size=len(tok))
     cfg.image_token_id = tok.image_pad_id
     cfg.pad_token_id = tok.pad_id
-    cfg.text.max_position_embeddings = 512
+    cfg.text.max_position_embeddings = context
     cfg.max_images = 2
     return VisionLanguageModel(cfg).eval()
 
 
-def random_pipeline(seed: int = 0) -> Pipeline:
+def random_pipeline(seed: int = 0, context: int = 512) -> Pipeline:
     """Random weights, perturbed so greedy answers are long, varied token strings (they rarely stop)."""
     tok = tokenizer()
-    model = _model(tok, seed)
+    model = _model(tok, seed, context)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():
@@ -52,6 +55,25 @@ def image_png(color=(200, 30, 30), size=(48, 40), seed: int = 0) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr, "RGB").save(buf, "PNG")
     return buf.getvalue()
+
+
+def data_url(data: bytes, mime: str = "image/png") -> str:
+    return f"data:{mime};base64," + base64.b64encode(data).decode()
+
+
+def vision_messages(url: str, text: str = BOX_QUESTION) -> list:
+    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
+                                         {"type": "text", "text": text}]}]
+
+
+def png_with_size(width: int, height: int) -> bytes:
+    """A small valid PNG whose header claims width x height (a decompression bomb's header)."""
+    png = bytearray(image_png())
+    ihdr = png[12:29]  # type + 13 data bytes
+    ihdr[4:12] = struct.pack(">II", width, height)
+    png[12:29] = ihdr
+    png[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
+    return bytes(png)
 
 
 def box_pipeline(steps: int = 100) -> Pipeline:
@@ -88,19 +110,21 @@ def save(pipe: Pipeline, path: Path) -> Path:
 
 
 class ServerThread:
-    """uvicorn serving `app` on 127.0.0.1 (a free port) in a background thread."""
+    """uvicorn serving `app` on 127.0.0.1 (a free port) in a background thread, configured as `vlkit serve`."""
 
     def __init__(self, app):
         import socket
 
         import uvicorn
 
+        from vlkit.serve.app import uvicorn_config
+
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="on"))
+        self.server = uvicorn.Server(uvicorn_config(app, log_level="warning", lifespan="on"))  # as `vlkit serve`
         self.thread = None
 
     def __enter__(self) -> "ServerThread":

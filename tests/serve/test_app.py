@@ -1,10 +1,9 @@
-"""The OpenAI-compatible server on loopback: the official client, bad input, concurrency, auth, limits."""
+"""The OpenAI-compatible server on loopback: the official client, concurrency, auth, image generation (bad input:
+test_bad_input.py)."""
 import base64
 import io
 import json
-import struct
 import threading
-import zlib
 
 import httpx
 import numpy as np
@@ -15,28 +14,7 @@ from vlkit.pipeline import Pipeline
 from vlkit.serve.app import create_app
 
 from tests.serve import helpers
-
-
-def data_url(data: bytes, mime: str = "image/png") -> str:
-    return f"data:{mime};base64," + base64.b64encode(data).decode()
-
-
-def vision_messages(url: str, text: str = helpers.BOX_QUESTION) -> list:
-    return [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": url}},
-                                         {"type": "text", "text": text}]}]
-
-
-GOOD = {"messages": vision_messages(data_url(helpers.image_png())), "temperature": 0, "max_tokens": 40}
-
-
-def png_with_size(width: int, height: int) -> bytes:
-    """A small valid PNG whose header claims width x height (a decompression bomb's header)."""
-    png = bytearray(helpers.image_png())
-    ihdr = png[12:29]  # type + 13 data bytes
-    ihdr[4:12] = struct.pack(">II", width, height)
-    png[12:29] = ihdr
-    png[29:33] = struct.pack(">I", zlib.crc32(bytes(ihdr)))
-    return bytes(png)
+from tests.serve.helpers import data_url, vision_messages
 
 
 def test_openai_client_stream_equals_non_stream(box_server):
@@ -60,76 +38,6 @@ def test_openai_client_stream_equals_non_stream(box_server):
     assert sum(1 for c in chunks if c.choices and c.choices[0].finish_reason) == 1
     assert sum(1 for c in chunks if c.choices and c.choices[0].delta.content) > 3  # really streamed in pieces
     assert chunks[-1].choices == [] and chunks[-1].usage.prompt_tokens == full.usage.prompt_tokens
-
-
-def _bad_cases(media_dir, tmp_path_factory):
-    outside = tmp_path_factory.mktemp("outside")
-    (outside / "secret.png").write_bytes(helpers.image_png())
-    link = media_dir / "link.png"
-    if not link.exists():
-        link.symlink_to(outside / "secret.png")
-    png = helpers.image_png()
-    url_param = "messages[0].content[0].image_url.url"
-
-    def img(url):
-        return {**GOOD, "messages": vision_messages(url)}
-
-    return [
-        # (name, body (dict or raw str/bytes), status, param)
-        ("corrupt image bytes", img(data_url(b"\x89PNG\r\n\x1a\n" + bytes(range(200)))), 400, url_param),
-        ("truncated image", img(data_url(png[: len(png) // 2])), 400, url_param),
-        ("empty image", img("data:image/png;base64,"), 400, url_param),
-        ("invalid base64", img("data:image/png;base64,@@not*base64@@"), 400, url_param),
-        ("unsupported MIME", img(data_url(b"<svg/>", "image/svg+xml")), 400, url_param),
-        ("decompression bomb", img(data_url(png_with_size(20000, 20000))), 400, url_param),
-        ("too many images", {**GOOD, "messages": [{"role": "user", "content": [
-            {"type": "image_url", "image_url": {"url": data_url(png)}} for _ in range(3)]}]}, 400, "messages"),
-        ("prompt longer than the context", {**GOOD, "messages": [{"role": "user", "content": "red " * 600}]},
-         400, "messages"),
-        ("max_tokens beyond the context", {**GOOD, "max_tokens": 500}, 400, "max_tokens"),
-        ("unsupported URL scheme", img("ftp://example.com/x.png"), 400, url_param),
-        ("remote media disabled", img("http://127.0.0.1:9/x.png"), 400, url_param),
-        ("file outside the allowed folder", img("file:///etc/passwd"), 403, url_param),
-        ("dot-dot escape", img(f"file://{media_dir}/../{outside.name}/secret.png"), 403, url_param),
-        ("symlink escape", img(f"file://{link}"), 403, url_param),
-        ("missing local file", img(f"file://{media_dir}/nope.png"), 400, url_param),
-        ("invalid JSON", '{"messages": [', 400, "body"),
-        ("temperature out of range", {**GOOD, "temperature": 5}, 400, "temperature"),
-        ("top_p zero", {**GOOD, "top_p": 0}, 400, "top_p"),
-        ("n > 1", {**GOOD, "n": 2}, 400, "n"),
-        ("max_tokens zero", {**GOOD, "max_tokens": 0}, 400, "max_tokens"),
-        ("too many stop strings", {**GOOD, "stop": ["a", "b", "c", "d", "e"]}, 400, "stop"),
-        ("no messages", {**GOOD, "messages": []}, 400, "messages"),
-        ("unknown role", {**GOOD, "messages": [{"role": "robot", "content": "hi"}]}, 400, "messages[0].role"),
-        ("unknown content part", {**GOOD, "messages": [{"role": "user", "content": [{"type": "video"}]}]},
-         400, "messages[0].content[0]"),
-        ("body too large", {**GOOD, "pad": "x" * (3 * 1024 * 1024)}, 413, None),
-    ]
-
-
-def test_bad_inputs_get_4xx_naming_the_parameter(box_server, media_dir, tmp_path_factory):
-    cases = _bad_cases(media_dir, tmp_path_factory)
-    assert len(cases) >= 15
-    with httpx.Client(base_url=box_server.url, timeout=60) as client:
-        for name, body, status, param in cases:
-            content = body if isinstance(body, (str, bytes)) else json.dumps(body)
-            r = client.post("/v1/chat/completions", content=content, headers={"Content-Type": "application/json"})
-            assert r.status_code == status, (name, r.status_code, r.text[:300])
-            err = r.json()["error"]
-            assert set(err) == {"message", "type", "param", "code"}, name
-            assert err["message"], name
-            assert err["param"] == param, (name, err)
-        # the server still answers a good request (and a local file inside the allowed folder works)
-        r = client.post("/v1/chat/completions", json=img_request(f"file://{media_dir}/red.png"))
-        assert r.status_code == 200, r.text
-        assert r.json()["choices"][0]["message"]["content"] == helpers.BOX_ANSWER
-        assert client.get("/health").json()["status"] == "ok"
-        r = client.get("/v1/nothing")
-        assert r.status_code == 404 and r.json()["error"]["type"] == "not_found_error"
-
-
-def img_request(url):
-    return {**GOOD, "messages": vision_messages(url)}
 
 
 @pytest.fixture(scope="module")

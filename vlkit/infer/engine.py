@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from vlkit.errors import UserError
+from vlkit.errors import ImageTokenError, UserError
 from vlkit.infer.generate import GenerationConfig, left_pad, sample
 from vlkit.models.language import KVCache, padding_positions
 
@@ -104,6 +104,28 @@ class _Sequence:
         self.submitted_at = time.perf_counter()
 
 
+class QueueSlot:
+    """A place in the queue held by one request from the moment it is accepted until it is queued (the queue
+    then counts it) or has failed. A context manager: leaving the block gives the place back unless `submit`
+    took it over, so every way out of a request (an error, a cancelled handler) frees it."""
+
+    def __init__(self, engine: "Engine"):
+        self._engine = engine
+        self.held = True
+
+    def release(self) -> None:
+        with self._engine._cond:
+            if self.held:
+                self.held = False
+                self._engine._reserved -= 1
+
+    def __enter__(self) -> "QueueSlot":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
 class RequestHandle:
     def __init__(self, engine: "Engine", seq: _Sequence):
         self._engine, self._seq = engine, seq
@@ -123,11 +145,12 @@ class RequestHandle:
 class EventStream:
     """Async iterator over one request's events (made by `Engine.open_stream` inside an event loop)."""
 
-    def __init__(self, engine: "Engine", prompt_ids, pixels, params: SamplingParams, reserved: bool, stream: bool):
+    def __init__(self, engine: "Engine", prompt_ids, pixels, params: SamplingParams, slot: Optional[QueueSlot],
+                 stream: bool):
         self._loop = asyncio.get_running_loop()
         self._queue: asyncio.Queue = asyncio.Queue()
         self._finished = False
-        self.handle = engine.submit(prompt_ids, pixels, params, self._emit, reserved=reserved, stream=stream)
+        self.handle = engine.submit(prompt_ids, pixels, params, self._emit, slot=slot, stream=stream)
 
     def _emit(self, event: EngineEvent) -> None:
         try:
@@ -288,22 +311,22 @@ class Engine:
         return self.pipe.prompt_ids(prompt, pixels), pixels
 
     # -- submission ------------------------------------------------------------------------------------
-    def reserve(self) -> None:
-        """Hold a queue place while a request is being preprocessed (429 early instead of after the work)."""
+    def reserve(self) -> QueueSlot:
+        """Hold a queue place while a request is being preprocessed (429 early instead of after the work);
+        use the slot in a `with` block and pass it to `submit`/`open_stream`."""
         with self._cond:
             if len(self._waiting) + self._reserved >= self.max_queue:
                 raise QueueFullError(f"the server queue is full ({self.max_queue} requests waiting); retry later")
             self._reserved += 1
-
-    def release(self) -> None:
-        with self._cond:
-            self._reserved = max(0, self._reserved - 1)
+        return QueueSlot(self)
 
     def check(self, prompt_ids: Sequence[int], pixels: Sequence[torch.Tensor], params: SamplingParams) -> GenerationConfig:
-        """Validate a request; returns its GenerationConfig. Raises a UserError naming the bad value."""
+        """Validate a request before it can join a batch (a bad request fails alone, never its batch); returns
+        its GenerationConfig. Raises a UserError naming the bad value."""
         cfg = self.model.cfg
         if len(pixels) > cfg.max_images:
             raise TooManyImagesError(f"{len(pixels)} images given; this model accepts at most {cfg.max_images}")
+        self._check_prompt(prompt_ids, pixels)
         if not isinstance(params.max_tokens, int) or isinstance(params.max_tokens, bool) or params.max_tokens < 1:
             raise UserError(f"max_tokens={params.max_tokens!r} must be a positive integer")
         limit = cfg.text.max_position_embeddings
@@ -318,24 +341,38 @@ class Engine:
         gen.validate()
         return gen
 
+    def _check_prompt(self, prompt_ids: Sequence[int], pixels: Sequence[torch.Tensor]) -> None:
+        """Token ids in the vocabulary, images the model can encode, and exactly as many image positions as
+        the images fill (else features would land in another request's row or fail the whole batch)."""
+        cfg = self.model.cfg
+        if any(not isinstance(i, int) or not 0 <= i < cfg.text.vocab_size for i in prompt_ids):
+            raise UserError(f"prompt token ids must be integers in [0, {cfg.text.vocab_size})")
+        slots = 0
+        for k, p in enumerate(pixels):
+            if not isinstance(p, torch.Tensor) or p.ndim != 3 or p.shape[0] != cfg.vision.num_channels:
+                raise UserError(f"image {k} must be a ({cfg.vision.num_channels}, H, W) tensor")
+            try:
+                slots += self.model.tokens_per_image(p.shape[1], p.shape[2])
+            except ValueError as exc:
+                raise UserError(f"image {k}: {exc}") from None
+        positions = sum(1 for i in prompt_ids if i == cfg.image_token_id)
+        if positions != slots:
+            raise ImageTokenError(f"the prompt has {positions} image positions but its {len(pixels)} image(s) "
+                                  f"fill {slots}")
+
     def submit(self, prompt_ids: Sequence[int], pixels: Sequence[torch.Tensor], params: SamplingParams,
-               emit: Callable[[EngineEvent], None], reserved: bool = False, stream: bool = True) -> RequestHandle:
-        """Queue a request; `emit` is called from the model thread with each event (stream=False: text only in
-        the final event). Thread-safe."""
-        try:
-            gen = self.check(prompt_ids, pixels, params)
-        except BaseException:
-            if reserved:
-                self.release()
-            raise
+               emit: Callable[[EngineEvent], None], slot: Optional[QueueSlot] = None,
+               stream: bool = True) -> RequestHandle:
+        """Queue a request (in the place `slot` holds, if given); `emit` is called from the model thread with
+        each event (stream=False: text only in the final event). Thread-safe."""
+        gen = self.check(prompt_ids, pixels, params)
         seq = _Sequence(list(prompt_ids), list(pixels), params, gen, emit, stream)
         with self._cond:
             if self._thread is None or self._stopping:
-                if reserved:
-                    self._reserved = max(0, self._reserved - 1)
                 raise EngineStoppedError("the engine is not running")
-            if reserved:
-                self._reserved = max(0, self._reserved - 1)
+            if slot is not None and slot.held:
+                slot.held = False  # the queue counts this request from now on
+                self._reserved -= 1
             elif len(self._waiting) + self._reserved >= self.max_queue:
                 raise QueueFullError(f"the server queue is full ({self.max_queue} requests waiting); retry later")
             self._waiting.append(seq)
@@ -343,9 +380,9 @@ class Engine:
         return RequestHandle(self, seq)
 
     def open_stream(self, prompt_ids: Sequence[int], pixels: Sequence[torch.Tensor], params: SamplingParams,
-                    reserved: bool = False, stream: bool = True) -> EventStream:
+                    slot: Optional[QueueSlot] = None, stream: bool = True) -> EventStream:
         """Submit from inside an event loop; iterate the result with `async for`. Raises at once on a full queue."""
-        return EventStream(self, prompt_ids, pixels, params, reserved, stream)
+        return EventStream(self, prompt_ids, pixels, params, slot, stream)
 
     def generate(self, prompt_ids: Sequence[int], pixels: Sequence[torch.Tensor], params: SamplingParams,
                  timeout: Optional[float] = None) -> Completion:

@@ -13,6 +13,9 @@ import torch
 from vlkit.errors import UserError
 from vlkit.models.language import padding_positions
 
+SEED_RANGE = (-(2 ** 63), 2 ** 63 - 1)  # a 64-bit signed integer (torch.Generator.manual_seed takes these)
+MIN_TEMPERATURE = 1e-3
+
 
 @dataclass
 class GenerationConfig:
@@ -33,6 +36,8 @@ class GenerationConfig:
             raise UserError(f"top_k={self.top_k!r} must be >= 0")
         if not 0.0 < self.top_p <= 1.0:
             raise UserError(f"top_p={self.top_p!r} must be in (0, 1]")
+        if self.seed is not None and not (isinstance(self.seed, int) and SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]):
+            raise UserError(f"seed={self.seed!r} must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]")
 
 
 def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
@@ -55,7 +60,8 @@ def sample(logits: torch.Tensor, gen: GenerationConfig, generator: Optional[torc
         logits[..., gen.vocab_limit:] = float("-inf")
     if gen.temperature == 0.0:
         return logits.argmax(-1)
-    logits = filter_logits(logits / gen.temperature, gen.top_k, gen.top_p)
+    # below MIN_TEMPERATURE the distribution is one-hot anyway; smaller ones would overflow float32 logits (nan)
+    logits = filter_logits(logits / max(gen.temperature, MIN_TEMPERATURE), gen.top_k, gen.top_p)
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
@@ -159,7 +165,7 @@ class ImageGenerationConfig:
     def validate(self) -> None:
         if not isinstance(self.cfg_scale, (int, float)) or not 0.0 <= self.cfg_scale <= 50.0:
             raise UserError(f"cfg_scale={self.cfg_scale!r} must be a number in [0, 50]")
-        GenerationConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p).validate()
+        GenerationConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed).validate()
 
 
 @torch.no_grad()

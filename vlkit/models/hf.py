@@ -486,7 +486,7 @@ def render_template(template: str, messages: list[dict], add_generation_prompt: 
 
 
 def _tokenizer_class():
-    from vlkit.tokenizer import Tokenizer
+    from vlkit.tokenizer import Tokenizer, text_encoder
 
     class HFTokenizer(Tokenizer):
         """A real model's tokenizer, used as is: no vlkit special tokens are added (the model's embedding table
@@ -494,7 +494,8 @@ def _tokenizer_class():
 
         def __init__(self, hf_tokenizer, chat_template: str, image_token: str, bos_token: Optional[str],
                      eos_token: Optional[str], stop_ids: Sequence[int], pad_id: int):
-            self.hf = hf_tokenizer
+            self.hf = hf_tokenizer  # encodes what the template writes (its special tokens are matched)
+            self.text_hf = text_encoder(hf_tokenizer)  # encodes user text (special tokens split)
             self.chat_template = chat_template
             self.image_token = image_token
             self.bos_token, self.eos_token = bos_token, eos_token
@@ -542,15 +543,30 @@ def load_hf_tokenizer(path: Path, c: dict, image_token: str):
     return _tokenizer_class()(raw, template, image_token, bos, eos, stops, pad_id)
 
 
+Piece = tuple[str, bool]  # a piece of a rendered prompt: (text, True if a user wrote it, False if the template)
+_TEXT_MARK = "\x00{}\x00"  # stands for the k-th text part while the template renders
+_TEXT_MARK_RE = re.compile("\x00(\\d+)\x00")
+
+
+def _joined(pieces: Sequence[Piece]) -> str:
+    return "".join(text for text, _ in pieces)
+
+
 class HFChatProcessor:
     """ChatProcessor's interface for HF models: renders the model's own chat template, expands each image
-    token per the model's processor, tokenizes like transformers (BOS added unless the template wrote it)."""
+    token per the model's processor, tokenizes like transformers (BOS added unless the template wrote it).
+
+    User text is text: the template renders a marker in place of each text part, so the pieces it writes are
+    told apart from the users' text; image tokens are expanded in the template's pieces only, and user text
+    never becomes a special token."""
 
     def __init__(self, tokenizer: Any, spec: HFChatSpec):
         self.tok = tokenizer
         self.spec = spec
+        self._protected = tokenizer.special_ids() | {tokenizer.image_pad_id}  # never from user text
 
-    def messages(self, turns: Sequence[tuple[str, str]]) -> list[dict]:
+    def messages(self, turns: Sequence[tuple[str, str]], texts: list[str]) -> list[dict]:
+        """HF messages whose text parts are markers; the texts are appended to `texts` in marker order."""
         out = []
         for role, text in turns:
             parts: list[dict] = []
@@ -559,50 +575,92 @@ class HFChatProcessor:
                     parts.append({"type": "image"})
                     piece = piece[1:] if piece.startswith("\n") else piece  # vlkit writes "<image>\n"
                 if piece:
-                    parts.append({"type": "text", "text": piece})
+                    parts.append({"type": "text", "text": _TEXT_MARK.format(len(texts))})
+                    texts.append(piece)
             out.append({"role": role, "content": parts})
         return out
 
-    def render(self, turns: Sequence[tuple[str, str]], add_generation_prompt: bool) -> str:
-        return render_template(self.tok.chat_template, self.messages(turns), add_generation_prompt,
-                               bos_token=self.tok.bos_token or "", eos_token=self.tok.eos_token or "")
+    def render(self, turns: Sequence[tuple[str, str]], add_generation_prompt: bool) -> list[Piece]:
+        texts: list[str] = []
+        rendered = render_template(self.tok.chat_template, self.messages(turns, texts), add_generation_prompt,
+                                   bos_token=self.tok.bos_token or "", eos_token=self.tok.eos_token or "")
+        parts = _TEXT_MARK_RE.split(rendered)
+        order = [int(k) for k in parts[1::2]]
+        if order != sorted(set(order)) or any(k >= len(texts) for k in order):
+            raise CheckpointError("the model's chat template repeats or reorders message text; vlkit cannot tell "
+                                  "the users' text from the template's")
+        pieces = [(parts[0], False)]
+        for k, template_text in zip(order, parts[2::2]):
+            pieces += [(texts[k], True), (template_text, False)]
+        return pieces
 
-    def expand(self, text: str, tokens_per_image: Sequence[int], exact: bool = True) -> str:
+    def expand(self, pieces: Sequence[Piece], tokens_per_image: Sequence[int], exact: bool = True) -> list[Piece]:
+        """Each image token the template wrote -> the model's text for that image's embeddings."""
         from vlkit.chat import ChatFormatError
 
-        pieces = text.split(self.spec.image_token)
-        n = len(pieces) - 1
+        out, n = [], 0
+        for text, from_user in pieces:
+            if not from_user:
+                chunks = text.split(self.spec.image_token)
+                text = chunks[0]
+                for chunk in chunks[1:]:
+                    image = self.spec.expand(tokens_per_image[n]) if n < len(tokens_per_image) else ""
+                    text += image + chunk
+                    n += 1
+            out.append((text, from_user))
         if (exact and n != len(tokens_per_image)) or n > len(tokens_per_image):
             raise ChatFormatError(f"the prompt has {n} image(s) but {len(tokens_per_image)} were given")
-        out = pieces[0]
-        for k, piece in enumerate(pieces[1:]):
-            out += self.spec.expand(tokens_per_image[k]) + piece
         return out
 
-    def _encode(self, text: str):
-        add = not (self.tok.bos_token and text.startswith(self.tok.bos_token))
-        return self.tok.hf.encode(text, add_special_tokens=add)
+    def _encode(self, pieces: Sequence[Piece]) -> tuple[list[int], list[tuple[int, int]]]:
+        """Ids and character offsets. The whole prompt is encoded at once, as transformers does, unless a special
+        token would then come from user text; then each piece is encoded on its own, user text with special
+        tokens split into plain characters (BOS, if any, before the first piece). A tokenizer whose vocabulary
+        still spells a special token from that text (a word-level one) refuses it."""
+        from vlkit.chat import ChatFormatError
+
+        full = _joined(pieces)
+        add = not (self.tok.bos_token and full.startswith(self.tok.bos_token))
+        enc = self.tok.hf.encode(full, add_special_tokens=add)
+        user, at = [], 0
+        for text, from_user in pieces:
+            if from_user:
+                user.append((at, at + len(text)))
+            at += len(text)
+        if not any(i in self._protected and start < b and end > a
+                   for i, (start, end) in zip(enc.ids, enc.offsets) for a, b in user):
+            return list(enc.ids), list(enc.offsets)
+        ids, offsets, at = [], [], 0
+        for k, (text, from_user) in enumerate(pieces):
+            part = (self.tok.text_hf if from_user else self.tok.hf).encode(text, add_special_tokens=add and k == 0)
+            if from_user and set(part.ids) & self._protected:
+                raise ChatFormatError(f"the text {text[:40]!r} encodes to a special token of this model's tokenizer")
+            ids += part.ids
+            offsets += [(start + at, end + at) for start, end in part.offsets]
+            at += len(text)
+        return ids, offsets
 
     def encode(self, turns: Sequence[tuple[str, str]], tokens_per_image: Sequence[int],
                add_generation_prompt: bool = False):
         """-> vlkit.chat.Encoded; labels cover the assistant turns' text as the template renders it."""
         from vlkit.chat import IGNORE, Encoded
 
-        full = self.expand(self.render(turns, add_generation_prompt), tokens_per_image)
+        pieces = self.expand(self.render(turns, add_generation_prompt), tokens_per_image)
+        full = _joined(pieces)
         spans = []
         for i, (role, _) in enumerate(turns):
             if role != "assistant":
                 continue
-            before = self.expand(self.render(turns[:i], True), tokens_per_image, exact=False)
-            upto = self.expand(self.render(turns[: i + 1], False), tokens_per_image, exact=False)
+            before = _joined(self.expand(self.render(turns[:i], True), tokens_per_image, exact=False))
+            upto = _joined(self.expand(self.render(turns[: i + 1], False), tokens_per_image, exact=False))
             if full.startswith(upto) and upto.startswith(before):
                 spans.append((len(before), len(upto)))
-        enc = self._encode(full)
-        labels = [IGNORE] * len(enc.ids)
-        for j, (tid, (start, end)) in enumerate(zip(enc.ids, enc.offsets)):
+        ids, offsets = self._encode(pieces)
+        labels = [IGNORE] * len(ids)
+        for j, (tid, (start, end)) in enumerate(zip(ids, offsets)):
             if end > start and any(a <= start < b for a, b in spans):
                 labels[j] = tid
-        return Encoded(list(enc.ids), labels, len(tokens_per_image), [])
+        return Encoded(ids, labels, len(tokens_per_image), [])
 
     def encode_prompt(self, prompt: str, num_images: int, tokens_per_image: Sequence[int],
                       system: Optional[str] = None) -> list[int]:
