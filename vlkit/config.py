@@ -86,6 +86,7 @@ class VisionConfig(_Checked):
     num_heads: int = positive(4)
     layer_norm_eps: float = positive(1e-6)
     hidden_act: Literal["gelu", "gelu_tanh", "quick_gelu"] = "gelu_tanh"  # gelu_tanh (SigLIP) | quick_gelu (CLIP)
+    stem: Literal["patch", "conv"] = "patch"  # patch: one patchify conv (SigLIP/CLIP) | conv: a small CNN (from scratch)
     class_token: bool = False  # CLIP has one; it is dropped from the features handed to the connector
     pre_norm: bool = False  # CLIP's pre_layrnorm
     post_norm: bool = True  # SigLIP's post_layernorm (applied only when the last layer is selected)
@@ -99,6 +100,8 @@ class VisionConfig(_Checked):
             raise ConfigError(f"vision.hidden_size={self.hidden_size} must be divisible by vision.num_heads={self.num_heads}")
         if self.image_size % self.patch_size:
             raise ConfigError(f"vision.image_size={self.image_size} must be a multiple of vision.patch_size={self.patch_size}")
+        if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
+            raise ConfigError(f"vision.stem=conv needs a power-of-two vision.patch_size, got {self.patch_size}")
         # indexes hidden states as transformers does: 0 = embeddings, i = after layer i, -1 = last
         if not -(self.num_layers + 1) <= self.feature_layer <= self.num_layers:
             raise ConfigError(f"vision.feature_layer={self.feature_layer} out of range for {self.num_layers} layers")
@@ -196,6 +199,10 @@ class ModelConfig(_Checked):
     dense_loss_weight: float = non_negative(1.0)  # per patch, relative to a text token
     dense_negatives: int = positive(16)  # NTP-M: the top-k scoring non-positive tokens taken as negatives per patch
     max_images: int = positive(8)  # per sample; more is a user error
+    # weight init of a fresh model: normal = N(0, 0.02) for every weight (HF's initializer_range; right for wide
+    # models); fan_in = N(0, 1/fan_in), which keeps activations O(1) in narrow models trained from scratch, where
+    # 0.02 leaves every layer a near-zero map and the LM finds its image path only after a long plateau
+    init: Literal["normal", "fan_in"] = "normal"
     image_token_id: int = non_negative(4)  # <|image_pad|> in vlkit's tokenizer; set from the tokenizer for HF models
     pad_token_id: int = non_negative(0)
 
@@ -255,13 +262,21 @@ class TrainConfig(_Checked):
     seed: int = non_negative(0)
     weight_decay: float = non_negative(0.0)
     grad_clip: float = non_negative(1.0)  # 0: no clipping
-    precision: Literal["bf16", "fp32"] = "bf16"  # no fp16: without a loss scaler its gradients underflow
+    # auto: bf16 where it is fast (CUDA with bf16, CPUs with AVX512-BF16 or AMX), else fp32; on a CPU without
+    # them bf16 autocast is several times slower than fp32. No fp16: without a loss scaler its gradients underflow
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
     log_every: int = positive(10)
     save_every: int = non_negative(0)  # 0: only at stage ends
     keep_last: int = non_negative(2)  # 0: keep every checkpoint
     num_workers: int = non_negative(0)
     max_bad_steps: int = positive(10)  # consecutive non-finite losses before the run stops
     distributed: Literal["ddp", "fsdp"] = "ddp"  # fsdp: shard parameters, gradients, optimizer state (torchrun only)
+    # a learning curve: every eval_every steps (0: never) score greedy answers on eval_limit samples per task of
+    # eval_data (a data folder) -> metrics.jsonl rows {"eval": {task: score}}, TensorBoard, the quickstart report
+    eval_every: int = non_negative(0)
+    eval_data: Optional[str] = None
+    eval_limit: int = positive(50)
+    eval_tasks: Optional[list] = None
 
 
 @dataclass

@@ -21,13 +21,50 @@ ACTIVATIONS = {
 }
 
 
+class ConvStem(nn.Module):
+    """A small CNN in place of the patchify conv ("Early convolutions help transformers see better", Xiao et al.
+    2021): log2(patch_size) stages of 3x3 conv, normalisation, GELU and 2x2 max-pooling, channels doubling up
+    to hidden_size, then a 1x1 projection. Same output grid as the patch conv. From scratch on small data a patch
+    conv learns colour but not shape; this stem learns both within a few hundred steps (docs/training.md)."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        n = int(math.log2(cfg.patch_size))
+        if 2 ** n != cfg.patch_size:
+            raise ValueError(f"the conv stem needs a power-of-two patch_size, got {cfg.patch_size}")
+        chans = [cfg.num_channels] + [max(16, cfg.hidden_size >> (n - 1 - i)) for i in range(n)]
+        layers: list[nn.Module] = []
+        for i in range(n):
+            # GroupNorm(1, C): per image, so no batch statistics (BatchNorm learnt shape a little faster in a probe)
+            layers += [nn.Conv2d(chans[i], chans[i + 1], 3, 1, 1), nn.GroupNorm(1, chans[i + 1]), nn.GELU(),
+                       nn.MaxPool2d(2)]
+        self.convs = nn.Sequential(*layers)
+        self.proj = nn.Conv2d(chans[-1], cfg.hidden_size, 1)
+
+    def reset_parameters(self) -> None:
+        """PyTorch's default (Kaiming) init: the ViT's N(0, 0.02) starves a stack of convolutions."""
+        for m in self.modules():
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.convs(pixels))
+
+
+def patchify_conv(cfg: VisionConfig) -> nn.Module:
+    # CLIP's patch conv has no bias
+    return nn.Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, cfg.patch_size, bias=not cfg.class_token)
+
+
+STEMS = {"patch": patchify_conv, "conv": ConvStem}
+
+
 class VisionEmbeddings(nn.Module):
     def __init__(self, cfg: VisionConfig):
         super().__init__()
         self.cfg = cfg
         self.grid = cfg.image_size // cfg.patch_size
-        self.patch_embedding = nn.Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, cfg.patch_size,
-                                         bias=not cfg.class_token)  # CLIP's patch conv has no bias
+        self.patch_embedding = STEMS[cfg.stem](cfg)
         n = self.grid * self.grid + (1 if cfg.class_token else 0)
         self.class_embedding = nn.Parameter(torch.randn(cfg.hidden_size) * 0.02) if cfg.class_token else None
         self.position_embedding = nn.Embedding(n, cfg.hidden_size)
@@ -42,7 +79,7 @@ class VisionEmbeddings(nn.Module):
         return torch.cat([cls_pos, grid_pos], 0)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embedding(pixels.to(self.patch_embedding.weight.dtype))  # B, D, gh, gw
+        x = self.patch_embedding(pixels.to(self.position_embedding.weight.dtype))  # B, D, gh, gw
         gh, gw = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)  # row-major patch order
         if self.class_embedding is not None:
@@ -121,14 +158,22 @@ class VisionEncoder(nn.Module):
         return x[:, 1:] if self.cfg.class_token else x
 
 
-def init_weights(module: nn.Module, std: float = 0.02) -> None:
+def init_weights(module: nn.Module, scheme: str = "normal", std: float = 0.02) -> None:
+    """normal: every Linear/Conv/Embedding weight ~ N(0, std), biases 0; fan_in: N(0, 1/fan_in) (embeddings:
+    1/dim). A conv stem keeps PyTorch's default init either way."""
+    def sigma(fan: int) -> float:
+        return std if scheme == "normal" else fan ** -0.5
+
     for m in module.modules():
         if isinstance(m, (nn.Linear, nn.Conv2d)):
-            nn.init.normal_(m.weight, std=std)
+            nn.init.normal_(m.weight, std=sigma(m.weight[0].numel()))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Embedding):
-            nn.init.normal_(m.weight, std=std)
+            nn.init.normal_(m.weight, std=sigma(m.weight.shape[1]))
+    for m in module.modules():
+        if isinstance(m, ConvStem):
+            m.reset_parameters()
 
 
 def sincos_2d(dim: int, gh: int, gw: int) -> torch.Tensor:

@@ -48,7 +48,7 @@ class VisionLanguageModel(nn.Module):
         if cfg.vision_target == "codes" and cfg.vq.depth > 1:
             self.depth = DepthTransformer(cfg.text.hidden_size, cfg.vq.codebook_size, cfg.vq.depth,
                                           num_layers=cfg.depth_layers)
-        init_weights(self)
+        init_weights(self, cfg.init)
 
     @property
     def code_offset(self) -> Optional[int]:
