@@ -225,7 +225,7 @@ def patch_classes(mask: np.ndarray, grid: int, min_fraction: float = 0.2) -> lis
 def dense_targets(input_ids: Sequence[int], processor: ChatProcessor, mask: np.ndarray,
                   classes: Optional[Sequence[str]], sid: str) -> list[tuple[int, list[int]]]:
     """NTP-M targets for a segmentation sample's (single) image: (position, positive class-token ids)."""
-    from vlkit.chat import class_token_ids
+    from vlkit.chat import class_word_tokens
 
     if not classes:
         raise UserError(f"sample {sid} has a mask but no meta.classes naming its values")
@@ -238,8 +238,8 @@ def dense_targets(input_ids: Sequence[int], processor: ChatProcessor, mask: np.n
         raise UserError(f"sample {sid}: {b - a} image tokens do not form a square grid")
     if int(mask.max()) >= len(classes):
         raise UserError(f"sample {sid}: mask value {int(mask.max())} has no name in meta.classes ({len(classes)})")
-    tokens = class_token_ids(processor.tok, classes)
-    return [(a + n, [tokens[c] for c in cls]) for n, cls in enumerate(patch_classes(mask, grid))]
+    words = class_word_tokens(processor.tok, classes)
+    return [(a + n, sorted({t for c in cls for t in words[c]})) for n, cls in enumerate(patch_classes(mask, grid))]
 
 
 @dataclass

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from vlkit.data.synth import text as T
-from vlkit.data.synth.world import (ALL_PAIRS, COLOR_NAMES, SEG_CLASSES, SHAPE_PLURALS, SHAPES, Scene,
+from vlkit.data.synth.world import (ALL_PAIRS, COLOR_NAMES, PAIR_CLASSES, SEG_CLASSES, SHAPE_PLURALS, SHAPES, Scene,
                                     compose_scene, sample_scene)
 from vlkit.grounding import box_text, ref_box_text, to_bins
 
@@ -51,6 +51,9 @@ class SynthConfig:
     heldout_boost: float = 0.3  # test split: this fraction of scene samples shows a held-out pair
     max_iou: float = 0.0  # box IoU allowed between scene objects (0: never touching)
     clean_text: bool = False  # black-on-white, upright text (for checking renders with OCR)
+    # scene samples carry a per-pixel "color shape" label mask (PAIR_CLASSES): NTP-M targets that teach the vision
+    # path colour and shape directly (a stream's `dense_labels: true`; never written by generate_dataset)
+    dense_labels: bool = False
 
     @property
     def train(self) -> bool:
@@ -83,6 +86,7 @@ class Made:
     heldout: bool = False
     mask: Optional[np.ndarray] = None  # segmentation: uint8 class-index mask
     image_is_target: bool = False  # generation: the image is what the assistant produces
+    scene: Optional[Scene] = None  # the scene behind a scene task's image (dense labels)
 
 
 class _Retry(Exception):
@@ -199,6 +203,7 @@ def task_caption(rng: np.random.Generator, cfg: SynthConfig) -> Made:
     question = _pick(rng, ["Describe the image.", "What is in the image?", "Write a short caption.",
                            "Describe the image briefly."])
     return Made(scene.image, question, _pick(rng, captions), {"captions": captions, "objects": _objects_meta(scene)},
+                scene=scene,
                 category=f"{n}-objects", heldout=_scene_heldout(scene, cfg) or phrase in cfg.heldout_phrases)
 
 
@@ -314,7 +319,7 @@ def task_vqa(rng: np.random.Generator, cfg: SynthConfig) -> Made:
     elif isinstance(extra, str):  # relation phrasing
         held = held or extra in cfg.heldout_phrases
     meta = {"answers": [answer] * 10, "question_type": qtype, "objects": _objects_meta(scene)}
-    return Made(scene.image, question, answer, meta, category=qtype, heldout=held)
+    return Made(scene.image, question, answer, meta, category=qtype, heldout=held, scene=scene)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -334,7 +339,7 @@ def task_grounding(rng: np.random.Generator, cfg: SynthConfig) -> Made:
     question = _pick(rng, ["Where is {p}?", "<ref>{p}</ref>", "Locate {p}.", "Give the bounding box of {p}.",
                            "Find {p} in the image."]).format(p=phrase)
     meta = {"boxes": [bins], "phrase": phrase, "objects": _objects_meta(scene)}
-    return Made(scene.image, question, ref_box_text(phrase, bins), meta, category=o.size,
+    return Made(scene.image, question, ref_box_text(phrase, bins), meta, category=o.size, scene=scene,
                 heldout=_scene_heldout(scene, cfg))
 
 
@@ -347,7 +352,8 @@ def task_reg(rng: np.random.Generator, cfg: SynthConfig) -> Made:
     n = _name(o)
     answers = [_a(n), f"the {n}", n, _a(f"{o.size} {n}"), f"the {o.size} {n}"]
     meta = {"answers": answers, "box": bins, "objects": _objects_meta(scene)}
-    return Made(scene.image, question, answers[0], meta, category=o.size, heldout=_scene_heldout(scene, cfg))
+    return Made(scene.image, question, answers[0], meta, category=o.size, heldout=_scene_heldout(scene, cfg),
+                scene=scene)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -510,6 +516,21 @@ def sample_id(task: str, split: str, seed: int, index: int) -> str:
 def make_sample(task: str, index: int, seed: int, cfg: SynthConfig) -> tuple[dict, dict[str, bytes]]:
     """Sample `index` of (seed, split): the sample dict (paths relative to the dataset folder) and the
     files to write ({relative path: PNG bytes})."""
+    mem = make_memory_sample(task, index, seed, cfg)
+    sid, mask, meta = mem["id"], mem["mask_object"], dict(mem["meta"])
+    image_path = f"images/{sid}.png"
+    files = {image_path: encode_png(mem["image_objects"][0])}
+    if mask is not None:
+        files[f"masks/{sid}.png"] = encode_png(mask)
+        meta = {**{k: v for k, v in meta.items() if k not in ("heldout", "category")}, "mask": f"masks/{sid}.png",
+                "heldout": meta["heldout"], "category": meta["category"]}
+    sample = {"id": sid, "images": [image_path], "conversations": mem["conversations"], "task": task, "meta": meta}
+    return sample, files
+
+
+def make_memory_sample(task: str, index: int, seed: int, cfg: SynthConfig) -> dict:
+    """Sample `index` of (seed, split) held in memory: the image as a PIL image in `image_objects` and the
+    segmentation mask (or None) in `mask_object`, as the readers of vlkit.data.sources give them."""
     rng = sample_rng(seed, cfg.split, index)
     for _ in range(20):
         try:
@@ -519,19 +540,13 @@ def make_sample(task: str, index: int, seed: int, cfg: SynthConfig) -> tuple[dic
             continue
     else:  # pragma: no cover
         raise RuntimeError(f"could not make a {task} sample")
-    sid = sample_id(task, cfg.split, seed, index)
-    image_path = f"images/{sid}.png"
     if made.image_is_target:
         conversations = [{"from": "human", "value": made.question}, {"from": "gpt", "value": "<image>"}]
     else:
         conversations = [{"from": "human", "value": "<image>\n" + made.question}, {"from": "gpt", "value": made.answer}]
-    files = {image_path: encode_png(made.image)}
-    meta = dict(made.meta)
-    if made.mask is not None:
-        mask_path = f"masks/{sid}.png"
-        meta["mask"] = mask_path
-        files[mask_path] = encode_png(made.mask)
-    meta["heldout"] = bool(made.heldout)
-    meta["category"] = made.category
-    sample = {"id": sid, "images": [image_path], "conversations": conversations, "task": task, "meta": meta}
-    return sample, files
+    meta = dict(made.meta, heldout=bool(made.heldout), category=made.category)
+    mask = made.mask
+    if cfg.dense_labels and mask is None and made.scene is not None:
+        mask, meta["classes"] = made.scene.pair_mask(), list(PAIR_CLASSES)
+    return {"id": sample_id(task, cfg.split, seed, index), "image_objects": [made.image], "mask_object": mask,
+            "conversations": conversations, "task": task, "meta": meta}

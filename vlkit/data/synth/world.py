@@ -33,6 +33,8 @@ COLORS = {
 COLOR_NAMES = list(COLORS)
 # Segmentation classes: index 0 is background, k >= 1 is SHAPES[k - 1]. Fixed, so masks are comparable.
 SEG_CLASSES = ["background"] + SHAPES
+# Dense scene labels: index 0 is background, k >= 1 is ALL_PAIRS[k - 1] written "color shape".
+PAIR_CLASSES = ["background"] + [f"{c} {s}" for c in COLOR_NAMES for s in SHAPES]
 # Nominal extent of an object as a fraction of the image side; the classes are 8 px apart at 64 x 64.
 SIZES = {"small": 0.16, "medium": 0.24, "large": 0.32}
 SIZE_NAMES = list(SIZES)
@@ -185,6 +187,13 @@ class Scene:
         out = np.zeros((self.height, self.width), dtype=np.uint8)
         for obj in self.objects:
             out[obj.mask] = SEG_CLASSES.index(obj.shape)
+        return out
+
+    def pair_mask(self) -> np.ndarray:
+        """uint8 HxW: 0 background, k = PAIR_CLASSES index of the visible object's "color shape"."""
+        out = np.zeros((self.height, self.width), dtype=np.uint8)
+        for obj in self.objects:
+            out[obj.mask] = PAIR_CLASSES.index(f"{obj.color} {obj.shape}")
         return out
 
     def count(self, color: Optional[str] = None, shape: Optional[str] = None) -> int:

@@ -1,0 +1,51 @@
+"""The synthetic world as an endless, deterministic training stream (a `synth:` source in a recipe).
+
+    data: {train: [{synth: {tasks: {vqa: 2, grounding: 1}, size: 64}}]}
+
+Global sample g is `make_memory_sample(task_g, g, seed, cfg)`, made in memory (no files), where task_g comes from
+an exactly proportioned, shuffled plan of each block of 1,000 indices. So no sample repeats, any sample can be
+made on any rank in any order, and the stream's position is one integer (vlkit.data.feed.StreamFeed).
+"""
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Callable
+
+from vlkit.data.sources import DataError
+from vlkit.data.synth.dataset import parse_heldout, task_plan, task_weights
+from vlkit.data.synth.tasks import SPLITS, SynthConfig, make_memory_sample
+
+BLOCK = 1000
+KEYS = ("tasks", "size", "heldout", "seed", "split", "max_iou", "dense_labels")
+
+
+def synth_stream(spec: dict, default_seed: int = 0) -> Callable[[int], dict]:
+    """`spec` is a recipe's `synth:` mapping: tasks (list, {task: weight} or comma string; default all
+    task), size (pixels, 64), heldout ('default' keeps the held-out compositions out of the train
+    split), seed (default: the run's seed), split (train), max_iou (0)."""
+    if not isinstance(spec, dict):
+        raise DataError(f"synth: expected a mapping with keys {list(KEYS)}, got {spec!r}")
+    unknown = sorted(set(spec) - set(KEYS))
+    if unknown:
+        raise DataError(f"synth: unknown key(s) {unknown}; allowed: {list(KEYS)}")
+    weights = task_weights(spec.get("tasks"))
+    split = spec.get("split", "train")
+    if split not in SPLITS:
+        raise DataError(f"synth.split={split!r}; choose one of {list(SPLITS)}")
+    size = spec.get("size", 64)
+    if not isinstance(size, int) or size < 32:
+        raise DataError(f"synth.size={size!r} must be an integer >= 32 (pixels)")
+    pairs, phrases = parse_heldout(spec.get("heldout", "default"))
+    cfg = SynthConfig(size=size, split=split, heldout_pairs=pairs, heldout_phrases=phrases,
+                      max_iou=float(spec.get("max_iou", 0.0)), dense_labels=bool(spec.get("dense_labels", False)))
+    seed = int(spec.get("seed", default_seed))
+    names = tuple(sorted(weights.items()))
+
+    @lru_cache(maxsize=4)
+    def plan(block: int) -> list[str]:
+        return task_plan(dict(names), BLOCK, seed * 1_000_003 + block, split)
+
+    def sample(g: int) -> dict:
+        return make_memory_sample(plan(g // BLOCK)[g % BLOCK], g, seed, cfg)
+
+    return sample
