@@ -23,7 +23,7 @@ VQ_RECIPE = {"vq": {"codebook_size": 16, "hidden_size": 16, "num_layers": 0}, "d
 # then a sample of the other ranges the same validator enforces.
 CASES = [
     (RECIPE, "stages.0.lr=-1.0", "stages.0.lr=-1.0 must be > 0"),
-    (RECIPE, "train.precision=fp16", "train.precision='fp16' is not allowed; choose one of ['bf16', 'fp32']"),
+    (RECIPE, "train.precision=fp16", "train.precision='fp16' is not allowed; choose one of ['auto', 'bf16', 'fp32']"),
     (RECIPE, "stages.0.steps=-5", "stages.0.steps=-5 must be > 0"),
     (RECIPE, "stages.0.epochs=-1", "stages.0.epochs=-1.0 must be > 0"),
     (RECIPE, "stages.0.warmup_steps=-1", "stages.0.warmup_steps=-1 must be >= 0"),

@@ -98,6 +98,44 @@ def test_killed_and_resumed_run_matches_uninterrupted(tokenizer, data_dir, tmp_p
     assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
 
 
+def _synth_recipe(out, save_every=0):
+    data = DataConfig(train=[{"synth": {"tasks": ["vqa", "grounding"]}}], max_length=200)
+    return Recipe(model={}, tokenizer={}, train=TrainConfig(out=str(out), precision="fp32", save_every=save_every,
+                                                            keep_last=2, log_every=1),
+                  stages=[StageConfig(name="m", train="multitask", steps=6, lr=3e-3, warmup_steps=1, batch_size=4,
+                                      data=data)])
+
+
+def test_synth_stream_stage_resumes_exactly_and_never_repeats_a_sample(tokenizer, tmp_path, monkeypatch):
+    from vlkit.data import feed as feed_mod
+
+    seen = []
+    real = feed_mod.StreamFeed.next_batch
+
+    def spy(self, batch_size, rank, world):
+        out = real(self, batch_size, rank, world)
+        seen.extend(e.sample_id for e in out)
+        return out
+
+    monkeypatch.setattr(feed_mod.StreamFeed, "next_batch", spy)
+    full = train(_synth_recipe(tmp_path / "a"), pipe=make_pipe(tokenizer))
+    assert len(seen) == len(set(seen)) == 24  # 6 steps x 4 fresh samples
+
+    def kill_at_3(trainer, global_step):
+        if global_step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_synth_recipe(tmp_path / "b", save_every=2), pipe=make_pipe(tokenizer), callbacks=(kill_at_3,))
+    resumed = train(_synth_recipe(tmp_path / "b", save_every=2), resume=True)
+    from vlkit.pipeline import load
+
+    a, b = load(full).model.state_dict(), load(resumed).model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
+
+
 def _metrics(run) -> dict:
     """{global_step: (stage, step, loss)} of a run's metrics.jsonl, in file order; a repeated step is an error."""
     rows = {}

@@ -38,6 +38,17 @@ def setup() -> tuple[int, int, torch.device]:
     return rank, world, device
 
 
+def resolve_precision(precision: str, device: torch.device) -> str:
+    """`auto` -> bf16 where bf16 math is fast (CUDA with bf16 support; a CPU with AVX512-BF16 or AMX), else
+    fp32: on a CPU without them bf16 autocast is several times slower than fp32."""
+    if precision != "auto":
+        return precision
+    if device.type == "cuda":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+    fast = [getattr(torch.cpu, name, lambda: False) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    return "bf16" if any(f() for f in fast) else "fp32"
+
+
 def is_main() -> bool:
     return not dist.is_initialized() or dist.get_rank() == 0
 
@@ -58,17 +69,6 @@ def barrier() -> None:
 def cleanup() -> None:
     if dist.is_initialized():
         dist.destroy_process_group()
-
-
-def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
-    """The global sample order of an epoch: a permutation that depends only on (seed, epoch)."""
-    g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
-
-
-def shard(batch: list[int], rank: int, world: int) -> list[int]:
-    """This rank's share of one global batch (strided, so every sample goes to exactly one rank)."""
-    return batch[rank::world]
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -22,10 +22,12 @@ import torch
 from vlkit.config import (ConfigError, DataConfig, ModelConfig, StageConfig, TokenizerConfig, TrainConfig,
                           apply_overrides, from_dict, load_yaml, model_config_from_dict, to_dict, tiny_model_config)
 from vlkit.data.collate import Collator, EncodeStats, Example, TargetSpec, encode_samples
+from vlkit.data.feed import ListFeed, StreamFeed, as_feed, mixture
 from vlkit.errors import UserError
 from vlkit.train import checkpoint as ckpt_io
 from vlkit.train import distributed as dist_utils
 from vlkit.train.stages import apply_stage, check_stage_kind, param_groups
+from vlkit.train.validation import Validator
 
 log = logging.getLogger("vlkit.train")
 
@@ -176,10 +178,9 @@ def load_examples(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats
     out: list[Example] = []
     cache: dict[str, list[dict]] = {}  # a mixture often reads one folder several times, filtered by task
     for i, src in enumerate(data.train):
-        if isinstance(src, str):
-            src = {"path": src}
+        src = source_spec(src, i)
         if "path" not in src:
-            raise ConfigError(f"data.train.{i} needs a `path`")
+            raise ConfigError(f"data.train.{i}: `synth:` streams cannot be mixed with `path:` sources in one stage")
         tasks = src.get("tasks")
         if src["path"] not in cache:
             rstats = ReadStats()
@@ -190,14 +191,64 @@ def load_examples(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats
         ex = encode_samples(samples, pipe.processor, pipe.config.vision.image_size, pipe.model.tokens_per_image,
                             data.max_length, strict=data.strict, stats=stats, spec=spec)
         weight = float(src.get("weight", 1.0))
-        if weight <= 0:
-            raise ConfigError(f"data.train.{i}.weight={weight} must be > 0")
         n = max(1, round(weight * len(ex))) if ex else 0
         idx = [j % len(ex) for j in range(n)] if n >= len(ex) else torch.randperm(len(ex), generator=g)[:n].tolist()
         out += [ex[j] for j in idx]
     if not out:
         raise UserError("the stage's data gave no usable sample")
     return out
+
+
+TOKENIZER_CORPUS = 4000  # samples of a `synth:` stream that train the text tokenizer
+SOURCE_KEYS = {"path": ("path", "weight", "tasks"), "synth": ("synth", "weight")}
+
+
+def source_spec(src, i: int) -> dict:
+    """A data.train entry as a dict, its keys checked: {path: DIR, weight, tasks} or {synth: {...}, weight}."""
+    if isinstance(src, str):
+        src = {"path": src}
+    if not isinstance(src, dict):
+        raise ConfigError(f"data.train.{i} must be a mapping like {{path: DIR}} or {{synth: {{tasks: [vqa]}}}}")
+    kinds = [k for k in SOURCE_KEYS if k in src]
+    if len(kinds) != 1:
+        raise ConfigError(f"data.train.{i} needs exactly one of `path` or `synth`, got keys {sorted(src)}")
+    unknown = sorted(set(src) - set(SOURCE_KEYS[kinds[0]]))
+    if unknown:
+        raise ConfigError(f"data.train.{i}: unknown key(s) {unknown}; allowed: {list(SOURCE_KEYS[kinds[0]])}")
+    weight = src.get("weight", 1.0)
+    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
+        raise ConfigError(f"data.train.{i}.weight={weight!r} must be a number > 0")
+    return src
+
+
+def stream_of(data: DataConfig, seed: int):
+    """The stage's `synth:` sources as one sample stream (None if it reads files)."""
+    from vlkit.data.synth.stream import synth_stream
+
+    specs = [source_spec(s, i) for i, s in enumerate(data.train)]
+    streams = [s for s in specs if "synth" in s]
+    if not streams:
+        return None
+    if len(streams) != len(specs):
+        raise ConfigError("a stage reads either `synth:` streams or `path:` sources, not both")
+    return mixture([synth_stream(s["synth"], seed) for s in streams], [float(s.get("weight", 1.0)) for s in streams],
+                   seed)
+
+
+def load_feed(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = None) -> "list[Example] | StreamFeed":
+    """The stage's training feed: its files read and encoded up front, or its `synth:` stream encoded batch by
+    batch (fresh samples every step, nothing stored)."""
+    stream = stream_of(data, seed)
+    if stream is None:
+        return load_examples(pipe, data, seed, stats)
+    spec = target_spec(pipe, data, seed)
+    image_size = pipe.config.vision.image_size
+
+    def encode(samples: list[dict], st: EncodeStats) -> list[Example]:
+        return encode_samples(samples, pipe.processor, image_size, pipe.model.tokens_per_image, data.max_length,
+                              strict=data.strict, stats=st, spec=spec)
+
+    return StreamFeed(stream, encode)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -222,12 +273,16 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.callbacks = callbacks  # each called as cb(trainer, global_step) after a step
         self.rank, self.world, self.device = dist_utils.setup()
+        self.precision = dist_utils.resolve_precision(cfg.precision, self.device)
+        log.info("precision: %s%s", self.precision, " (auto)" if cfg.precision == "auto" else "")
+        self.t0 = time.perf_counter()
+        self.validator = Validator(cfg, self.out) if cfg.eval_every else None
         self.global_step = 0
         self.bad_steps_total = 0
         self.history: list[dict] = []
 
     # -- one stage -------------------------------------------------------------------------------------
-    def run_stage(self, stage_index: int, stage: StageConfig, examples: list[Example],
+    def run_stage(self, stage_index: int, stage: StageConfig, examples: "list[Example] | ListFeed | StreamFeed",
                   resume: Optional[tuple[dict, Any, dict]] = None) -> None:
         cfg, model = self.cfg, self.pipe.model
         model.to(self.device).train()
@@ -240,28 +295,29 @@ class Trainer:
         # DDP or FSDP (train.distributed) under torchrun, the model itself in one process; FSDP shards `model` in
         # place (same parameter names), so the parameter groups and clipping below use it as they are
         ddp = dist_utils.wrap_model(model, cfg.distributed, self.device, find_unused=stage.train != "multitask",
-                                    precision=cfg.precision)
+                                    precision=self.precision)
         if stage.batch_size % (self.world * stage.grad_accum):
             raise ConfigError(f"stage {stage.name}: batch_size={stage.batch_size} must be divisible by "
                               f"world_size x grad_accum = {self.world * stage.grad_accum}")
         total = stage.steps
+        feed = as_feed(examples, cfg.seed)
         if stage.epochs is not None:
-            total = math.ceil(stage.epochs * len(examples) / stage.batch_size)
+            total = math.ceil(stage.epochs * len(feed) / stage.batch_size)
         opt = torch.optim.AdamW(param_groups(model, stage, cfg.weight_decay), betas=(0.9, 0.95), eps=1e-8)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(stage.warmup_steps, total))
         v = self.pipe.config.vision
         collate = Collator(self.pipe.tokenizer.pad_id, v.image_mean, v.image_std, stage.data.packing,
                            stage.data.max_length)
-        step, epoch, pos = 0, 0, 0
+        step = 0
         if resume is not None:
             state, opt_state, rng = resume
             dist_utils.load_optimizer_state(model, opt, opt_state)
             sched.load_state_dict(state["scheduler"])
-            step, epoch, pos = state["step"], state["epoch"], state["pos"]
+            step = state["step"]
+            feed.load_state(state)
             self.bad_steps_total = state.get("bad_steps_total", 0)
             ckpt_io.set_rng_state(rng, state["python_rng"])
-        order = dist_utils.epoch_order(len(examples), epoch, cfg.seed)
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if cfg.precision == "bf16"
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
                     else contextlib.nullcontext())
         bar = None
         if dist_utils.is_main():
@@ -272,23 +328,14 @@ class Trainer:
         consecutive_bad = 0
         t_last, samples_since, tokens_since = time.perf_counter(), 0, 0
         while step < total:
-            # -- the global batch of this step, then this rank's share in micro-batches --------------------
-            batch_idx = []
-            while len(batch_idx) < stage.batch_size:
-                if pos >= len(order):
-                    epoch, pos = epoch + 1, 0
-                    order = dist_utils.epoch_order(len(examples), epoch, cfg.seed)
-                take = min(stage.batch_size - len(batch_idx), len(order) - pos)
-                batch_idx += order[pos:pos + take]
-                pos += take
-            mine = dist_utils.shard(batch_idx, self.rank, self.world)
-            mine.sort(key=lambda i: len(examples[i]))  # length grouping inside the step: less padding
+            # -- this rank's share of the step's global batch, in micro-batches ----------------------------
+            mine = sorted(feed.next_batch(stage.batch_size, self.rank, self.world), key=len)  # less padding
             micro = [mine[k::stage.grad_accum] for k in range(stage.grad_accum)]
-            local_tokens = sum(examples[i].num_targets for i in mine)
+            local_tokens = sum(e.num_targets for e in mine)
             global_tokens = dist_utils.all_reduce_sum(float(local_tokens), self.device)
             loss_sum = 0.0
             for k, idx in enumerate(micro):
-                batch = collate([examples[i] for i in idx]).to(self.device)
+                batch = collate(idx).to(self.device)
                 sync = contextlib.nullcontext() if (k == len(micro) - 1 or self.world == 1) else ddp.no_sync()
                 with sync:
                     with autocast:
@@ -323,16 +370,18 @@ class Trainer:
                        "lr": sched.get_last_lr()[0], "grad_norm": round(float(grad_norm), 4),
                        "samples_per_s": round(samples_since / (now - t_last), 2),
                        "tokens_per_s": round(tokens_since / (now - t_last), 1),
-                       "bad_steps": self.bad_steps_total, "epoch": epoch}
+                       "bad_steps": self.bad_steps_total, "epoch": feed.state()["epoch"]}
                 t_last, samples_since, tokens_since = now, 0, 0
                 self.log_metrics(row)
                 if bar is not None:
                     bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}", sps=row["samples_per_s"])
             if bar is not None:
                 bar.update(1)
+            if self.validator is not None and self.global_step % cfg.eval_every == 0:
+                self.validate(stage.name, step)
             # LoRA stages save only at their end, once the adapters are merged into plain weights
             if cfg.save_every and step % cfg.save_every == 0 and step < total and stage.train != "lora":
-                self.save(stage_index, step, epoch, pos, opt, sched)
+                self.save(stage_index, step, feed.state(), opt, sched)
             for cb in self.callbacks:
                 cb(self, self.global_step)
         if bar is not None:
@@ -342,17 +391,27 @@ class Trainer:
             from vlkit.models.lora import merge_lora
 
             self.pipe.model = merge_lora(model)
-        self.save(stage_index + 1, 0, 0, 0, None, None)  # stage boundary: the next stage starts fresh
+        self.save(stage_index + 1, 0, {"epoch": 0, "pos": 0}, None, None)  # stage boundary: the next starts fresh
 
     # -- bookkeeping -----------------------------------------------------------------------------------
-    def save(self, stage_index: int, step: int, epoch: int, pos: int, opt, sched) -> None:
+    def save(self, stage_index: int, step: int, position: dict, opt, sched) -> None:
         # FSDP: every rank takes part in gathering the full weights and optimizer state to rank 0
         pipe, opt_state = dist_utils.gather_for_save(self.pipe, opt)
         if dist_utils.is_main():
-            state = {"stage": stage_index, "step": step, "epoch": epoch, "pos": pos, "global_step": self.global_step,
+            state = {"stage": stage_index, "step": step, **position, "global_step": self.global_step,
                      "bad_steps_total": self.bad_steps_total,
                      "scheduler": sched.state_dict() if sched is not None else None}
             ckpt_io.save_checkpoint(pipe, self.out, self.global_step, state, opt_state, self.cfg.keep_last)
+        dist_utils.barrier()
+
+    def validate(self, stage: str, step: int) -> None:
+        """A learning-curve point (train.eval_every), on the main rank while the others wait."""
+        if dist_utils.is_main():
+            if self.cfg.distributed == "fsdp" and self.world > 1:
+                log.warning("train.eval_every is skipped under FSDP (sharded weights); evaluate the checkpoints")
+            else:
+                self.log_metrics(self.validator(self.pipe, stage, step, self.global_step,
+                                                time.perf_counter() - self.t0))
         dist_utils.barrier()
 
     def log_metrics(self, row: dict) -> None:
@@ -363,7 +422,11 @@ class Trainer:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:
             for k in ("loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s"):
-                self._tb.add_scalar(f"{row['stage']}/{k}", row[k], row["global_step"])
+                if k in row:
+                    self._tb.add_scalar(f"{row['stage']}/{k}", row[k], row["global_step"])
+            for task, score in row.get("eval", {}).items():
+                if score is not None:
+                    self._tb.add_scalar(f"eval/{task}", score, row["global_step"])
 
     @property
     def _tb(self):
@@ -413,6 +476,10 @@ def train(recipe: Recipe, out: Optional[str | Path] = None, resume: bool = False
         from vlkit.data.sources import corpus_text
 
         def corpus():
+            stream = stream_of(first, recipe.train.seed)
+            if stream is not None:  # the tokenizer learns from the stream's first samples
+                yield from corpus_text(stream(g) for g in range(TOKENIZER_CORPUS))
+                return
             for src in first.train:
                 yield from corpus_text(src["path"] if isinstance(src, dict) else src)
 
@@ -428,9 +495,10 @@ def train(recipe: Recipe, out: Optional[str | Path] = None, resume: bool = False
         if i < start_stage:
             continue
         enc_stats = EncodeStats()
-        examples = load_examples(pipe, stage.data, recipe.train.seed + i, enc_stats)
-        log.info("stage %s: %d examples (%s skipped)", stage.name, len(examples), enc_stats.skipped or "none")
-        trainer.run_stage(i, stage, examples, resume_state if i == start_stage else None)
+        feed = load_feed(pipe, stage.data, recipe.train.seed + i, enc_stats)
+        if isinstance(feed, list):
+            log.info("stage %s: %d examples (%s skipped)", stage.name, len(feed), enc_stats.skipped or "none")
+        trainer.run_stage(i, stage, feed, resume_state if i == start_stage else None)
     final = out / "final"
     if dist_utils.is_main():
         pipe.model.eval()
