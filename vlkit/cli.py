@@ -46,6 +46,15 @@ def cmd_eval(a: argparse.Namespace) -> None:
              blind=a.blind)
 
 
+def cmd_inspect(a: argparse.Namespace) -> None:
+    import json
+
+    import vlkit
+    from vlkit.eval.diagnose import inspect_checkpoint
+
+    print(json.dumps(inspect_checkpoint(vlkit.load(a.ckpt), a.data, n=a.n, blind_limit=a.blind_limit), indent=2))
+
+
 def cmd_chat(a: argparse.Namespace) -> None:
     from vlkit.infer.repl import repl
 
@@ -138,6 +147,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score with every image replaced by a mid-grey one of the same size; report with "
                         "images vs blind, the difference with a 95%% paired CI, and flag tasks not beating blind")
     e.set_defaults(func=cmd_eval)
+
+    n = sub.add_parser("inspect", help="does a checkpoint look at its images? image-token scale and "
+                                       "image dependence, blind-baseline gap")
+    n.add_argument("ckpt")
+    n.add_argument("--data", required=True, help="a data folder whose images (and samples) to use")
+    n.add_argument("--n", type=int, default=64, help="images to compare")
+    n.add_argument("--blind-limit", type=int, default=None,
+                   help="also score this many samples per task with images and blind")
+    n.set_defaults(func=cmd_inspect)
 
     c = sub.add_parser("chat", help="chat in the terminal")
     c.add_argument("ckpt")
