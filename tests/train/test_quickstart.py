@@ -6,14 +6,17 @@ from vlkit.train.quickstart import quickstart
 def test_fast_quickstart_end_to_end(tmp_path):
     res = quickstart(out=tmp_path / "qs", fast=True)
     out = tmp_path / "qs"
-    for f in ("report.md", "loss.png", "predictions.png", "final/model.safetensors", "final/tokenizer.json",
+    for f in ("report.md", "curves.png", "predictions.png", "scores.json", "final/model.safetensors", "final/tokenizer.json",
               "final/config.json", "eval/scores.json"):
         assert (out / f).is_file(), f
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines()]
-    multitask = [r["loss"] for r in rows if r["stage"] == "multitask"]
+    multitask = [r["loss"] for r in rows if r["stage"] == "multitask" and "loss" in r]
     assert multitask[-1] < multitask[0]
+    assert [r["global_step"] for r in rows if "eval" in r] == [8]  # the learning curve (train.eval_every)
     report = (out / "report.md").read_text()
-    assert "vqa_acc" in report and "acc@0.5" in report
+    assert "vqa_acc" in report and "acc@0.5" in report and "With images vs blind" in report
+    scores = json.loads((out / "scores.json").read_text())
+    assert scores["timing"]["total_s"] > 0 and "blind" in scores["tasks"]["vqa"]
     assert set(res["scores"]["tasks"]) >= {"vqa", "grounding", "ocr", "caption"}
     import vlkit
 
