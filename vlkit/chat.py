@@ -154,19 +154,22 @@ def ensure_placeholders(turns: list[tuple[str, str]], num_images: int) -> list[t
 def class_word_tokens(tok: Tokenizer, names: Sequence[str]) -> list[list[int]]:
     """NTP-M targets of multi-word class names ("red circle"): the first token of each word (" red", " circle"),
     so a patch of a red circle is positive for both words and words shared between classes stay one target."""
+    _check_class_names(names)
+    return [[tok.encode(" " + word)[0] for word in name.split()] for name in names]
+
+
+def _check_class_names(names: Sequence[str]) -> None:
     for name in names:
         if not isinstance(name, str) or not name.strip():
             raise ChatFormatError(f"class names must be non-empty strings, got {name!r}")
-    return [[tok.encode(" " + word)[0] for word in name.split()] for name in names]
 
 
 def class_token_ids(tok: Tokenizer, names: Sequence[str]) -> list[int]:
     """NTP-M: each class name is scored through one vocabulary token, the first token of " name" (as the name
     is written after a space in a prompt). Two names sharing that token cannot be told apart: an error."""
+    _check_class_names(names)
     ids, seen = [], {}
     for name in names:
-        if not isinstance(name, str) or not name.strip():
-            raise ChatFormatError(f"class names must be non-empty strings, got {name!r}")
         first = tok.encode(" " + name.strip())[0]
         if first in seen and seen[first] != name:
             raise ChatFormatError(f"classes {seen[first]!r} and {name!r} start with the same token "

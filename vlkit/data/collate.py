@@ -224,7 +224,8 @@ def patch_classes(mask: np.ndarray, grid: int, min_fraction: float = 0.2) -> lis
 
 def dense_targets(input_ids: Sequence[int], processor: ChatProcessor, mask: np.ndarray,
                   classes: Optional[Sequence[str]], sid: str) -> list[tuple[int, list[int]]]:
-    """NTP-M targets for a segmentation sample's (single) image: (position, positive class-token ids)."""
+    """NTP-M targets for a masked sample's (single) image: (position, positive word-token ids of the classes
+    present in that patch; see chat.class_word_tokens)."""
     from vlkit.chat import class_word_tokens
 
     if not classes:

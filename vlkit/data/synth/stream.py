@@ -20,9 +20,10 @@ KEYS = ("tasks", "size", "heldout", "seed", "split", "max_iou", "dense_labels")
 
 
 def synth_stream(spec: dict, default_seed: int = 0) -> Callable[[int], dict]:
-    """`spec` is a recipe's `synth:` mapping: tasks (list, {task: weight} or comma string; default all
-    task), size (pixels, 64), heldout ('default' keeps the held-out compositions out of the train
-    split), seed (default: the run's seed), split (train), max_iou (0)."""
+    """`spec` is a recipe's `synth:` mapping: tasks (list, {task: weight} or comma string; default every
+    task), size (pixels, 64), heldout ('default' keeps the held-out compositions out of the train split), seed
+    (default: the run's seed), split (train), max_iou (0), dense_labels (false; true gives scene samples a
+    "color shape" label mask, the NTP-M targets of a model with `dense_prediction: true`)."""
     if not isinstance(spec, dict):
         raise DataError(f"synth: expected a mapping with keys {list(KEYS)}, got {spec!r}")
     unknown = sorted(set(spec) - set(KEYS))
