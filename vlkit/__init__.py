@@ -12,11 +12,12 @@ __version__ = "0.1.0"
 __all__ = ["load", "export", "__version__"]
 
 
-def load(path: Any, device: Any = "cpu"):
-    """A vlkit checkpoint directory or a Hugging Face model directory -> Pipeline."""
+def load(path: Any, device: Any = "cpu", dtype: Any = None):
+    """A vlkit checkpoint directory or a Hugging Face model directory -> Pipeline. dtype: a torch dtype or
+    "float32" / "bfloat16" / "float16"; None or "auto": the dtype the checkpoint's weights are stored in."""
     from vlkit.pipeline import load as _load
 
-    return _load(path, device=device)
+    return _load(path, device=device, dtype=dtype)
 
 
 def export(pipe: Any, out_dir: Any, format: str = "llava-hf"):

@@ -74,6 +74,36 @@ class _Checked:
 
 
 @dataclass
+class ImageProcessorConfig(_Checked):
+    """How an image becomes the vision tower's input, in the order of transformers' slow (PIL) image processors:
+    pad to square -> resize -> resize to a square -> centre crop -> rescale -> normalize (with the tower's
+    vision.image_mean / image_std). The defaults are vlkit's own processor: a bicubic resize to vision.image_size.
+    Hugging Face checkpoints get their processor's settings (vlkit.models.hf reads preprocessor_config.json or
+    processor_config.json); vlkit.images.ImageProcessor is the one implementation."""
+
+    pad_to_square: bool = False  # LlavaImageProcessor's do_pad: pad with the mean colour before resizing
+    resize: Literal["exact", "shortest_edge", "longest_edge", "none"] = "exact"  # longest_edge: Idefics3's rule
+    height: Optional[int] = positive(None)  # resize: exact; None: vision.image_size
+    width: Optional[int] = positive(None)
+    edge: Optional[int] = positive(None)  # resize: shortest_edge / longest_edge (the aspect ratio is kept)
+    resample: Literal["nearest", "lanczos", "bilinear", "bicubic", "box", "hamming"] = "bicubic"
+    square: Optional[int] = positive(None)  # then resize to square x square (Idefics3/SmolVLM without splitting)
+    crop_height: Optional[int] = positive(None)  # centre crop (CLIP: crop_size), zero-padded if the image is smaller
+    crop_width: Optional[int] = positive(None)
+    rescale_factor: Optional[float] = positive(1 / 255)  # None: no rescale (do_rescale: false)
+    normalize: bool = True  # (x - vision.image_mean) / vision.image_std
+    image_splitting: bool = False  # Idefics3/SmolVLM tiling: not implemented; true makes every image an error
+
+    def validate(self) -> None:
+        check_fields(self, "vision.processor")
+        if self.resize in ("shortest_edge", "longest_edge") and self.edge is None:
+            raise ConfigError(f"vision.processor.resize={self.resize!r} needs vision.processor.edge")
+        if (self.height is None) != (self.width is None) or (self.crop_height is None) != (self.crop_width is None):
+            raise ConfigError("vision.processor: give both height and width (and both crop_height and crop_width) "
+                              "or neither")
+
+
+@dataclass
 class VisionConfig(_Checked):
     """ViT encoder (SigLIP/CLIP layout)."""
 
@@ -93,9 +123,11 @@ class VisionConfig(_Checked):
     feature_layer: int = -1  # hidden state feeding the connector (LLaVA uses -2, the penultimate layer)
     image_mean: tuple = (0.5, 0.5, 0.5)
     image_std: tuple = positive((0.5, 0.5, 0.5))
+    processor: ImageProcessorConfig = field(default_factory=ImageProcessorConfig)  # resize, crop, rescale ...
 
     def validate(self) -> None:
         check_fields(self, "vision")
+        self.processor.validate()
         if self.hidden_size % self.num_heads:
             raise ConfigError(f"vision.hidden_size={self.hidden_size} must be divisible by vision.num_heads={self.num_heads}")
         if self.image_size % self.patch_size:
@@ -205,9 +237,18 @@ class ModelConfig(_Checked):
     init: Literal["normal", "fan_in"] = "normal"
     image_token_id: int = non_negative(4)  # <|image_pad|> in vlkit's tokenizer; set from the tokenizer for HF models
     pad_token_id: int = non_negative(0)
+    # None: vlkit's tokenizer and ChatML prompts. An HF prompt format (vlkit.models.hf.PROMPT_FORMATS: llava,
+    # idefics3): the checkpoint keeps the imported model's own tokenizer, chat template and image-token layout
+    prompt_format: Optional[str] = None
 
     def validate(self) -> None:
         check_fields(self, "")
+        if self.prompt_format is not None:
+            from vlkit.models.hf import PROMPT_FORMATS
+
+            if self.prompt_format not in PROMPT_FORMATS:
+                raise ConfigError(f"prompt_format={self.prompt_format!r} is unknown; choose one of "
+                                  f"{sorted(PROMPT_FORMATS)} or leave it unset (vlkit's ChatML)")
         self.vision.validate()
         self.connector.validate()
         self.text.validate()
@@ -281,7 +322,8 @@ class TrainConfig(_Checked):
 
 @dataclass
 class TokenizerConfig(_Checked):
-    """A recipe's `tokenizer:` section: a tokenizer.json to load, or the size of a BPE trained on the stage data."""
+    """A recipe's `tokenizer:` section: a tokenizer.json (or a Hugging Face tokenizer folder holding one) to load,
+    or the size of a BPE trained on the stage data."""
 
     path: Optional[str] = None
     vocab_size: int = positive(1024)

@@ -14,7 +14,7 @@ import torch
 
 from vlkit.chat import ChatProcessor, normalize_messages
 from vlkit.errors import CheckpointError
-from vlkit.images import ImageLike, load_image, to_tensor
+from vlkit.images import ImageLike, ImageProcessor, load_image
 from vlkit.io import write_dir_atomically
 from vlkit.infer.generate import GenerationConfig, ImageGenerationConfig, TextStreamer, generate, generate_stream
 from vlkit.models.vlm import VisionLanguageModel
@@ -26,10 +26,10 @@ IMAGE_PROMPT = "Draw: {}"  # the user turn of text-to-image samples (the synthet
 
 class Pipeline:
     def __init__(self, model: VisionLanguageModel, tokenizer: Tokenizer, path: Optional[str | Path] = None,
-                 vq: Any = None):
+                 vq: Any = None, processor: Any = None):
         self.model = model
         self.tokenizer = tokenizer
-        self.processor = ChatProcessor(tokenizer)
+        self.processor = processor or ChatProcessor(tokenizer)  # HF prompt formats bring their own (models.hf)
         self.path = Path(path) if path is not None else None
         self.vq = vq
         self._fingerprint: Optional[str] = None
@@ -52,9 +52,12 @@ class Pipeline:
         return bool(self.config.dense_prediction)
 
     # -- preprocessing ---------------------------------------------------------------------------------
+    @property
+    def image_processor(self) -> ImageProcessor:
+        return ImageProcessor.from_vision(self.config.vision)
+
     def image_tensor(self, image: ImageLike) -> torch.Tensor:
-        v = self.config.vision
-        return to_tensor(load_image(image), v.image_size, v.image_mean, v.image_std)
+        return self.image_processor(load_image(image))
 
     def prompt_ids(self, prompt: str | Sequence[dict], pixels: Sequence[torch.Tensor],
                    system: Optional[str] = None) -> list[int]:
@@ -70,7 +73,7 @@ class Pipeline:
     def generation_config(self, **kwargs: Any) -> GenerationConfig:
         gen = GenerationConfig(**kwargs)
         if not gen.stop_token_ids:
-            gen.stop_token_ids = (self.tokenizer.im_end_id,)
+            gen.stop_token_ids = tuple(self.tokenizer.stop_ids)
         if self.config.text_vocab_size is not None:
             gen.vocab_limit = self.config.text_vocab_size
         return gen
@@ -162,7 +165,7 @@ class Pipeline:
         """Write the checkpoint atomically; `extra(tmp_dir)` may add files (the trainer's state) before the rename."""
         def write(tmp: Path) -> None:
             self.model.save(tmp)
-            self.tokenizer.save(tmp / TOKENIZER_FILE)
+            self.tokenizer.save_pretrained(tmp)
             if self.vq is not None:
                 self.vq.save_pretrained(tmp / "vq")
             if extra is not None:
@@ -173,21 +176,46 @@ class Pipeline:
         return directory
 
 
-def load(path: str | Path, device: str | torch.device = "cpu") -> Pipeline:
-    """Load a vlkit checkpoint directory (or a Hugging Face model directory, detected by its config)."""
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+def parse_dtype(dtype: Optional[str | torch.dtype]) -> Optional[torch.dtype]:
+    """None / "auto" (the checkpoint's dtype), a torch dtype, or one of DTYPES' names."""
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype == "auto":
+        return None
+    if dtype not in DTYPES:
+        from vlkit.errors import UserError
+
+        raise UserError(f"dtype={dtype!r} is unknown; choose 'auto' or one of {sorted(DTYPES)}")
+    return DTYPES[dtype]
+
+
+def load(path: str | Path, device: str | torch.device = "cpu", dtype: Optional[str | torch.dtype] = None) -> Pipeline:
+    """Load a vlkit checkpoint directory (or a Hugging Face model directory, detected by its config). The model
+    is in `dtype`; None or "auto": the dtype its weights were saved in (a bf16 checkpoint stays bf16)."""
     path = Path(path)
     if not path.is_dir():
         raise CheckpointError(f"checkpoint directory {path} does not exist")
     from vlkit.models import hf
 
-    fmt = hf.detect_format(path) if hasattr(hf, "detect_format") else "vlkit"
-    if fmt != "vlkit":
-        return hf.load_pipeline(path, device=device)
-    model = VisionLanguageModel.load(path, device=device)
-    tokenizer = Tokenizer.from_file(path / TOKENIZER_FILE)
+    dtype = parse_dtype(dtype)
+    if hf.detect_format(path) != "vlkit":
+        return hf.load_pipeline(path, device=device, dtype=dtype)
+    model = VisionLanguageModel.load(path, device=device, dtype=dtype)
+    processor = None
+    if model.cfg.prompt_format is not None:  # fine-tuned from an HF model: its own tokenizer and chat template
+        tokenizer, processor = hf.chat_tools(path, {}, model.cfg)
+    else:
+        tokenizer = Tokenizer.from_file(path / TOKENIZER_FILE)
+    if len(tokenizer) > model.cfg.text.vocab_size:
+        raise CheckpointError(f"{path}: the tokenizer has {len(tokenizer)} tokens but the model's embedding table "
+                              f"has {model.cfg.text.vocab_size} rows")
     vq = None
     if (path / "vq").is_dir():
         from vlkit.models.vq import VisualTokenizer
 
         vq = VisualTokenizer.from_pretrained(path / "vq").to(device).eval()
-    return Pipeline(model, tokenizer, path=path, vq=vq)
+    return Pipeline(model, tokenizer, path=path, vq=vq, processor=processor)

@@ -31,6 +31,8 @@ CONTROL_TOKENS = [t for t in SPECIAL_TOKENS if t not in GROUNDING_TOKENS]  # onl
 class Tokenizer:
     """A thin wrapper giving vlkit's special-token ids by name."""
 
+    bos_token: Optional[str] = None  # vlkit's prompts have no BOS
+
     def __init__(self, hf_tokenizer, chat_template: Optional[str] = None):
         self.chat_template = chat_template  # a Jinja template for HF models; None: vlkit's ChatML
         missing = [t for t in SPECIAL_TOKENS if hf_tokenizer.token_to_id(t) is None]
@@ -67,10 +69,28 @@ class Tokenizer:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "Tokenizer":
+        """A tokenizer.json, or a folder holding one (a Hugging Face tokenizer folder); vlkit's special tokens
+        that it lacks are added."""
+        path = Path(path)
+        if path.is_dir():
+            if not (path / "tokenizer.json").is_file():
+                raise CheckpointError(f"tokenizer folder {path} has no tokenizer.json (vlkit reads fast tokenizers; "
+                                      "write one with transformers: AutoTokenizer.from_pretrained(DIR)"
+                                      ".save_pretrained(DIR))")
+            path = path / "tokenizer.json"
         return cls(read_tokenizer_json(path))
 
     def save(self, path: str | Path) -> None:
         self.hf.save(str(path))
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """The tokenizer's files in a checkpoint directory."""
+        self.save(Path(directory) / "tokenizer.json")
+
+    @property
+    def stop_ids(self) -> list[int]:
+        """Token ids that end an answer."""
+        return [self.im_end_id]
 
     # -- use -------------------------------------------------------------------------------------------
     def __len__(self) -> int:

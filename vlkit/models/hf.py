@@ -19,11 +19,11 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 from torch import nn
 
-from vlkit.config import ConnectorConfig, ModelConfig, TextConfig, VisionConfig
+from vlkit.config import ConfigError, ConnectorConfig, ImageProcessorConfig, ModelConfig, TextConfig, VisionConfig
 from vlkit.errors import CheckpointError, UserError
+from vlkit.tokenizer import IMAGE_PLACEHOLDER  # vlkit's placeholder in sample text (not an HF model's image token)
 
 CONFIG_FILE = "config.json"
-IMAGE_PLACEHOLDER = "<image>"
 
 
 class ExportError(UserError):
@@ -113,7 +113,8 @@ CLIP_MEAN, CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.261302
 
 def vision_config_from_hf(c: dict, feature_layer: int = -1, post_norm: Optional[bool] = None,
                           preprocessor: Optional[dict] = None) -> VisionConfig:
-    """An HF vision-tower config (clip_vision_model, siglip_vision_model, idefics3_vision) -> VisionConfig.
+    """An HF vision-tower config (clip_vision_model, siglip_vision_model, idefics3_vision) -> VisionConfig, with the
+    image processor of `preprocessor` (the checkpoint's image-processor settings; {}: resize to the tower's size).
     post_norm=None: as the tower's last_hidden_state (SigLIP applies post_layernorm to it, CLIP only to its
     pooled class token)."""
     kind = c.get("model_type", "")
@@ -125,17 +126,162 @@ def vision_config_from_hf(c: dict, feature_layer: int = -1, post_norm: Optional[
     clip = kind == "clip_vision_model"
     post_norm = (not clip) if post_norm is None else post_norm
     patch = int(c["patch_size"])
-    # SigLIP-so400m-384 has patch 14: its conv ignores the last 384 % 14 pixels, so a 378 input is the same grid
+    # SigLIP-so400m-384 has patch 14: its conv ignores the last 384 % 14 pixels, so the tower is built for 378
+    # (the same 27 x 27 grid); the processor still resizes to 384 and vlkit's patch conv drops the rest likewise
     size = int(c["image_size"]) // patch * patch
-    pre = preprocessor or {}
-    mean = pre.get("image_mean") or (CLIP_MEAN if clip else (0.5, 0.5, 0.5))
-    std = pre.get("image_std") or (CLIP_STD if clip else (0.5, 0.5, 0.5))
+    processor, mean, std = image_processor_from_hf(preprocessor or {}, int(c["image_size"]), clip)
     return VisionConfig(image_size=size, patch_size=patch, num_channels=int(c["num_channels"]),
                         hidden_size=int(c["hidden_size"]), intermediate_size=int(c["intermediate_size"]),
                         num_layers=int(c["num_hidden_layers"]), num_heads=int(c["num_attention_heads"]),
                         layer_norm_eps=float(c["layer_norm_eps"]), hidden_act=HF_ACT[c["hidden_act"]],
                         class_token=clip, pre_norm=clip, post_norm=post_norm, feature_layer=feature_layer,
-                        image_mean=tuple(mean), image_std=tuple(std))
+                        image_mean=tuple(mean), image_std=tuple(std), processor=processor)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# image processors (preprocessor_config.json, or processor_config.json's `image_processor` in transformers 5)
+
+# PIL's filter codes, as transformers writes `resample`
+RESAMPLE_CODES = {0: "nearest", 1: "lanczos", 2: "bilinear", 3: "bicubic", 4: "box", 5: "hamming"}
+_COMMON = dict(do_resize=True, do_rescale=True, rescale_factor=1 / 255, do_normalize=True, do_convert_rgb=True)
+_CLIP = dict(_COMMON, default_to_square=False, size={"shortest_edge": 224}, crop_size={"height": 224, "width": 224}, do_center_crop=True,
+             resample=3, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), do_pad=False)
+_SIGLIP = dict(_COMMON, size={"height": 224, "width": 224}, do_center_crop=False, resample=3,
+               image_mean=[0.5] * 3, image_std=[0.5] * 3)
+_IDEFICS3 = dict(_COMMON, size={"longest_edge": 4 * 364}, max_image_size={"longest_edge": 364}, resample=1,
+                 image_mean=[0.5] * 3, image_std=[0.5] * 3, do_image_splitting=True, do_pad=True)
+
+
+@dataclass
+class ImageProcessorFormat:
+    defaults: dict  # the transformers class's defaults, for keys a config leaves out
+    translate: Callable[[dict, str], ImageProcessorConfig]
+
+
+def _size(value: Any, key: str, source: str, square: bool = True) -> dict:
+    if isinstance(value, int):  # old configs: one int, a square or (CLIP) the shortest edge
+        return {"height": value, "width": value} if square else {"shortest_edge": value}
+    if not isinstance(value, dict):
+        raise CheckpointError(f"{source}: image processor `{key}`={value!r} must be a mapping")
+    return value
+
+
+def _resample(value: Any, source: str) -> str:
+    if value not in RESAMPLE_CODES:
+        raise CheckpointError(f"{source}: image processor resample={value!r} is not supported; supported: "
+                              f"{sorted(RESAMPLE_CODES)} (PIL filter codes)")
+    return RESAMPLE_CODES[value]
+
+
+def _generic_processor(p: dict, source: str) -> ImageProcessorConfig:
+    """CLIP / SigLIP / LLaVA image processors: transformers' PilBackend steps."""
+    out = dict(pad_to_square=bool(p.get("do_pad", False)), resample=_resample(p["resample"], source))
+    if not p["do_resize"]:
+        out["resize"] = "none"
+    else:
+        size = _size(p["size"], "size", source, square=p.get("default_to_square", True))
+        if set(size) == {"shortest_edge"}:
+            out.update(resize="shortest_edge", edge=int(size["shortest_edge"]))
+        elif {"height", "width"} <= set(size):
+            out.update(resize="exact", height=int(size["height"]), width=int(size["width"]))
+        else:
+            raise CheckpointError(f"{source}: image processor size={size} is not supported; supported: "
+                                  "{shortest_edge} or {height, width}")
+    if p.get("do_center_crop"):
+        crop = _size(p["crop_size"], "crop_size", source)
+        out.update(crop_height=int(crop["height"]), crop_width=int(crop["width"]))
+    return ImageProcessorConfig(**out, rescale_factor=float(p["rescale_factor"]) if p["do_rescale"] else None,
+                                normalize=bool(p["do_normalize"]))
+
+
+def _idefics3_processor(p: dict, source: str) -> ImageProcessorConfig:
+    """Idefics3 / SmolVLM: resize the longest edge to size.longest_edge, then (no image splitting) to a square of
+    max_image_size.longest_edge."""
+    out: dict = dict(resample=_resample(p["resample"], source), image_splitting=bool(p["do_image_splitting"]),
+                     square=int(_size(p["max_image_size"], "max_image_size", source)["longest_edge"]))
+    if p["do_resize"]:
+        size = _size(p["size"], "size", source)
+        if "longest_edge" in size:
+            out.update(resize="longest_edge", edge=int(size["longest_edge"]))
+        elif {"height", "width"} <= set(size):
+            out.update(resize="exact", height=int(size["height"]), width=int(size["width"]))
+        else:
+            raise CheckpointError(f"{source}: image processor size={size} is not supported; supported: "
+                                  "{longest_edge} or {height, width}")
+    else:
+        out["resize"] = "none"
+    return ImageProcessorConfig(**out, rescale_factor=float(p["rescale_factor"]) if p["do_rescale"] else None,
+                                normalize=bool(p["do_normalize"]))
+
+
+# transformers' image_processor_type -> how vlkit reproduces it (the registry is the list of what is supported)
+IMAGE_PROCESSORS: dict[str, ImageProcessorFormat] = {
+    "CLIPImageProcessor": ImageProcessorFormat(_CLIP, _generic_processor),
+    "LlavaImageProcessor": ImageProcessorFormat(_CLIP, _generic_processor),
+    "SiglipImageProcessor": ImageProcessorFormat(_SIGLIP, _generic_processor),
+    "Idefics3ImageProcessor": ImageProcessorFormat(_IDEFICS3, _idefics3_processor),
+    "SmolVLMImageProcessor": ImageProcessorFormat(_IDEFICS3, _idefics3_processor),
+}
+
+
+def read_image_processor(path: str | Path) -> dict:
+    """The checkpoint's image-processor settings: transformers 5 writes them as `image_processor` in
+    processor_config.json, transformers 4 as preprocessor_config.json; {} when there are none."""
+    path = Path(path)
+    if (path / "processor_config.json").is_file():
+        section = read_json(path / "processor_config.json").get("image_processor")
+        if isinstance(section, dict):
+            return section
+    p = path / "preprocessor_config.json"
+    return read_json(p) if p.is_file() else {}
+
+
+def image_processor_from_hf(pre: dict, tower_size: int, clip: bool, source: str = "the image processor"):
+    """HF image-processor settings -> (ImageProcessorConfig, mean, std). Without settings: a resize to the
+    tower's image size with the tower's usual mean/std (CLIP's or 0.5)."""
+    if not pre:
+        mean, std = (CLIP_MEAN, CLIP_STD) if clip else ((0.5,) * 3, (0.5,) * 3)
+        return ImageProcessorConfig(height=tower_size, width=tower_size), mean, std
+    kind = pre.get("image_processor_type") or ("CLIPImageProcessor" if clip else "SiglipImageProcessor")
+    kind = kind[:-4] if kind.endswith("Fast") else kind  # the fast (torchvision) classes share the settings
+    if kind not in IMAGE_PROCESSORS:
+        raise CheckpointError(f"{source}: image_processor_type {kind!r} is not supported; supported: "
+                              f"{sorted(IMAGE_PROCESSORS)}")
+    fmt = IMAGE_PROCESSORS[kind]
+    p = {**fmt.defaults, **{k: v for k, v in pre.items() if v is not None}}
+    try:
+        cfg = fmt.translate(p, source)
+        cfg.validate()
+    except (ConfigError, KeyError, TypeError, ValueError) as exc:
+        raise CheckpointError(f"{source} ({kind}) cannot be used: {exc}") from None
+    mean, std = p["image_mean"], p["image_std"]
+    mean, std = ([mean] * 3 if isinstance(mean, (int, float)) else mean), ([std] * 3 if isinstance(std, (int, float)) else std)
+    return cfg, tuple(float(x) for x in mean), tuple(float(x) for x in std)
+
+
+def image_processor_to_hf(v: VisionConfig) -> dict:
+    """VisionConfig's processor -> a transformers image-processor config (CLIP, SigLIP or LLaVA class) that
+    gives the same pixels; ExportError for what those classes cannot express."""
+    p = v.processor
+    if p.image_splitting or p.square is not None or p.resize == "longest_edge":
+        raise ExportError("llava-hf export: this model's image processor is Idefics3's (longest edge, square), "
+                          "which LLaVA's processors cannot express")
+    out: dict = {"do_resize": p.resize != "none", "resample": {v: k for k, v in RESAMPLE_CODES.items()}[p.resample]}
+    if p.resize == "shortest_edge":
+        out["size"] = {"shortest_edge": p.edge}
+    else:
+        out["size"] = {"height": p.height or v.image_size, "width": p.width or v.image_size}
+    out["do_center_crop"] = p.crop_height is not None
+    if p.crop_height is not None:
+        out["crop_size"] = {"height": p.crop_height, "width": p.crop_width}
+    kind = ("LlavaImageProcessor" if p.pad_to_square else
+            "CLIPImageProcessor" if p.resize == "shortest_edge" or p.crop_height is not None else "SiglipImageProcessor")
+    if kind == "LlavaImageProcessor":
+        out["do_pad"] = True
+    return {"image_processor_type": kind, "processor_class": "LlavaProcessor", **out,
+            "do_rescale": p.rescale_factor is not None, "rescale_factor": p.rescale_factor or 1 / 255,
+            "do_normalize": p.normalize, "image_mean": list(v.image_mean), "image_std": list(v.image_std),
+            "do_convert_rgb": True}
 
 
 def _rope(c: dict) -> tuple[float, Optional[dict]]:
@@ -276,13 +422,8 @@ def _vision_section(c: dict) -> dict:
     return c
 
 
-def _preprocessor(path: Path) -> dict:
-    p = Path(path) / "preprocessor_config.json"
-    return read_json(p) if p.is_file() else {}
-
-
 def vision_config_from_dir(path: str | Path, feature_layer: int = -1, post_norm: Optional[bool] = None) -> VisionConfig:
-    return vision_config_from_hf(_vision_section(read_config(path)), feature_layer, post_norm, _preprocessor(path))
+    return vision_config_from_hf(_vision_section(read_config(path)), feature_layer, post_norm, read_image_processor(path))
 
 
 def load_vision_encoder(path: str | Path, feature_layer: int = -1, post_norm: Optional[bool] = None):
@@ -345,7 +486,8 @@ def llava_model_config(c: dict, preprocessor: Optional[dict] = None) -> ModelCon
     # LLaVA reads hidden_states[layer], which never include post_layernorm
     return ModelConfig(vision=vision_config_from_hf(vision, layer, False, preprocessor),
                        connector=ConnectorConfig(type="mlp"), text=text_config_from_hf(text, tie),
-                       image_token_id=int(image_token), pad_token_id=int(text.get("pad_token_id") or 0))
+                       image_token_id=int(image_token), pad_token_id=int(text.get("pad_token_id") or 0),
+                       prompt_format="llava")
 
 
 def idefics3_model_config(c: dict, preprocessor: Optional[dict] = None) -> ModelConfig:
@@ -358,27 +500,30 @@ def idefics3_model_config(c: dict, preprocessor: Optional[dict] = None) -> Model
     pre = dict(preprocessor or {})
     return ModelConfig(vision=vision_config_from_hf(vision, -1, True, pre), connector=connector,
                        text=text_config_from_hf(text, tie), image_token_id=int(c.get("image_token_id", 128257)),
-                       pad_token_id=int(text.get("pad_token_id") or c.get("pad_token_id") or 0))
+                       pad_token_id=int(text.get("pad_token_id") or c.get("pad_token_id") or 0),
+                       prompt_format="idefics3")
 
 
-def _llava_spec(c: dict, tok: Any) -> HFChatSpec:
-    image = IMAGE_PLACEHOLDER
-    return HFChatSpec(image_token=image, expand=lambda n: image * n)
+def _llava_spec(image_token: str, tok: Any) -> HFChatSpec:
+    return HFChatSpec(image_token=image_token, expand=lambda n: image_token * n)
 
 
-def _idefics3_spec(c: dict, tok: Any) -> HFChatSpec:
+def _idefics3_spec(image_token: str, tok: Any) -> HFChatSpec:
     # Idefics3Processor without image splitting: <fake_token_around_image><global-img> N x <image> <fake...>
     fake, glob = "<fake_token_around_image>", "<global-img>"
     has_glob = tok.token_to_id(glob) is not None
-    return HFChatSpec(image_token=IMAGE_PLACEHOLDER,
-                      expand=lambda n: fake + (glob if has_glob else "") + IMAGE_PLACEHOLDER * n + fake)
+    return HFChatSpec(image_token=image_token,
+                      expand=lambda n: fake + (glob if has_glob else "") + image_token * n + fake)
+
+
+# ModelConfig.prompt_format -> how one image token of the chat template expands (image token, tokenizer -> spec)
+PROMPT_FORMATS: dict[str, Callable[[str, Any], HFChatSpec]] = {"llava": _llava_spec, "idefics3": _idefics3_spec}
 
 
 @dataclass
 class VLMFormat:
     model_config: Callable[[dict, Optional[dict]], ModelConfig]
     rules: list
-    chat: Callable[[dict, Any], HFChatSpec]
 
 
 @dataclass
@@ -388,9 +533,9 @@ class ComponentFormat:
 
 # HF model_type -> what it is; `detect_format` and the loaders look names up here (no name sniffing)
 VLM_FORMATS: dict[str, VLMFormat] = {
-    "llava": VLMFormat(llava_model_config, LLAVA_RULES, _llava_spec),
-    "idefics3": VLMFormat(idefics3_model_config, IDEFICS3_RULES, _idefics3_spec),
-    "smolvlm": VLMFormat(idefics3_model_config, IDEFICS3_RULES, _idefics3_spec),
+    "llava": VLMFormat(llava_model_config, LLAVA_RULES),
+    "idefics3": VLMFormat(idefics3_model_config, IDEFICS3_RULES),
+    "smolvlm": VLMFormat(idefics3_model_config, IDEFICS3_RULES),
 }
 COMPONENT_FORMATS: dict[str, ComponentFormat] = {
     "siglip": ComponentFormat("vision"), "siglip_vision_model": ComponentFormat("vision"),
@@ -425,8 +570,9 @@ def detect_format(path: str | Path) -> str:
 
 
 def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None):
-    """A whole HF VLM directory (llava, idefics3, smolvlm) -> VisionLanguageModel (eval mode)."""
-    from vlkit.models.vlm import VisionLanguageModel, load_state
+    """A whole HF VLM directory (llava, idefics3, smolvlm) -> VisionLanguageModel (eval mode), in `dtype`
+    (None: the dtype of the checkpoint's weights)."""
+    from vlkit.models.vlm import VisionLanguageModel, checkpoint_dtype, load_state
 
     path = Path(path)
     c = read_config(path)
@@ -435,12 +581,11 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: Opti
         raise CheckpointError(f"{path} is a {COMPONENT_FORMATS[kind].kind} model ({kind}), not a whole VLM; compose "
                               f"one with `vlkit build --vision DIR --lm DIR` (vlkit.models.hf.build_from_backbones)")
     fmt = VLM_FORMATS[kind]
-    cfg = fmt.model_config(c, _preprocessor(path))
+    cfg = fmt.model_config(c, read_image_processor(path))
     model = VisionLanguageModel(cfg)
     state = drop_unused_vision(rename(load_safetensors(path), fmt.rules), model.vision)
+    model = model.to(dtype or checkpoint_dtype(state))
     load_state(model, state, str(path))
-    if dtype is not None:
-        model = model.to(dtype)
     return model.to(device).eval()
 
 
@@ -467,15 +612,33 @@ def read_chat_template(path: Path) -> Optional[str]:
     return None
 
 
+def _generation_tag():
+    from jinja2.ext import Extension
+
+    class GenerationTag(Extension):
+        """transformers' `{% generation %}...{% endgeneration %}` (it marks the assistant text for its
+        assistant-token masks): renders its body. vlkit finds the assistant text by rendering prefixes."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            next(parser.stream)
+            return parser.parse_statements(("name:endgeneration",), drop_needle=True)
+
+    return GenerationTag
+
+
 def render_template(template: str, messages: list[dict], add_generation_prompt: bool, **special: Any) -> str:
-    """Render an HF chat template the way transformers does (sandboxed jinja2, trim/lstrip blocks)."""
+    """Render an HF chat template the way transformers does (sandboxed jinja2, trim/lstrip blocks, the
+    loop-control and `generation` extensions)."""
     import jinja2
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
     def raise_exception(message: str):
         raise UserError(f"chat template: {message}")
 
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=["jinja2.ext.loopcontrols"])
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
+                                        extensions=["jinja2.ext.loopcontrols", _generation_tag()])
     env.globals["raise_exception"] = raise_exception
     env.filters["tojson"] = lambda x, indent=None, **_: json.dumps(x, ensure_ascii=False, indent=indent)
     try:
@@ -485,45 +648,71 @@ def render_template(template: str, messages: list[dict], add_generation_prompt: 
         raise CheckpointError(f"the model's chat template cannot be rendered: {exc}") from None
 
 
+TOKENIZER_FILES = ("tokenizer_config.json", "special_tokens_map.json")  # kept as the model shipped them
+
+
 def _tokenizer_class():
     from vlkit.tokenizer import Tokenizer, text_encoder
 
     class HFTokenizer(Tokenizer):
         """A real model's tokenizer, used as is: no vlkit special tokens are added (the model's embedding table
-        has no rows for them); the image token and the stop tokens are the model's own."""
+        has no rows for them); the image token and the stop tokens are the model's own. `save_pretrained` writes
+        it back as the model shipped it (tokenizer.json, tokenizer_config.json, chat template, eos ids)."""
 
-        def __init__(self, hf_tokenizer, chat_template: str, image_token: str, bos_token: Optional[str],
-                     eos_token: Optional[str], stop_ids: Sequence[int], pad_id: int):
+        def __init__(self, hf_tokenizer, chat_template: str, image_token_id: int, bos_token: Optional[str],
+                     eos_token: Optional[str], stop_ids: Sequence[int], pad_id: int, files: Optional[dict] = None):
             self.hf = hf_tokenizer  # encodes what the template writes (its special tokens are matched)
             self.text_hf = text_encoder(hf_tokenizer)  # encodes user text (special tokens split)
             self.chat_template = chat_template
-            self.image_token = image_token
+            token = hf_tokenizer.id_to_token(image_token_id)
+            if token is None:
+                raise CheckpointError(f"the config's image token id {image_token_id} is not in the tokenizer "
+                                      f"({len(self)} tokens)")
+            self.image_token, self.image_pad_id = token, image_token_id
             self.bos_token, self.eos_token = bos_token, eos_token
-            if hf_tokenizer.token_to_id(image_token) is None:
-                raise CheckpointError(f"the tokenizer has no image token {image_token!r}")
-            self.image_pad_id = hf_tokenizer.token_to_id(image_token)
-            self.stop_ids = [int(i) for i in stop_ids]
-            if not self.stop_ids:
+            self._stop_ids = [int(i) for i in stop_ids]
+            if not self._stop_ids:
                 raise CheckpointError("the model names no eos token (config.json / generation_config.json / "
                                       "tokenizer_config.json): generation could not stop")
-            self.im_end_id = self.stop_ids[0]
+            self.im_end_id = self._stop_ids[0]
             self.pad_id = pad_id
+            self.files = dict(files or {})
             self.im_start_id = self.vision_start_id = self.vision_end_id = self.gen_start_id = None
+
+        @property
+        def stop_ids(self) -> list[int]:
+            return list(self._stop_ids)
 
         def decode(self, ids: list[int], skip_special: bool = False) -> str:
             return self.hf.decode([int(i) for i in ids], skip_special_tokens=skip_special)
 
+        def save_pretrained(self, directory: str | Path) -> None:
+            directory = Path(directory)
+            self.hf.save(str(directory / "tokenizer.json"))
+            config = dict(self.files.get("tokenizer_config.json") or {"tokenizer_class": "PreTrainedTokenizerFast"})
+            config.update(chat_template=self.chat_template, bos_token=self.bos_token, eos_token=self.eos_token,
+                          pad_token=self.hf.id_to_token(self.pad_id))
+            (directory / "tokenizer_config.json").write_text(json.dumps(config, indent=2) + "\n")
+            if "special_tokens_map.json" in self.files:
+                (directory / "special_tokens_map.json").write_text(
+                    json.dumps(self.files["special_tokens_map.json"], indent=2) + "\n")
+            (directory / "chat_template.jinja").write_text(self.chat_template)
+            (directory / "generation_config.json").write_text(json.dumps({"eos_token_id": self.stop_ids}) + "\n")
+
     return HFTokenizer
 
 
-def load_hf_tokenizer(path: Path, c: dict, image_token: str):
+def load_hf_tokenizer(path: Path, c: dict, image_token_id: int):
+    """The tokenizer of an HF model directory (or of a vlkit checkpoint that keeps an imported model's own
+    tokenizer); `c` is its config.json (eos ids), `image_token_id` the config's image token."""
     from vlkit.tokenizer import read_tokenizer_json
 
     tj = path / "tokenizer.json"
     if not tj.is_file():
         raise CheckpointError(f"{path} has no tokenizer.json (vlkit reads fast tokenizers only)")
     raw = read_tokenizer_json(tj)
-    tc = read_json(path / "tokenizer_config.json") if (path / "tokenizer_config.json").is_file() else {}
+    files = {name: read_json(path / name) for name in TOKENIZER_FILES if (path / name).is_file()}
+    tc = files.get("tokenizer_config.json", {})
     template = read_chat_template(path)
     if template is None:
         raise CheckpointError(f"{path} has no chat template (chat_template.jinja, chat_template.json or "
@@ -540,7 +729,14 @@ def load_hf_tokenizer(path: Path, c: dict, image_token: str):
         stops.append(raw.token_to_id(eos))
     pad = _token_str(tc.get("pad_token"))
     pad_id = raw.token_to_id(pad) if pad and raw.token_to_id(pad) is not None else (stops[0] if stops else 0)
-    return _tokenizer_class()(raw, template, image_token, bos, eos, stops, pad_id)
+    return _tokenizer_class()(raw, template, image_token_id, bos, eos, stops, pad_id, files)
+
+
+def chat_tools(path: Path, c: dict, cfg: ModelConfig):
+    """(tokenizer, processor) of a model in an HF prompt format (cfg.prompt_format): the model's own tokenizer
+    and chat template; each image token of the template expands per the format."""
+    tok = load_hf_tokenizer(path, c, cfg.image_token_id)
+    return tok, HFChatProcessor(tok, PROMPT_FORMATS[cfg.prompt_format](tok.image_token, tok.hf))
 
 
 Piece = tuple[str, bool]  # a piece of a rendered prompt: (text, True if a user wrote it, False if the template)
@@ -677,34 +873,15 @@ class HFChatProcessor:
 
 
 def load_pipeline(path: str | Path, device: str | torch.device = "cpu", dtype: Optional[torch.dtype] = None):
-    """A whole HF VLM directory -> vlkit Pipeline using the model's tokenizer, image token and chat template.
-    Images are resized to the tower's square resolution (no tiling / Idefics3 image splitting)."""
+    """A whole HF VLM directory -> vlkit Pipeline using the model's tokenizer, image token, chat template and
+    image processor (dtype None: the checkpoint's)."""
     from vlkit.pipeline import Pipeline
 
     path = Path(path)
     c = read_config(path)
-    kind = _model_type(c, path)
     model = load_model(path, device, dtype)
-    fmt = VLM_FORMATS[kind]
-    from tokenizers import Tokenizer as RawTokenizer  # noqa: F401  (fail early if `tokenizers` is missing)
-
-    tok = load_hf_tokenizer(path, c, IMAGE_PLACEHOLDER)
-    if tok.image_pad_id != model.cfg.image_token_id:
-        raise CheckpointError(f"{path}: the tokenizer's {IMAGE_PLACEHOLDER} is id {tok.image_pad_id} but the config's "
-                              f"image token id is {model.cfg.image_token_id}")
-    spec = fmt.chat(c, tok.hf)
-
-    class HFPipeline(Pipeline):
-        def generation_config(self, **kwargs: Any):
-            gen = super().generation_config(**kwargs)
-            if "stop_token_ids" not in kwargs:
-                gen.stop_token_ids = tuple(self.tokenizer.stop_ids)
-            return gen
-
-    pipe = HFPipeline(model, tok, path=path)
-    pipe.processor = HFChatProcessor(tok, spec)
-    pipe.hf_format = kind
-    return pipe
+    tok, processor = chat_tools(path, c, model.cfg)
+    return Pipeline(model, tok, path=path, processor=processor)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -747,9 +924,17 @@ def export_llava(pipe: Any, out: Path) -> None:
         raise ExportError("llava-hf export: this model's image features go through post_layernorm (vision.post_norm="
                           "true with the last layer), but LLaVA reads hidden_states, which never do; train with "
                           "vision.post_norm=false or vision.feature_layer=-2")
-    if getattr(pipe, "hf_format", None) is not None:
-        raise ExportError(f"this pipeline was loaded from a Hugging Face {pipe.hf_format} model; export works on "
-                          f"vlkit checkpoints")
+    if cfg.prompt_format not in (None, "llava"):
+        raise ExportError(f"llava-hf export: this model's prompts use the {cfg.prompt_format!r} image layout, "
+                          f"which LlavaProcessor cannot write")
+    processor_config = image_processor_to_hf(v)
+    n_vocab = t.vocab_size
+    ids = dict(bos_token_id=tok.hf.token_to_id(tok.bos_token) if getattr(tok, "bos_token", None) else None,
+               eos_token_id=tok.stop_ids[0], pad_token_id=tok.pad_id)
+    bad = {k: i for k, i in {**ids, "image_token_index": cfg.image_token_id}.items() if i is not None and i >= n_vocab}
+    if bad or len(tok) > n_vocab:
+        raise ExportError(f"llava-hf export: the tokenizer ({len(tok)} tokens; ids {bad}) does not fit the "
+                          f"model's embedding table ({n_vocab} rows)")
     clip = v.class_token
     n_layers = len(model.vision.encoder.layers)
     grid = v.image_size // v.patch_size
@@ -761,7 +946,6 @@ def export_llava(pipe: Any, out: Path) -> None:
                      "hidden_act": VLKIT_ACT[v.hidden_act], "layer_norm_eps": v.layer_norm_eps}
     if not clip:
         vision_config["vision_use_head"] = False
-    ids = dict(bos_token_id=None, eos_token_id=tok.im_end_id, pad_token_id=tok.pad_id)
     config = {"architectures": ["LlavaForConditionalGeneration"], "model_type": "llava",
               "vision_config": vision_config, "text_config": text_config_to_hf(t, **ids),
               "image_token_index": cfg.image_token_id, "image_seq_length": n_tokens,
@@ -770,7 +954,6 @@ def export_llava(pipe: Any, out: Path) -> None:
               "projector_hidden_act": "gelu", "multimodal_projector_bias": True,
               "tie_word_embeddings": t.tie_word_embeddings, "torch_dtype": "float32", **ids}
     (out / CONFIG_FILE).write_text(json.dumps(config, indent=2) + "\n")
-    (out / "generation_config.json").write_text(json.dumps({**ids, "max_new_tokens": 256}, indent=2) + "\n")
 
     state: dict[str, torch.Tensor] = {}
     for key, value in model.state_dict().items():
@@ -791,24 +974,26 @@ def export_llava(pipe: Any, out: Path) -> None:
     state["vision_tower.vision_model.post_layernorm.bias"] = torch.zeros(v.hidden_size)
     save_file(state, str(out / "model.safetensors"), metadata={"format": "pt"})
 
-    tok.save(out / "tokenizer.json")
-    from vlkit.tokenizer import IMAGE_PAD, IM_END, PAD
+    if cfg.prompt_format is None:  # vlkit's tokenizer and ChatML prompts
+        from vlkit.tokenizer import IM_END, PAD
 
-    tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None, "eos_token": IM_END,
-                  "pad_token": PAD, "unk_token": None, "model_max_length": t.max_position_embeddings,
-                  "clean_up_tokenization_spaces": False, "padding_side": "left", "chat_template": CHATML_TEMPLATE,
-                  "processor_class": "LlavaProcessor"}
-    (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
-    (out / "special_tokens_map.json").write_text(json.dumps({"eos_token": IM_END, "pad_token": PAD}, indent=2) + "\n")
-    (out / "chat_template.jinja").write_text(CHATML_TEMPLATE)
-    size = grid * v.patch_size
-    (out / "preprocessor_config.json").write_text(json.dumps({
-        "image_processor_type": "SiglipImageProcessor", "processor_class": "LlavaProcessor", "do_resize": True,
-        "size": {"height": size, "width": size}, "resample": 3, "do_rescale": True, "rescale_factor": 1 / 255,
-        "do_normalize": True, "image_mean": list(v.image_mean), "image_std": list(v.image_std),
-        "do_convert_rgb": True}, indent=2) + "\n")
+        tok.save(out / "tokenizer.json")
+        tok_config = {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": None, "eos_token": IM_END,
+                      "pad_token": PAD, "unk_token": None, "model_max_length": t.max_position_embeddings,
+                      "clean_up_tokenization_spaces": False, "padding_side": "left", "chat_template": CHATML_TEMPLATE,
+                      "processor_class": "LlavaProcessor"}
+        (out / "tokenizer_config.json").write_text(json.dumps(tok_config, indent=2) + "\n")
+        (out / "special_tokens_map.json").write_text(json.dumps({"eos_token": IM_END, "pad_token": PAD}, indent=2) + "\n")
+        (out / "chat_template.jinja").write_text(CHATML_TEMPLATE)
+    else:  # an imported model's own tokenizer and chat template, as it shipped them
+        tok.save_pretrained(out)
+    (out / "generation_config.json").write_text(json.dumps({**ids, "eos_token_id": tok.stop_ids,
+                                                            "max_new_tokens": 256}, indent=2) + "\n")
+    # both layouts: transformers 4 reads preprocessor_config.json, transformers 5 processor_config.json's section
+    (out / "preprocessor_config.json").write_text(json.dumps(processor_config, indent=2) + "\n")
     (out / "processor_config.json").write_text(json.dumps({
-        "processor_class": "LlavaProcessor", "patch_size": v.patch_size, "image_token": IMAGE_PAD,
+        "processor_class": "LlavaProcessor", "image_processor": processor_config, "patch_size": v.patch_size,
+        "image_token": tok.hf.id_to_token(cfg.image_token_id),
         "vision_feature_select_strategy": "default" if clip else "full",
         "num_additional_image_tokens": 1 if clip else 0}, indent=2) + "\n")
 
@@ -838,7 +1023,7 @@ def build_from_backbones(vision_dir: str | Path, lm_dir: str | Path, connector: 
     lc = read_config(lm_dir)
     if COMPONENT_FORMATS.get(_model_type(lc, lm_dir), ComponentFormat("")).kind != "language":
         raise CheckpointError(f"--lm {lm_dir} is not a decoder LM (model_type {lc.get('model_type')!r})")
-    vision = vision_config_from_hf(vc, feature_layer, post_norm, _preprocessor(vision_dir))
+    vision = vision_config_from_hf(vc, feature_layer, post_norm, read_image_processor(vision_dir))
     text = text_config_from_hf(lc)
     tok = Tokenizer.from_file(lm_dir / "tokenizer.json")  # adds vlkit's special tokens the LM lacks
     old_vocab = text.vocab_size

@@ -1,7 +1,7 @@
 """ViT vision encoder with SigLIP/CLIP parameter names (embeddings.*, encoder.layers.N.*, post_layernorm).
 
 Position embeddings are learned for the config's grid and bicubically interpolated for other resolutions, so
-one encoder serves any image size that is a multiple of the patch size.
+one encoder serves any image size (the pixels beyond the last whole patch are not seen, as in transformers).
 """
 from __future__ import annotations
 
@@ -141,9 +141,11 @@ class VisionEncoder(nn.Module):
         self.post_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if use_post else None
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
+        """Patches per side. Like transformers' patch conv, the last height % p rows and width % p columns are
+        not seen (SigLIP-so400m-patch14-384: 384 px -> 27 patches)."""
         p = self.cfg.patch_size
-        if height % p or width % p:
-            raise ValueError(f"image size {height}x{width} is not a multiple of the patch size {p}")
+        if height < p or width < p:
+            raise ValueError(f"image size {height}x{width} is smaller than the patch size {p}")
         return height // p, width // p
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:

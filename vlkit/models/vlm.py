@@ -213,7 +213,9 @@ class VisionLanguageModel(nn.Module):
         save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "vlkit": "1"})
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu") -> "VisionLanguageModel":
+    def load(cls, directory: str | Path, device: str | torch.device = "cpu",
+             dtype: Optional[torch.dtype] = None) -> "VisionLanguageModel":
+        """dtype None: the dtype the weights were saved in."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -230,7 +232,7 @@ class VisionLanguageModel(nn.Module):
             state = load_file(str(w_path), device=str(device))
         except (SafetensorError, OSError, ValueError) as exc:
             raise CheckpointError(f"{w_path} is corrupt or truncated: {exc}") from None
-        model = cls(cfg).to(device)
+        model = cls(cfg).to(device=device, dtype=dtype or checkpoint_dtype(state))
         load_state(model, state, str(w_path))
         return model.eval()
 
@@ -249,6 +251,15 @@ def ntp_m_loss(logits: torch.Tensor, positives: torch.Tensor, num_negatives: int
     chosen = pos.clone().scatter_(1, negatives, True)
     bce = F.binary_cross_entropy_with_logits(logits, pos.to(logits.dtype), reduction="none")
     return ((bce * chosen).sum(1) / chosen.sum(1)).sum()
+
+
+def checkpoint_dtype(state: dict) -> torch.dtype:
+    """The floating dtype most of a checkpoint's weights are stored in (float32 if it has none)."""
+    counts: dict[torch.dtype, int] = {}
+    for t in state.values():
+        if t.is_floating_point():
+            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
+    return max(counts, key=counts.get) if counts else torch.float32
 
 
 def load_state(model: nn.Module, state: dict, source: str, optional: Iterable[str] = ()) -> None:

@@ -72,8 +72,8 @@ def build_pipeline(recipe: Recipe, corpus: Callable[[], Any]):
     from vlkit.pipeline import Pipeline, load
     from vlkit.tokenizer import Tokenizer
 
-    if recipe.init:
-        return adapt_init(load(recipe.init), recipe)
+    if recipe.init:  # fp32 master weights whatever the checkpoint's dtype (bf16 runs use autocast)
+        return adapt_init(load(recipe.init, dtype=torch.float32), recipe)
     if "path" in recipe.tokenizer:
         tok = Tokenizer.from_file(recipe.tokenizer["path"])
     else:
@@ -463,7 +463,7 @@ def train(recipe: Recipe, out: Optional[str | Path] = None, resume: bool = False
         if latest is None:
             log.warning("--resume: no checkpoint in %s/checkpoints; starting from scratch", out)
         else:
-            pipe = load(latest)
+            pipe = load(latest, dtype=torch.float32)
             resume_state = ckpt_io.load_trainer_state(latest)
             start_stage = resume_state[0]["stage"]
             if dist_utils.is_main():  # rows logged after the checkpoint are logged again by the resumed run
