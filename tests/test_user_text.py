@@ -85,8 +85,8 @@ def _hf_processor(directory, kind: str) -> hf.HFChatProcessor:
     (directory / "tokenizer_config.json").write_text(json.dumps(
         {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "chat_template": LLAVA_TEMPLATE}))
     c = {"eos_token_id": 2}
-    tok = hf.load_hf_tokenizer(directory, c, IMAGE_PLACEHOLDER)
-    return hf.HFChatProcessor(tok, hf.VLM_FORMATS["llava"].chat(c, tok.hf))
+    tok = hf.load_hf_tokenizer(directory, c, HF_SPECIALS.index(IMAGE_PLACEHOLDER))
+    return hf.HFChatProcessor(tok, hf.PROMPT_FORMATS["llava"](tok.image_token, tok.hf))
 
 
 @pytest.fixture(scope="module", params=["bpe", "word-level"])
