@@ -2,26 +2,34 @@
 
 Formats (`fmt`):
   jsonl       `data.jsonl` (one sample per line) + `images/` (+ `masks/`), paths relative to the JSONL file.
-              Readers also take LLaVA's JSON list (`image`: one string, `conversations`).
+              Readers also take LLaVA's JSON list (`image`: one string, `conversations`), and image paths
+              relative to a separate `image_folder` (LLaVA's --image_folder).
   webdataset  `shard-000000.tar`, ... written with the stdlib `tarfile`; one sample = members `<key>.json`
               (the sample), `<key>.png` (its image; more images: `<key>.1.png`, `<key>.2.png`, ...) and,
               for segmentation, `<key>.mask.png`. Members of a sample are contiguous; keys have no dots.
+              Readers take any image extension, a `<key>.json` that lists no image (the members are its
+              images) and img2dataset shards (`.jpg` + `.txt` caption + `.json` metadata -> caption samples).
   hf          a Hugging Face `datasets.Dataset` saved with `save_to_disk` (columns id, images, conversations,
               task, meta (JSON text), mask, extra (JSON text)). `datasets` is optional and imported lazily.
+              Readers also take `messages` + `images` datasets (TRL, llava-instruct-mix-vsft, LLaMA-Factory).
 
 Reading convention (`read_samples`): every sample comes out with `id`, `images` (a list; LLaVA's `image`
-becomes `images`), `conversations` and, when present, `task` and `meta`.
+becomes `images`), `conversations` ({from, value}; `messages` ({role, content}: a string with `<image>`
+placeholders or OpenAI-style parts) are converted) and, when present, `task` and `meta`.
   - JSON(L) sources: `images` (and `meta["mask"]`) are absolute paths of files that exist and pass an
     integrity check; pixels are decoded later by whoever needs them.
-  - tar and HF sources: `images` keep the stored relative names and the decoded pixels are in
-    `image_objects` (a list of RGB `PIL.Image`, same order); a segmentation mask is in `mask_object` ("L").
-`load_sample_images(sample)` and `load_sample_mask(sample)` give pixels for either kind.
+  - tar and HF sources (and JSON samples with data: URLs): `images` keep the stored names and the decoded
+    pixels are in `image_objects` (a list of RGB `PIL.Image`, same order); a segmentation mask is in
+    `mask_object` ("L").
+`load_sample_images(sample)` and `load_sample_mask(sample)` give pixels for either kind. Paths may be brace
+patterns (`shards/{00000..00099}.tar`).
 
 A bad sample (malformed JSON, missing or corrupt image, `<image>` placeholders that do not match the number
 of images, ...) is skipped: counted by reason in a `ReadStats`, with a warning naming file and line (the first
 `ReadStats.max_messages` of them, then one summary). `strict=True` raises `DataError` instead. A shard or
 JSON file that cannot be read to its end is never dropped quietly: it is counted in `stats.bad_files` with a
-warning giving how many of its samples were read (strict: `DataError`).
+warning giving how many of its samples were read (strict: `DataError`). A recipe source (`read_source`,
+`SourceOptions`) raises `DataError` when more than its `max_skip` share (default 1%) was skipped.
 """
 from __future__ import annotations
 
@@ -459,7 +467,8 @@ class _Reader:
                         yield sample
 
     def hf_sample(self, row: dict, path: Path, where: str) -> Optional[dict]:
-        obj: dict = {k: v for k, v in row.items() if k not in ("meta", "extra", "mask") and v is not None}
+        obj: dict = {k: row[k] for k in ("id", "conversations", "messages", "images", "image", "task")
+                     if row.get(k) is not None}
         try:
             if row.get("meta") is not None:
                 obj["meta"] = json.loads(row["meta"]) if isinstance(row["meta"], str) else row["meta"]
