@@ -384,6 +384,8 @@ def llava_recipe(tmp_path: Path, source: dict) -> Path:
 def test_vlkit_train_on_llava_layout_uses_every_image(tmp_path, caplog):
     import logging
 
+    import yaml
+
     from vlkit.cli import main
     from vlkit.pipeline import load
     from vlkit.train.trainer import Recipe, load_examples
@@ -399,7 +401,7 @@ def test_vlkit_train_on_llava_layout_uses_every_image(tmp_path, caplog):
     assert [r["step"] for r in rows if "loss" in r] == [1, 2, 3] and all(np.isfinite(r["loss"]) for r in rows if "loss" in r)
     # the examples the stage trained on: every image sample with its image, decoded from the image folder
     pipe = load(tmp_path / "run" / "final")
-    stage = Recipe.from_dict(__import__("yaml").safe_load(recipe.read_text())).stages[0]
+    stage = Recipe.from_dict(yaml.safe_load(recipe.read_text())).stages[0]
     examples = load_examples(pipe, stage.data, 0)
     assert sorted(len(e.images) for e in examples) == [0] * 4 + [1] * 12
 
