@@ -98,10 +98,10 @@ def test_llava_json_list(tmp_path):
         assert [s["id"] for s in got] == ["a", "t"]
         assert got[0]["images"] == [str(tmp_path / "imgs" / "a.png")] and "image" not in got[0]
         assert got[1]["images"] == []
-    # image_root: images relative to another folder
+    # image_folder: images relative to another folder
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "d.json").write_text(json.dumps(data[:1]))
-    assert list(read_samples(tmp_path / "sub" / "d.json", image_root=tmp_path))[0]["images"][0].endswith("a.png")
+    assert list(read_samples(tmp_path / "sub" / "d.json", image_folder=tmp_path))[0]["images"][0].endswith("a.png")
 
 
 def _bad_dataset(root: Path) -> Path:

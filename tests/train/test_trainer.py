@@ -170,6 +170,11 @@ def test_corrupt_line_mid_epoch_is_skipped_and_counted(tokenizer, data_dir, tmp_
     (d / "data.jsonl").write_text("\n".join(lines) + "\n")
     pipe = make_pipe(tokenizer)
     st = stage(d, steps=3)
+    from vlkit.data.sources import DataError
+
+    with pytest.warns(UserWarning, match="skipped"), pytest.raises(DataError, match=r"2 of 49 .*max_skip"):
+        load_examples(pipe, st.data, 0)  # 2 of 49 (4%) is more than the default max_skip (1%)
+    st.data.train[0]["max_skip"] = 0.05
     with pytest.warns(UserWarning, match="skipped"):
         examples = load_examples(pipe, st.data, 0)
     assert len(examples) == len(lines) - 2

@@ -9,10 +9,12 @@ of supervised tokens, so N processes compute the same update as one.
 from __future__ import annotations
 
 import contextlib
+import difflib
 import json
 import logging
 import math
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -23,6 +25,7 @@ from vlkit.config import (ConfigError, DataConfig, ModelConfig, StageConfig, Tok
                           apply_overrides, from_dict, load_yaml, model_config_from_dict, to_dict, tiny_model_config)
 from vlkit.data.collate import Collator, EncodeStats, Example, TargetSpec, encode_samples
 from vlkit.data.feed import ListFeed, StreamFeed, as_feed, mixture
+from vlkit.data.sources import SOURCE_OPTIONS, SourceOptions
 from vlkit.errors import UserError
 from vlkit.train import checkpoint as ckpt_io
 from vlkit.train import distributed as dist_utils
@@ -169,11 +172,12 @@ def target_spec(pipe, data: DataConfig, seed: int) -> TargetSpec:
 
 def load_examples(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = None) -> list[Example]:
     """Read and encode every source of a stage's mixture; weights repeat or subsample a source."""
-    from vlkit.data.sources import ReadStats, read_samples
+    from vlkit.data.sources import ReadStats, check_skip_share, read_source
 
     if not data.train:
         raise ConfigError("stage data.train is empty: name at least one source {path: DIR}")
     g = torch.Generator().manual_seed(seed)
+    stats = stats if stats is not None else EncodeStats()
     spec = target_spec(pipe, data, seed)
     out: list[Example] = []
     cache: dict[str, list[dict]] = {}  # a mixture often reads one folder several times, filtered by task
@@ -182,14 +186,18 @@ def load_examples(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats
         if "path" not in src:
             raise ConfigError(f"data.train.{i}: `synth:` streams cannot be mixed with `path:` sources in one stage")
         tasks = src.get("tasks")
-        if src["path"] not in cache:
+        key = json.dumps({k: v for k, v in src.items() if k not in ("weight", "tasks")}, sort_keys=True)
+        if key not in cache:
             rstats = ReadStats()
-            cache[src["path"]] = list(read_samples(src["path"], strict=data.strict, stats=rstats))
+            cache[key] = list(read_source(src, strict=data.strict, stats=rstats))  # max_skip checked
             if rstats.n_skipped:
                 log.warning("%s: %s", src["path"], rstats.summary())
-        samples = [s for s in cache[src["path"]] if not tasks or s.get("task") in tasks]
+        samples = [s for s in cache[key] if not tasks or s.get("task") in tasks]
+        before = (stats.encoded, Counter(stats.skipped))
         ex = encode_samples(samples, pipe.processor, pipe.config.vision.image_size, pipe.model.tokens_per_image,
                             data.max_length, strict=data.strict, stats=stats, spec=spec)
+        check_skip_share(src["path"], stats.encoded - before[0], Counter(stats.skipped) - before[1],
+                         SourceOptions.from_spec(src).max_skip, stats.examples, "encoding")
         weight = float(src.get("weight", 1.0))
         n = max(1, round(weight * len(ex))) if ex else 0
         idx = [j % len(ex) for j in range(n)] if n >= len(ex) else torch.randperm(len(ex), generator=g)[:n].tolist()
@@ -200,11 +208,12 @@ def load_examples(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats
 
 
 TOKENIZER_CORPUS = 4000  # samples of a `synth:` stream that train the text tokenizer
-SOURCE_KEYS = {"path": ("path", "weight", "tasks"), "synth": ("synth", "weight")}
+SOURCE_KEYS = {"path": ("path", "weight", "tasks", *SOURCE_OPTIONS), "synth": ("synth", "weight")}
 
 
 def source_spec(src, i: int) -> dict:
-    """A data.train entry as a dict, its keys checked: {path: DIR, weight, tasks} or {synth: {...}, weight}."""
+    """A data.train entry as a dict, its keys and values checked: {path: FILE_OR_DIR, weight, tasks, image_folder,
+    max_skip, caption_prompt} (docs/data.md) or {synth: {...}, weight}."""
     if isinstance(src, str):
         src = {"path": src}
     if not isinstance(src, dict):
@@ -212,9 +221,14 @@ def source_spec(src, i: int) -> dict:
     kinds = [k for k in SOURCE_KEYS if k in src]
     if len(kinds) != 1:
         raise ConfigError(f"data.train.{i} needs exactly one of `path` or `synth`, got keys {sorted(src)}")
-    unknown = sorted(set(src) - set(SOURCE_KEYS[kinds[0]]))
+    allowed = SOURCE_KEYS[kinds[0]]
+    unknown = sorted(set(src) - set(allowed))
     if unknown:
-        raise ConfigError(f"data.train.{i}: unknown key(s) {unknown}; allowed: {list(SOURCE_KEYS[kinds[0]])}")
+        hints = [f"`{k}` -> `{m[0]}`?" for k in unknown if (m := difflib.get_close_matches(k, allowed, 1, 0.6))]
+        raise ConfigError(f"data.train.{i}: unknown key(s) {unknown}{' (' + ', '.join(hints) + ')' if hints else ''}"
+                          f"; allowed: {list(allowed)}")
+    if "path" in src:
+        SourceOptions.from_spec(src, f"data.train.{i}")
     weight = src.get("weight", 1.0)
     if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
         raise ConfigError(f"data.train.{i}.weight={weight!r} must be a number > 0")
@@ -473,15 +487,15 @@ def train(recipe: Recipe, out: Optional[str | Path] = None, resume: bool = False
             log.info("resuming from %s (stage %d)", latest, start_stage)
     if pipe is None:
         first = recipe.stages[0].data
-        from vlkit.data.sources import corpus_text
+        from vlkit.data.sources import corpus_text, read_source
 
         def corpus():
             stream = stream_of(first, recipe.train.seed)
             if stream is not None:  # the tokenizer learns from the stream's first samples
                 yield from corpus_text(stream(g) for g in range(TOKENIZER_CORPUS))
                 return
-            for src in first.train:
-                yield from corpus_text(src["path"] if isinstance(src, dict) else src)
+            for j, src in enumerate(first.train):
+                yield from corpus_text(read_source(source_spec(src, j), check_images=False))
 
         pipe = build_pipeline(recipe, corpus)
     if dist_utils.is_main():
