@@ -85,8 +85,10 @@ class ReadStats:
 
 
 class _Reader:
-    def __init__(self, strict: bool, stats: ReadStats, check_images: bool, image_root: Optional[Path]):
+    def __init__(self, strict: bool, stats: ReadStats, check_images: bool, image_root: Optional[Path],
+                 decode_images: bool = True):
         self.strict, self.stats, self.check_images, self.image_root = strict, stats, check_images, image_root
+        self.decode_images = decode_images
 
     def skip(self, reason: str, where: str, detail: str) -> None:
         msg = f"{where}: skipped sample ({reason}): {detail}"
@@ -270,6 +272,11 @@ class _Reader:
     def attach(self, sample: dict, blobs: list, mask: Optional[bytes], where: str) -> Optional[dict]:
         from vlkit.images import ImageError, decode_bytes
 
+        if not self.decode_images:  # lazy (streaming) reads: bytes now, pixels when the sample is encoded
+            sample["image_bytes"] = list(blobs)
+            if mask is not None:
+                sample["mask_bytes"] = mask
+            return sample
         objs = []
         for k, data in enumerate(blobs):
             try:
@@ -396,7 +403,8 @@ def _files(p: Path, suffixes: tuple[str, ...]) -> list[Path]:
 
 
 def read_samples(path: PathLike, strict: bool = False, stats: Optional[ReadStats] = None, *,
-                 check_images: bool = True, image_root: Optional[PathLike] = None) -> Iterator[dict]:
+                 check_images: bool = True, image_root: Optional[PathLike] = None,
+                 decode_images: bool = True) -> Iterator[dict]:
     """Yield the samples of `path`: a folder with *.jsonl (or *.json lists) and images, a .jsonl/.json file,
     a .tar shard or a folder of them, or a saved HF dataset (the format is detected).
 
@@ -404,11 +412,14 @@ def read_samples(path: PathLike, strict: bool = False, stats: Optional[ReadStats
     folder, or `image_root`), checked to exist and pass `PIL.Image.verify` (`check_images=False`: no check).
     tar and HF sources yield `images` as stored names plus the decoded RGB `PIL.Image`s in `image_objects`
     (and a mask in `mask_object`). Bad samples are skipped and counted in `stats` (pass a `ReadStats` to see
-    the counts) with a `DataWarning` naming file and line; `strict=True` raises `DataError` instead."""
+    the counts) with a `DataWarning` naming file and line; `strict=True` raises `DataError` instead.
+    `decode_images=False` (the streaming index, vlkit/data/records.py): tar and HF sources keep their images
+    undecoded in `image_bytes` (a mask in `mask_bytes`); `load_sample_images` decodes them when needed."""
     p = Path(path)
     fmt = detect_format(p)
     stats = stats if stats is not None else ReadStats()
-    reader = _Reader(strict, stats, check_images, Path(image_root) if image_root is not None else None)
+    reader = _Reader(strict, stats, check_images, Path(image_root) if image_root is not None else None,
+                     decode_images)
     if fmt == "hf":
         gen: Iterator[dict] = reader.hf(p)
     elif fmt == "webdataset":
@@ -431,6 +442,10 @@ def load_sample_images(sample: dict) -> list[Image.Image]:
     """The sample's images as RGB PIL images, whichever reader produced it."""
     if "image_objects" in sample:
         return list(sample["image_objects"])
+    if "image_bytes" in sample:  # read with decode_images=False
+        from vlkit.images import decode_bytes
+
+        return [decode_bytes(b, what=f"image {k}") for k, b in enumerate(sample["image_bytes"])]
     from vlkit.images import load_image
 
     return [load_image(p) for p in sample.get("images", [])]
@@ -440,6 +455,9 @@ def load_sample_mask(sample: dict) -> Optional[np.ndarray]:
     """The segmentation mask (uint8 HxW class indices) or None."""
     if sample.get("mask_object") is not None:
         return np.asarray(sample["mask_object"])
+    if sample.get("mask_bytes") is not None:  # read with decode_images=False
+        with Image.open(io.BytesIO(sample["mask_bytes"])) as m:
+            return np.asarray(m)
     path = (sample.get("meta") or {}).get("mask")
     if not path:
         return None
