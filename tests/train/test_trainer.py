@@ -306,3 +306,45 @@ def test_recipe_grows_an_init_checkpoint_into_vluas(tokenizer, data_dir, tmp_pat
         build_pipeline(recipe({"vision_target": "none"}, init=tmp_path / "run" / "final"), corpus=None)
     with pytest.raises(ConfigError, match="can only add visual codes"):
         build_pipeline(recipe({"vision_target": "pixels"}), corpus=None)
+
+
+def _stream_recipe(data_dir, out, num_workers, save_every=0):
+    st = stage(data_dir, steps=5, batch_size=6)
+    st.data.packing = True  # packed rows (block-diagonal attention) from streamed, worker-encoded batches
+    return Recipe(model={}, tokenizer={}, train=TrainConfig(out=str(out), precision="fp32", save_every=save_every,
+                                                            keep_last=2, log_every=1, num_workers=num_workers),
+                  stages=[st])
+
+
+def test_file_stream_with_workers_and_packing_resumes_to_the_uninterrupted_run(tokenizer, data_dir, tmp_path,
+                                                                                 monkeypatch):
+    from vlkit.data import feed as feed_mod
+    from vlkit.pipeline import load
+
+    pids = tmp_path / "pids"
+    real = feed_mod.StreamFeed.make_batch
+
+    def spy(self, *a, **kw):
+        with open(pids, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(feed_mod.StreamFeed, "make_batch", spy)
+    full = train(_stream_recipe(data_dir, tmp_path / "a", num_workers=0), pipe=make_pipe(tokenizer))
+    assert set(pids.read_text().split()) == {str(os.getpid())}
+    pids.unlink()
+
+    def kill_at_3(trainer, global_step):
+        if global_step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_stream_recipe(data_dir, tmp_path / "b", 2, save_every=2), pipe=make_pipe(tokenizer),
+              callbacks=(kill_at_3,))
+    workers = set(pids.read_text().split())
+    assert str(os.getpid()) not in workers and len(workers) == 2  # batches were made in 2 worker processes
+    resumed = train(_stream_recipe(data_dir, tmp_path / "b", 2, save_every=2), resume=True)
+    a, b = load(full).model.state_dict(), load(resumed).model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
