@@ -132,20 +132,42 @@ def _ids(batches):
     return [[e.sample_id for e in b] for b in batches]
 
 
-def test_records_hold_no_pixels_and_read_back_equal(records_dir, tmp_path):
-    import shutil
-
-    from vlkit.data.records import FileMixture
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_records_are_light_and_read_back_as_the_reader_yields(records_dir, tmp_path, fmt):
+    from vlkit.data.records import FileMixture, LineStore, RecordStore
     from vlkit.data.sources import read_samples
+
+    src = records_dir
+    if fmt == "json":  # LLaVA's layout: one JSON list (read once into the spill file)
+        lines = (records_dir / "data.jsonl").read_text().splitlines()
+        src = records_dir / "list.json"
+        src.write_text("[" + ",".join(lines) + "]")
+    try:
+        mix = FileMixture([{"path": str(src)}], strict=False, seed=0)
+        direct = list(read_samples(src, check_images=False))
+    finally:
+        if fmt == "json":
+            src.unlink()
+    store = mix.stores[0]
+    assert isinstance(store, LineStore if fmt == "jsonl" else RecordStore)
+    assert len(mix) == len(direct) == 30
+    assert [mix[k] for k in range(len(mix))] == direct  # text and image paths, nothing decoded
+    if fmt == "jsonl":  # RAM: a few integers per line
+        assert sum(a.nbytes for a in (store.file_id, store.start, store.end, store.lineno)) <= 32 * len(store)
+
+
+def test_a_bad_jsonl_line_is_counted_when_its_batch_is_made(records_dir, encode, tmp_path):
+    import shutil
 
     d = tmp_path / "ds"
     shutil.copytree(records_dir, d)
-    mix = FileMixture([{"path": str(d)}], strict=False, seed=0)
-    direct = list(read_samples(d, check_images=False))
-    (d / "data.jsonl").unlink()  # records are kept (in the spill file), not re-read from the source
-    assert len(mix) == len(direct) == 30
-    assert [mix[k] for k in range(len(mix))] == direct  # text and image paths, nothing decoded
-    assert all(isinstance(p, str) for k in range(len(mix)) for p in mix[k]["images"])
+    lines = (d / "data.jsonl").read_text().splitlines()
+    (d / "data.jsonl").write_text("\n".join(lines[:10] + ['{"id": "cut", "conv', "", "  "] + lines[10:]) + "\n")
+    feed = _file_feed(d, encode)
+    assert len(feed) == 31  # blank lines are no records
+    with pytest.warns(UserWarning, match=r"data.jsonl:11: skipped sample \(malformed_json\)"):
+        got = feed.next_batch(31, 0, 1)  # one epoch
+    assert feed.stats.skipped == {"unreadable_record": 1} and len({e.sample_id for e in got}) == 30
 
 
 def test_file_feed_walks_epochs_deterministically_and_ranks_are_disjoint(records_dir, encode):

@@ -37,9 +37,17 @@ def shard(batch: Sequence[int], rank: int, world: int) -> list[int]:
     return list(batch[rank::world])
 
 
+def read_records(sample: Callable[[int], Optional[dict]], indices: Sequence[int], stats: EncodeStats) -> list[dict]:
+    """The samples of `indices`; a record the reader skipped (None: it warned, naming file and line) is counted."""
+    out = [sample(i) for i in indices]
+    for _ in range(out.count(None)):
+        stats.skip("unreadable_record", "a record could not be read (see the reader's warning)")
+    return [s for s in out if s is not None]
+
+
 class StreamFeed:
     """Global batches of `sample(i)`, encoded by `encode(samples, stats) -> examples` (which skips, and counts,
-    what fails). `length=None`: an endless stream, `sample` takes the global index; else a collection of
+    what fails; `sample(i)` may return None for a record that cannot be read, counted the same way). `length=None`: an endless stream, `sample` takes the global index; else a collection of
     `length` records walked in seeded epoch permutations. The position is the number of global samples taken."""
 
     def __init__(self, sample: Callable[[int], dict], encode: Callable[[list, EncodeStats], list[Example]],
@@ -78,7 +86,7 @@ class StreamFeed:
     def make_batch(self, start: int, batch_size: int, rank: int, world: int, stats: EncodeStats) -> list[Example]:
         """This rank's share of the global batch [start, start + batch_size), encoded."""
         mine = shard(range(start, start + batch_size), rank, world)
-        return self.encode([self.sample(self.record(g)) for g in mine], stats)
+        return self.encode(read_records(self.sample, [self.record(g) for g in mine], stats), stats)
 
     def next_batch(self, batch_size: int, rank: int, world: int) -> list[Example]:
         out = self.make_batch(self.pos, batch_size, rank, world, self.stats)

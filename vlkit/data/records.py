@@ -1,9 +1,15 @@
-"""The index of a stage's file sources, for streaming: every sample read once, kept as a light record on disk.
+"""The index of a stage's file sources, for streaming: light records, never pixels.
 
-A record is what `read_samples(..., check_images=False, decode_images=False)` yields: the sample's text and
-image paths (JSON(L) sources) or its undecoded image bytes (tar shards, HF datasets), packed into an unlinked
-temporary spill file. RAM holds one offset and one task code per record, so memory does not grow with the
-number of samples; pixels are decoded only when a batch is encoded (in a DataLoader worker, vlkit/data/feed.py).
+- JSONL files (`LineStore`): the index is the byte span of every line, found by one scan for newlines (about a
+  second for a million lines). A record is parsed, checked and resolved by the reader (vlkit/data/sources.py)
+  only when its batch is made, so a bad line or a missing image is skipped and counted then (or raises under
+  `strict`).
+- Every other source (LLaVA JSON lists, tar shards, HF datasets; `RecordStore`): each sample is read once, as
+  `read_samples(..., check_images=False, decode_images=False)` yields it (text and image paths, or undecoded
+  image bytes), and packed into an unlinked temporary spill file.
+
+RAM holds a few integers per record, so memory does not grow with the number of samples; pixels are decoded
+only when a batch is encoded (in a DataLoader worker, vlkit/data/feed.py).
 
 `FileMixture` lays a stage's `path:` sources (each filtered by `tasks`, repeated or subsampled by `weight`) out
 as one indexed collection: mixture record k is (store, record) and `mixture[k]` reads it back as a sample dict.
@@ -16,6 +22,7 @@ import os
 import struct
 import tempfile
 from array import array
+from pathlib import Path
 from typing import Optional, Sequence
 
 import numpy as np
@@ -96,10 +103,91 @@ class RecordStore:
         return np.nonzero(np.isin(codes, wanted))[0].astype(np.int64)
 
 
-def read_store(path: str, strict: bool, tmp_dir: Optional[str] = None) -> RecordStore:
-    """Index one source: read every sample once (no image decoding; existence of image files is checked)."""
-    from vlkit.data.sources import ReadStats, read_samples
+def line_spans(path: str, chunk: int = 1 << 24) -> tuple[np.ndarray, np.ndarray]:
+    """[start, end) byte offsets of every line of a file (without its newline), read in chunks."""
+    cuts, at = [], 0
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            cuts.append(np.nonzero(np.frombuffer(block, dtype=np.uint8) == 10)[0].astype(np.int64) + at)
+            at += len(block)
+    nl = np.concatenate(cuts) if cuts else np.zeros(0, np.int64)
+    return np.concatenate([[0], nl + 1]).astype(np.int64), np.concatenate([nl, [at]]).astype(np.int64)
 
+
+class LineStore:
+    """JSONL files indexed by line spans; `store[i]` reads line i and returns the reader's sample, or None after
+    the reader counted (and warned about) a bad line (strict: it raises DataError)."""
+
+    def __init__(self, files: Sequence[Path], strict: bool):
+        from vlkit.data.sources import ReadStats, _Reader
+
+        self.files = [str(f) for f in files]
+        self.strict = strict
+        self.reader = _Reader(strict=strict, stats=ReadStats(), check_images=False, image_root=None)
+        file_ids, starts, ends, linenos = [], [], [], []
+        for k, path in enumerate(self.files):
+            a, b = line_spans(path)
+            keep = b > a  # empty lines are not samples
+            if keep.any() and (short := np.nonzero(keep & (b - a <= 2))[0]).size:  # "\r" or " ": blank too
+                with open(path, "rb") as f:
+                    blank = [not os.pread(f.fileno(), int(b[i] - a[i]), int(a[i])).strip() for i in short]
+                keep[short[blank]] = False
+            starts.append(a[keep]), ends.append(b[keep]), linenos.append(np.nonzero(keep)[0].astype(np.int64) + 1)
+            file_ids.append(np.full(int(keep.sum()), k, dtype=np.int32))
+        self.file_id, self.start = np.concatenate(file_ids), np.concatenate(starts)
+        self.end, self.lineno = np.concatenate(ends), np.concatenate(linenos)
+        self._fds: dict[int, int] = {}
+        self._tasks: Optional[np.ndarray] = None
+        self.task_names: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.start)
+
+    def raw(self, i: int) -> bytes:
+        k = int(self.file_id[i])
+        if k not in self._fds:
+            self._fds[k] = os.open(self.files[k], os.O_RDONLY)
+        return os.pread(self._fds[k], int(self.end[i] - self.start[i]), int(self.start[i]))
+
+    def __getitem__(self, i: int) -> Optional[dict]:
+        path = Path(self.files[int(self.file_id[i])])
+        where = f"{path}:{int(self.lineno[i])}"
+        try:
+            obj = json.loads(self.raw(i).decode("utf-8"))
+        except (ValueError, UnicodeDecodeError) as exc:
+            self.reader.skip("malformed_json", where, f"not valid JSON ({exc})")
+            return None
+        sample = self.reader.normalize(obj, where, default_id=f"{path.stem}-{int(self.lineno[i])}")
+        if sample is None or not self.reader.resolve(sample, path.parent, where):
+            return None
+        return sample
+
+    def with_tasks(self, tasks: Optional[Sequence[str]]) -> np.ndarray:
+        """Indices of the records whose task is in `tasks` (all for None; a filter parses every line once)."""
+        if not tasks:
+            return np.arange(len(self), dtype=np.int64)
+        if self._tasks is None:
+            codes: dict[str, int] = {}
+            found = np.empty(len(self), dtype=np.int32)
+            for i in range(len(self)):
+                try:
+                    obj = json.loads(self.raw(i))
+                    task = str(obj.get("task") or "") if isinstance(obj, dict) else ""
+                except ValueError:
+                    task = ""  # counted as malformed if it is ever read
+                found[i] = codes.setdefault(task, len(codes))
+            self._tasks, self.task_names = found, list(codes)
+        wanted = [self.task_names.index(t) for t in tasks if t in self.task_names]
+        return np.nonzero(np.isin(self._tasks, wanted))[0].astype(np.int64)
+
+
+def read_store(path: str, strict: bool, tmp_dir: Optional[str] = None) -> "LineStore | RecordStore":
+    """Index one source: JSONL by line spans; any other format read once into a spill file (no image decoding;
+    the existence of image files is checked)."""
+    from vlkit.data.sources import ReadStats, _files, detect_format, read_samples
+
+    if detect_format(path) == "jsonl":
+        return LineStore(_files(Path(path), (".jsonl",)), strict)
     store = RecordStore(tmp_dir)
     stats = ReadStats()
     for sample in read_samples(path, strict=strict, stats=stats, check_images=False, decode_images=False):
@@ -117,7 +205,7 @@ class FileMixture:
 
     def __init__(self, sources: Sequence[dict], strict: bool, seed: int, tmp_dir: Optional[str] = None):
         g = torch.Generator().manual_seed(seed)
-        self.stores: list[RecordStore] = []
+        self.stores: list = []  # LineStore | RecordStore
         by_path: dict[str, int] = {}
         which, index = [], []
         for src in sources:
@@ -146,6 +234,7 @@ class FileMixture:
         """(store, record) of mixture record k: equal keys are the same sample."""
         return int(self.which[k]), int(self.index[k])
 
-    def __getitem__(self, k: int) -> dict:
+    def __getitem__(self, k: int) -> Optional[dict]:
+        """Mixture record k as a sample dict; None for a record the reader skipped (counted, warned)."""
         s, i = self.key(k)
         return self.stores[s][i]

@@ -22,7 +22,7 @@ import torch
 from vlkit.config import (ConfigError, DataConfig, ModelConfig, StageConfig, TokenizerConfig, TrainConfig,
                           apply_overrides, from_dict, load_yaml, model_config_from_dict, to_dict, tiny_model_config)
 from vlkit.data.collate import Collator, EncodeStats, Example, TargetSpec, encode_samples
-from vlkit.data.feed import ListFeed, StreamFeed, as_feed, mixture
+from vlkit.data.feed import ListFeed, StreamFeed, as_feed, mixture, read_records
 from vlkit.errors import UserError
 from vlkit.train import checkpoint as ckpt_io
 from vlkit.train import distributed as dist_utils
@@ -201,7 +201,7 @@ def load_examples(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats
     mix = file_mixture(data, seed)
     encode = sample_encoder(pipe, data, seed)
     stats = stats if stats is not None else EncodeStats()
-    out = encode([mix[k] for k in range(len(mix))], stats)
+    out = encode(read_records(mix.__getitem__, range(len(mix)), stats), stats)
     if not out:
         raise UserError("the stage's data gave no usable sample")
     return out
