@@ -89,8 +89,10 @@ class StreamFeed:
         return self.encode(read_records(self.sample, [self.record(g) for g in mine], stats), stats)
 
     def next_batch(self, batch_size: int, rank: int, world: int) -> list[Example]:
-        out = self.make_batch(self.pos, batch_size, rank, world, self.stats)
+        stats = EncodeStats()  # per batch, so that only a batch with a bad sample warns
+        out = self.make_batch(self.pos, batch_size, rank, world, stats)
         self.pos += batch_size
+        _merge(self.stats, stats)
         return out
 
     def batches(self, batch_size: int, rank: int, world: int, num_workers: int = 0) -> Iterator[list[Example]]:
