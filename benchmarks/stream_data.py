@@ -80,8 +80,8 @@ def tokenizer(cache: Path, data: Path) -> Path:
     return path
 
 
-def launch(args, mode: str, data: Path, n: int, workers: int, tok: Path) -> dict:
-    out = args.cache / "runs" / f"{mode}-n{n}-w{workers}"
+def launch(args, mode: str, data: Path, n: int, workers: int, tok: Path, rep: int = 0) -> dict:
+    out = args.cache / "runs" / f"{mode}-n{n}-w{workers}-r{rep}"
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("rank*.json"):
         old.unlink()
@@ -97,7 +97,8 @@ def launch(args, mode: str, data: Path, n: int, workers: int, tok: Path) -> dict
     gaps = [b - a for a, b in zip(times, times[1:])][args.warmup - 1:]
     windows = [BATCH * args.window / sum(gaps[i:i + args.window])
                for i in range(0, len(gaps) - args.window + 1, args.window)]
-    return {"mode": mode, "n_samples": n, "num_workers": workers, "steps": len(times), "global_batch": BATCH,
+    return {"mode": mode, "n_samples": n, "num_workers": workers, "repeat": rep, "steps": len(times),
+            "global_batch": BATCH, "window_samples_per_s": [round(w, 2) for w in windows],
             "peak_rss_mb_per_rank": [r["peak_rss_mb"] for r in ranks],
             "peak_rss_mb_dataloader_workers": [r["peak_rss_children_mb"] for r in ranks],
             "rss_mb_after_data_per_rank": [r["rss_after_data_mb"] for r in ranks],
@@ -128,6 +129,8 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=40)
     p.add_argument("--warmup", type=int, default=5, help="steps left out of the throughput windows")
     p.add_argument("--window", type=int, default=5, help="steps per throughput window")
+    p.add_argument("--repeat", type=int, default=2, help="rounds over all configurations (interleaved, so load drift "
+                   "on a shared machine hits each alike)")
     p.add_argument("--port", type=int, default=29533)
     p.add_argument("--rank-run", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--mode"), p.add_argument("--data"), p.add_argument("--num-workers", type=int, default=0)
@@ -137,24 +140,33 @@ def main() -> None:
         return rank_run(args)
     full = dataset(args.cache, args.n)
     tok = tokenizer(args.cache, full)
-    runs = []
-    for n in [int(x) for x in args.memory_n.split(",") if x]:
-        runs.append(launch(args, "memory", subset(full, n), n, 0, tok))
-    for workers in [int(x) for x in args.stream_workers.split(",") if x]:
-        for n in [int(x) for x in args.stream_n.split(",") if x]:
-            runs.append(launch(args, "stream", subset(full, n), n, workers, tok))
+    configs = [("memory", int(n), 0) for n in args.memory_n.split(",") if n]
+    configs += [("stream", int(n), int(w)) for w in args.stream_workers.split(",") if w
+                for n in args.stream_n.split(",") if n]
+    runs = [launch(args, mode, subset(full, n), n, w, tok, rep) for rep in range(args.repeat) for mode, n, w in configs]
+    summary: dict = {"cpu_cores": os.cpu_count(), "image_px": SIZE, "configs": [], "runs": runs}
+    for mode, n, w in configs:  # pooled over repeats: worst-case RSS and first step, rate over all windows
+        rs = [r for r in runs if (r["mode"], r["n_samples"], r["num_workers"]) == (mode, n, w)]
+        summary["configs"].append({
+            "mode": mode, "n_samples": n, "num_workers": w, "repeats": len(rs),
+            "peak_rss_mb_per_rank": max(max(r["peak_rss_mb_per_rank"]) for r in rs),
+            "peak_rss_mb_dataloader_worker": max(max(r["peak_rss_mb_dataloader_workers"]) for r in rs),
+            "data_s": max(r["data_s"] for r in rs),
+            "time_to_first_step_s": max(r["time_to_first_step_s"] for r in rs),
+            "samples_per_s": mean_ci([x for r in rs for x in r["window_samples_per_s"]]),
+            "windows": sum(r["windows"] for r in rs)})
+    runs = summary["configs"]
     mem = sorted((r for r in runs if r["mode"] == "memory"), key=lambda r: r["n_samples"])
-    summary: dict = {"cpu_cores": os.cpu_count(), "image_px": SIZE, "runs": runs}
     if len(mem) >= 2:
         a, b = mem[0], mem[-1]
         summary["memory_rss_kb_per_sample"] = round(
-            (max(b["peak_rss_mb_per_rank"]) - max(a["peak_rss_mb_per_rank"])) * 1024 / (b["n_samples"] - a["n_samples"]), 2)
+            (b["peak_rss_mb_per_rank"] - a["peak_rss_mb_per_rank"]) * 1024 / (b["n_samples"] - a["n_samples"]), 2)
     for w in {r["num_workers"] for r in runs if r["mode"] == "stream"}:
         st = sorted((r for r in runs if r["mode"] == "stream" and r["num_workers"] == w), key=lambda r: r["n_samples"])
         if len(st) >= 2:
             a, b = st[0], st[-1]
             summary[f"stream_w{w}_rss_kb_per_sample"] = round(
-                (max(b["peak_rss_mb_per_rank"]) - max(a["peak_rss_mb_per_rank"])) * 1024
+                (b["peak_rss_mb_per_rank"] - a["peak_rss_mb_per_rank"]) * 1024
                 / (b["n_samples"] - a["n_samples"]), 4)
     print(json.dumps(summary, indent=2))
     (args.cache / "stream_data.json").write_text(json.dumps(summary, indent=2))
