@@ -243,16 +243,19 @@ def stream_of(data: DataConfig, seed: int):
                    seed)
 
 
-def load_feed(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = None) -> StreamFeed:
+def load_feed(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = None,
+              order_seed: Optional[int] = None) -> StreamFeed:
     """The stage's training feed, streamed: its `synth:` stream, or its files indexed as light records and walked
-    in seeded epoch permutations. Either way a batch is read and encoded only when it is needed (in DataLoader
-    workers with train.num_workers > 0), by the rank that trains on it."""
+    in epoch permutations seeded by `order_seed` (default `seed`; `train` passes train.seed, the order the
+    in-memory path used). Either way a batch is read and encoded only when it is needed (in DataLoader workers
+    with train.num_workers > 0), by the rank that trains on it."""
     encode = sample_encoder(pipe, data, seed)
     stream = stream_of(data, seed)
     if stream is not None:
         return StreamFeed(stream, encode, stats=stats)
     mix = file_mixture(data, seed)
-    return StreamFeed(mix.__getitem__, encode, length=len(mix), seed=seed, stats=stats)
+    return StreamFeed(mix.__getitem__, encode, length=len(mix), seed=seed if order_seed is None else order_seed,
+                      stats=stats)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -502,7 +505,7 @@ def train(recipe: Recipe, out: Optional[str | Path] = None, resume: bool = False
         if i < start_stage:
             continue
         enc_stats = EncodeStats()
-        feed = load_feed(pipe, stage.data, recipe.train.seed + i, enc_stats)
+        feed = load_feed(pipe, stage.data, recipe.train.seed + i, enc_stats, order_seed=recipe.train.seed)
         if feed.length is not None:
             log.info("stage %s: %d records indexed, streamed with %d DataLoader worker(s)", stage.name, feed.length,
                      recipe.train.num_workers)
