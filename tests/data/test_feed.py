@@ -99,3 +99,179 @@ def test_dense_labels_give_scene_samples_color_and_shape_targets(tokenizer):
     big = max(objects, key=lambda o: (o["bbox"][2] - o["bbox"][0]) * (o["bbox"][3] - o["bbox"][1]))
     assert {first(big["color"]), first(big["shape"])} <= targets  # the largest object's colour and shape words
     assert tokenizer.encode(" background")[0] in targets
+
+
+# -- file sources, streamed: light records, epoch permutations, ranks and DataLoader workers -------------------
+
+
+@pytest.fixture(scope="module")
+def records_dir(tmp_path_factory):
+    from vlkit.data.synth import generate_dataset
+
+    out = tmp_path_factory.mktemp("records") / "ds"
+    return generate_dataset(out, n=30, tasks=["vqa", "caption"], seed=5, progress=False, workers=1)
+
+
+@pytest.fixture(scope="module")
+def encode(tokenizer):
+    from vlkit.chat import ChatProcessor
+    from vlkit.data.collate import encode_samples
+
+    proc = ChatProcessor(tokenizer)
+    return lambda samples, stats: encode_samples(samples, proc, 32, lambda h, w: 4, 200, stats=stats)
+
+
+def _file_feed(path, encode, seed=0, **src):
+    from vlkit.data.records import FileMixture
+
+    mix = FileMixture([{"path": str(path), **src}], strict=False, seed=seed)
+    return StreamFeed(mix.__getitem__, encode, length=len(mix), seed=seed)
+
+
+def _ids(batches):
+    return [[e.sample_id for e in b] for b in batches]
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json"])
+def test_records_are_light_and_read_back_as_the_reader_yields(records_dir, tmp_path, fmt):
+    from vlkit.data.records import FileMixture, LineStore, RecordStore
+    from vlkit.data.sources import read_samples
+
+    src = records_dir
+    if fmt == "json":  # LLaVA's layout: one JSON list (read once into the spill file)
+        lines = (records_dir / "data.jsonl").read_text().splitlines()
+        src = records_dir / "list.json"
+        src.write_text("[" + ",".join(lines) + "]")
+    try:
+        mix = FileMixture([{"path": str(src)}], strict=False, seed=0)
+        direct = list(read_samples(src, check_images=False))
+    finally:
+        if fmt == "json":
+            src.unlink()
+    store = mix.stores[0]
+    assert isinstance(store, LineStore if fmt == "jsonl" else RecordStore)
+    assert len(mix) == len(direct) == 30
+    assert [mix[k] for k in range(len(mix))] == direct  # text and image paths, nothing decoded
+    if fmt == "jsonl":  # RAM: a few integers per line
+        assert sum(a.nbytes for a in (store.file_id, store.start, store.end, store.lineno)) <= 32 * len(store)
+
+
+def test_a_bad_jsonl_line_is_dropped_at_indexing_and_max_skip_is_judged_there(records_dir, encode, tmp_path):
+    import shutil
+
+    from vlkit.data.sources import DataError
+
+    d = tmp_path / "ds"
+    shutil.copytree(records_dir, d)
+    lines = (d / "data.jsonl").read_text().splitlines()
+    (d / "data.jsonl").write_text("\n".join(lines[:10] + ['{"id": "cut", "conv', "", "  "] + lines[10:]) + "\n")
+    with pytest.warns(UserWarning, match=r"data.jsonl:11: skipped sample \(malformed_json\)"):
+        with pytest.raises(DataError, match=r"1 of 31 samples \(3.2%\) were skipped while reading"):
+            _file_feed(d, encode)  # default max_skip 0.01
+    with pytest.warns(UserWarning, match=r"data.jsonl:11"):
+        feed = _file_feed(d, encode, max_skip=0.05)
+    assert len(feed) == 30  # the bad line and the blank lines are no records
+    got = feed.next_batch(30, 0, 1)  # one epoch
+    assert not feed.stats.skipped and len({e.sample_id for e in got}) == 30
+
+
+def test_an_image_lost_after_indexing_is_counted_when_its_batch_is_made(records_dir, encode, tmp_path):
+    import shutil
+
+    from vlkit.data.sources import DataError
+
+    d = tmp_path / "ds"
+    shutil.copytree(records_dir, d)
+    feed = _file_feed(d, encode)
+    feed.max_skip = 0.01
+    first = feed.sample(feed.record(0))
+    import os
+    os.remove(first["images"][0])
+    with pytest.warns(UserWarning, match=r"skipped sample \(missing_image\)"):
+        with pytest.raises(DataError, match=r"1 of 30 samples .* while encoding"):
+            feed.next_batch(30, 0, 1)  # one epoch: the share is judged
+
+
+def test_file_feed_walks_epochs_deterministically_and_ranks_are_disjoint(records_dir, encode):
+    one = _file_feed(records_dir, encode)
+    epoch = [i for b in _ids(one.next_batch(10, 0, 1) for _ in range(3)) for i in b]
+    assert sorted(epoch) == sorted(s["id"] for s in map(one.sample, range(30)))  # an epoch is a permutation
+    assert one.state() == {"epoch": 1, "pos": 0}
+    assert _ids(_file_feed(records_dir, encode).next_batch(10, 0, 1) for _ in range(3)) == \
+        _ids(_file_feed(records_dir, encode).next_batch(10, 0, 1) for _ in range(3))  # same seed, same order
+    other = [e.sample_id for e in _file_feed(records_dir, encode, seed=1).next_batch(30, 0, 1)]
+    assert other != epoch and sorted(other) == sorted(epoch)  # another seed: another order of the same records
+    ranks = [_file_feed(records_dir, encode) for _ in range(3)]
+    for step in range(3):
+        shares = [[e.sample_id for e in f.next_batch(9, r, 3)] for r, f in enumerate(ranks)]
+        assert not set(shares[0]) & set(shares[1]) and not set(shares[1]) & set(shares[2])
+        assert all(len(s) == 3 for s in shares)
+
+
+def test_workers_give_the_same_batches_and_resume_exactly(records_dir, encode):
+    import itertools
+    import torch
+
+    def take(feed, n, workers, rank=0, world=2):
+        it = feed.batches(8, rank, world, workers)
+        out = list(itertools.islice(it, n))
+        it.close()
+        return out
+
+    want = take(_file_feed(records_dir, encode), 6, 0)  # 48 global samples: crosses an epoch boundary
+    got = take(_file_feed(records_dir, encode), 6, 2)
+    assert _ids(got) == _ids(want)  # workers split the batches, disjoint and complete, in order
+    assert all(torch.equal(a.images[0], b.images[0]) for x, y in zip(got, want) for a, b in zip(x, y))
+    other_rank = take(_file_feed(records_dir, encode), 6, 2, rank=1)
+    assert all(not set(a) & set(b) for a, b in zip(_ids(got), _ids(other_rank)))
+    part = _file_feed(records_dir, encode)
+    take(part, 2, 2)  # workers prefetch more, but only what was taken counts
+    assert part.state() == {"epoch": 0, "pos": 16}
+    resumed = _file_feed(records_dir, encode)
+    resumed.load_state(part.state())
+    assert _ids(take(resumed, 4, 2)) == _ids(want[2:])
+
+
+def test_file_mixture_keeps_tasks_and_weights(records_dir):
+    from vlkit.data.records import FileMixture
+    from vlkit.data.sources import read_samples
+
+    tasks = [s["task"] for s in read_samples(records_dir, check_images=False)]
+    n_vqa, n_cap = tasks.count("vqa"), tasks.count("caption")
+    mix = FileMixture([{"path": str(records_dir), "tasks": ["vqa"], "weight": 2.0},
+                       {"path": str(records_dir), "tasks": ["caption"], "weight": 0.5}], strict=False, seed=0)
+    got = [mix[k]["task"] for k in range(len(mix))]
+    assert got.count("vqa") == 2 * n_vqa and got.count("caption") == round(0.5 * n_cap)
+    assert len(mix.stores) == 1  # one folder named twice is read once
+    assert len({mix.key(k) for k in range(len(mix)) if got[k] == "vqa"}) == n_vqa  # repeated, not invented
+
+
+def test_tar_shards_stream_undecoded_bytes_and_decode_to_the_same_pixels(records_dir, encode, tmp_path):
+    import torch
+
+    from vlkit.data.collate import EncodeStats
+    from vlkit.data.records import FileMixture
+    from vlkit.data.sources import read_samples, write_samples
+
+    write_samples(read_samples(records_dir), tmp_path / "wds", fmt="webdataset", shard_size=7)
+    tar = FileMixture([{"path": str(tmp_path / "wds")}], strict=False, seed=0)
+    jsonl = FileMixture([{"path": str(records_dir)}], strict=False, seed=0)
+    assert len(tar) == len(jsonl) == 30
+    first = tar[0]
+    assert isinstance(first["image_bytes"][0], bytes) and "image_objects" not in first
+    a = encode([tar[k] for k in range(5)], EncodeStats())
+    b = encode([jsonl[k] for k in range(5)], EncodeStats())
+    assert [e.input_ids for e in a] == [e.input_ids for e in b]
+    assert all(torch.equal(x.images[0], y.images[0]) for x, y in zip(a, b))
+
+
+def test_a_corrupt_image_is_skipped_when_its_batch_is_encoded(records_dir, encode, tmp_path):
+    import shutil
+
+    d = tmp_path / "ds"
+    shutil.copytree(records_dir, d)
+    (d / "images").joinpath(sorted(p.name for p in (d / "images").iterdir())[0]).write_bytes(b"\x89PNG broken")
+    feed = _file_feed(d, encode)
+    with pytest.warns(UserWarning, match="skipped"):
+        got = [e for _ in range(3) for e in feed.next_batch(10, 0, 1)]
+    assert len(got) == 29 and sum(feed.stats.skipped.values()) == 1

@@ -172,12 +172,12 @@ def test_corrupt_line_mid_epoch_is_skipped_and_counted(tokenizer, data_dir, tmp_
     st = stage(d, steps=3)
     from vlkit.data.sources import DataError
 
-    with pytest.warns(UserWarning, match="skipped"), pytest.raises(DataError, match=r"2 of 49 .*max_skip"):
-        load_examples(pipe, st.data, 0)  # 2 of 49 (4%) is more than the default max_skip (1%)
+    with pytest.warns(UserWarning, match="skipped"), pytest.raises(DataError, match=r"1 of 49 .*reading.*max_skip"):
+        load_examples(pipe, st.data, 0)  # the bad line, found by indexing: 2% > the default max_skip (1%)
     st.data.train[0]["max_skip"] = 0.05
     with pytest.warns(UserWarning, match="skipped"):
         examples = load_examples(pipe, st.data, 0)
-    assert len(examples) == len(lines) - 2
+    assert len(examples) == len(lines) - 2  # the corrupt image is found when it is decoded
     Trainer(pipe, TrainConfig(precision="fp32"), tmp_path / "run").run_stage(0, st, examples)
     from vlkit.errors import UserError
 
@@ -311,3 +311,45 @@ def test_recipe_grows_an_init_checkpoint_into_vluas(tokenizer, data_dir, tmp_pat
         build_pipeline(recipe({"vision_target": "none"}, init=tmp_path / "run" / "final"), corpus=None)
     with pytest.raises(ConfigError, match="can only add visual codes"):
         build_pipeline(recipe({"vision_target": "pixels"}), corpus=None)
+
+
+def _stream_recipe(data_dir, out, num_workers, save_every=0):
+    st = stage(data_dir, steps=5, batch_size=6)
+    st.data.packing = True  # packed rows (block-diagonal attention) from streamed, worker-encoded batches
+    return Recipe(model={}, tokenizer={}, train=TrainConfig(out=str(out), precision="fp32", save_every=save_every,
+                                                            keep_last=2, log_every=1, num_workers=num_workers),
+                  stages=[st])
+
+
+def test_file_stream_with_workers_and_packing_resumes_to_the_uninterrupted_run(tokenizer, data_dir, tmp_path,
+                                                                                 monkeypatch):
+    from vlkit.data import feed as feed_mod
+    from vlkit.pipeline import load
+
+    pids = tmp_path / "pids"
+    real = feed_mod.StreamFeed.make_batch
+
+    def spy(self, *a, **kw):
+        with open(pids, "a") as f:
+            f.write(f"{os.getpid()}\n")
+        return real(self, *a, **kw)
+
+    monkeypatch.setattr(feed_mod.StreamFeed, "make_batch", spy)
+    full = train(_stream_recipe(data_dir, tmp_path / "a", num_workers=0), pipe=make_pipe(tokenizer))
+    assert set(pids.read_text().split()) == {str(os.getpid())}
+    pids.unlink()
+
+    def kill_at_3(trainer, global_step):
+        if global_step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_stream_recipe(data_dir, tmp_path / "b", 2, save_every=2), pipe=make_pipe(tokenizer),
+              callbacks=(kill_at_3,))
+    workers = set(pids.read_text().split())
+    assert str(os.getpid()) not in workers and len(workers) == 2  # batches were made in 2 worker processes
+    resumed = train(_stream_recipe(data_dir, tmp_path / "b", 2, save_every=2), resume=True)
+    a, b = load(full).model.state_dict(), load(resumed).model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")

@@ -1,23 +1,35 @@
 """Feeds: where a training stage takes each global batch from, with a position that makes resume exact.
 
-`ListFeed` walks a list of encoded examples in epochs of a seeded permutation. `StreamFeed` reads an endless,
-deterministic stream (the synthetic world): global sample `g` is a pure function of (source seed, g), so a batch
-needs no stored data, every rank encodes only its own share (disjoint across ranks), and the position is one
-counter. Both give each rank its strided share of the same global batch.
+One contract for every kind of data: global sample `g` (the g-th sample the run consumes, counted over all
+ranks) is a pure function of (seed, g), so
+
+- a finite collection (the records of a stage's files, vlkit/data/records.py, or encoded examples in memory)
+  is walked in epochs: g is record `epoch_order(n, g // n, seed)[g % n]`;
+- an endless stream (the synthetic world) is called with g itself;
+- step k's global batch is g in [pos, pos + batch_size); each rank takes its strided share (disjoint across
+  ranks) and encodes only that; the position saved in a checkpoint is `{"epoch": g // n, "pos": g % n}`
+  (`{"epoch": 0, "pos": g}` for a stream), so a resumed run reads exactly what the uninterrupted one reads.
+
+With `num_workers > 0`, `StreamFeed.batches` reads and encodes (decodes images, tokenizes) in
+`torch.utils.data.DataLoader` worker processes: worker w of W makes this rank's share of the global batches
+w, w + W, w + 2W, ... after the position, and the loader hands them back in batch order. What comes out is
+identical for every `num_workers`; prefetched batches that are never taken are simply not counted.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import multiprocessing
+from typing import Callable, Iterator, Optional, Sequence
 
+import numpy as np
 import torch
 
 from vlkit.data.collate import EncodeStats, Example
 
 
-def epoch_order(n: int, epoch: int, seed: int) -> list[int]:
+def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
     """The global sample order of an epoch: a permutation that depends only on (seed, epoch)."""
     g = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
-    return torch.randperm(n, generator=g).tolist()
+    return torch.randperm(n, generator=g).numpy()
 
 
 def shard(batch: Sequence[int], rank: int, world: int) -> list[int]:
@@ -25,65 +37,143 @@ def shard(batch: Sequence[int], rank: int, world: int) -> list[int]:
     return list(batch[rank::world])
 
 
-class ListFeed:
+def read_records(sample: Callable[[int], Optional[dict]], indices: Sequence[int], stats: EncodeStats) -> list[dict]:
+    """The samples of `indices`; a record the reader skipped (None: it warned, naming file and line) is counted."""
+    out = [sample(i) for i in indices]
+    for _ in range(out.count(None)):
+        stats.skip("unreadable_record", "a record could not be read (see the reader's warning)")
+    return [s for s in out if s is not None]
+
+
+SKIP_CHECK_AFTER = 1000  # samples encoded before a feed's skip share is judged (fewer: at the end of an epoch)
+
+
+class StreamFeed:
+    """Global batches of `sample(i)`, encoded by `encode(samples, stats) -> examples` (which skips, and counts,
+    what fails; `sample(i)` may return None for a record that cannot be read, counted the same way).
+    `length=None`: an endless stream, `sample` takes the global index; else a collection of `length` records
+    walked in seeded epoch permutations. The position is the number of global samples taken. `max_skip`: a
+    DataError once more than that share of this rank's samples failed to encode (corrupt images, samples too
+    long, ...), judged after `SKIP_CHECK_AFTER` samples or one epoch, whichever comes first."""
+
+    def __init__(self, sample: Callable[[int], dict], encode: Callable[[list, EncodeStats], list[Example]],
+                 length: Optional[int] = None, seed: int = 0, stats: Optional[EncodeStats] = None,
+                 max_skip: Optional[float] = None):
+        if length is not None and length < 1:
+            raise ValueError("a feed over a collection needs at least one record")
+        self.sample, self.encode, self.length, self.seed = sample, encode, length, seed
+        self.pos = 0  # global samples taken
+        self.stats = stats if stats is not None else EncodeStats()
+        self.max_skip = max_skip
+        self._order: tuple[int, Optional[np.ndarray]] = (-1, None)  # the permutation of one epoch, cached
+
+    def __len__(self) -> int:
+        if self.length is None:
+            raise TypeError("a stream has no length: give the stage `steps`, not `epochs`")
+        return self.length
+
+    @property
+    def epoch(self) -> int:
+        return self.pos // self.length if self.length else 0
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "pos": self.pos - self.epoch * (self.length or 0)}
+
+    def load_state(self, state: dict) -> None:
+        self.pos = state["epoch"] * (self.length or 0) + state["pos"]
+
+    def record(self, g: int) -> int:
+        """Which record (or stream index) global sample g is."""
+        if self.length is None:
+            return g
+        epoch = g // self.length
+        if self._order[0] != epoch:
+            self._order = (epoch, epoch_order(self.length, epoch, self.seed))
+        return int(self._order[1][g % self.length])
+
+    def make_batch(self, start: int, batch_size: int, rank: int, world: int, stats: EncodeStats) -> list[Example]:
+        """This rank's share of the global batch [start, start + batch_size), encoded."""
+        mine = shard(range(start, start + batch_size), rank, world)
+        return self.encode(read_records(self.sample, [self.record(g) for g in mine], stats), stats)
+
+    def next_batch(self, batch_size: int, rank: int, world: int) -> list[Example]:
+        stats = EncodeStats()  # per batch, so that only a batch with a bad sample warns
+        out = self.make_batch(self.pos, batch_size, rank, world, stats)
+        self.pos += batch_size
+        self._took(stats)
+        return out
+
+    def batches(self, batch_size: int, rank: int, world: int, num_workers: int = 0) -> Iterator[list[Example]]:
+        """This rank's share of each global batch from the position on, endlessly; the position advances as each
+        is taken. num_workers > 0: made in DataLoader worker processes (close the iterator to stop them)."""
+        if num_workers == 0:
+            while True:
+                yield self.next_batch(batch_size, rank, world)
+        loader = torch.utils.data.DataLoader(
+            _WorkerBatches(self, self.pos, batch_size, rank, world), batch_size=None, num_workers=num_workers,
+            collate_fn=_as_is, prefetch_factor=2,
+            multiprocessing_context="fork" if "fork" in multiprocessing.get_all_start_methods() else None)
+        for examples, stats in loader:
+            self.pos += batch_size
+            self._took(stats)
+            yield examples
+
+    def _took(self, stats: EncodeStats) -> None:
+        """Count a batch's encoding; enforce `max_skip` once the counts say something."""
+        _merge(self.stats, stats)
+        seen = self.stats.encoded + sum(self.stats.skipped.values())
+        epoch_seen = self.length is not None and self.pos >= self.length
+        if self.max_skip is not None and (seen >= SKIP_CHECK_AFTER or epoch_seen):
+            from vlkit.data.sources import check_skip_share
+
+            check_skip_share("the stage's data", self.stats.encoded, self.stats.skipped, self.max_skip,
+                             self.stats.examples, "encoding")
+
+
+class _WorkerBatches(torch.utils.data.IterableDataset):
+    """In worker w of W: this rank's share of global batches w, w + W, ... counted from `start`."""
+
+    def __init__(self, feed: StreamFeed, start: int, batch_size: int, rank: int, world: int):
+        self.feed, self.start, self.batch_size, self.rank, self.world = feed, start, batch_size, rank, world
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        w, n = (info.id, info.num_workers) if info is not None else (0, 1)
+        k = w
+        while True:
+            stats = EncodeStats()
+            yield self.feed.make_batch(self.start + k * self.batch_size, self.batch_size, self.rank, self.world,
+                                       stats), stats
+            k += n
+
+
+def _as_is(x):
+    return x
+
+
+def _merge(into: EncodeStats, part: EncodeStats) -> None:
+    into.encoded += part.encoded
+    for reason, n in part.skipped.items():
+        into.skipped[reason] = into.skipped.get(reason, 0) + n
+    into.examples += part.examples[:max(0, 5 - len(into.examples))]
+
+
+class ListFeed(StreamFeed):
     """Encoded examples in memory, in epochs of a seeded permutation."""
 
     def __init__(self, examples: list[Example], seed: int):
         if not examples:
             raise ValueError("a ListFeed needs at least one example")
-        self.examples, self.seed = examples, seed
-        self.epoch, self.pos = 0, 0
-        self.order = epoch_order(len(examples), 0, seed)
+        self.examples = examples
+        super().__init__(examples.__getitem__, lambda items, stats: list(items), len(examples), seed)
 
-    def __len__(self) -> int:
-        return len(self.examples)
-
-    def state(self) -> dict:
-        return {"epoch": self.epoch, "pos": self.pos}
-
-    def load_state(self, state: dict) -> None:
-        self.epoch, self.pos = state["epoch"], state["pos"]
-        self.order = epoch_order(len(self.examples), self.epoch, self.seed)
-
-    def next_batch(self, batch_size: int, rank: int, world: int) -> list[Example]:
-        idx: list[int] = []
-        while len(idx) < batch_size:
-            if self.pos >= len(self.order):
-                self.epoch, self.pos = self.epoch + 1, 0
-                self.order = epoch_order(len(self.examples), self.epoch, self.seed)
-            take = min(batch_size - len(idx), len(self.order) - self.pos)
-            idx += self.order[self.pos:self.pos + take]
-            self.pos += take
-        return [self.examples[i] for i in shard(idx, rank, world)]
+    def batches(self, batch_size: int, rank: int, world: int, num_workers: int = 0) -> Iterator[list[Example]]:
+        return super().batches(batch_size, rank, world, 0)  # encoded already: nothing for workers to do
 
 
-class StreamFeed:
-    """An endless stream: `sample(g)` makes global sample g (a dict), `encode` turns a list of them into
-    examples (skipping, and counting, what fails). The position is the number of global samples consumed."""
-
-    def __init__(self, sample: Callable[[int], dict], encode: Callable[[list[dict], EncodeStats], list[Example]]):
-        self.sample, self.encode = sample, encode
-        self.pos = 0
-        self.stats = EncodeStats()
-
-    def __len__(self) -> int:
-        raise TypeError("a stream has no length: give the stage `steps`, not `epochs`")
-
-    def state(self) -> dict:
-        return {"epoch": 0, "pos": self.pos}
-
-    def load_state(self, state: dict) -> None:
-        self.pos = state["pos"]
-
-    def next_batch(self, batch_size: int, rank: int, world: int) -> list[Example]:
-        mine = shard(range(self.pos, self.pos + batch_size), rank, world)
-        self.pos += batch_size
-        return self.encode([self.sample(g) for g in mine], self.stats)
-
-
-def as_feed(examples, seed: int) -> "ListFeed | StreamFeed":
+def as_feed(examples, seed: int) -> StreamFeed:
     """A feed as it is, or a list of examples wrapped in a ListFeed."""
-    return examples if isinstance(examples, (ListFeed, StreamFeed)) else ListFeed(list(examples), seed)
+    return examples if isinstance(examples, StreamFeed) else ListFeed(list(examples), seed)
 
 
 def mixture(sources: Sequence[Callable[[int], dict]], weights: Sequence[float], seed: int

@@ -100,9 +100,9 @@ class ReadStats:
 
 class _Reader:
     def __init__(self, strict: bool, stats: ReadStats, check_images: bool, image_folder: Optional[Path] = None,
-                 caption_prompt: str = CAPTION_PROMPT):
+                 caption_prompt: str = CAPTION_PROMPT, decode_images: bool = True):
         self.strict, self.stats, self.check_images = strict, stats, check_images
-        self.image_folder, self.caption_prompt = image_folder, caption_prompt
+        self.image_folder, self.caption_prompt, self.decode_images = image_folder, caption_prompt, decode_images
 
     def skip(self, reason: str, where: str, detail: str) -> None:
         msg = f"{where}: skipped sample ({reason}): {detail}"
@@ -303,6 +303,11 @@ class _Reader:
     def attach(self, sample: dict, blobs: list, mask: Optional[bytes], where: str) -> Optional[dict]:
         from vlkit.images import ImageError, decode_bytes
 
+        if not self.decode_images:  # lazy (streaming) reads: bytes now, pixels when the sample is encoded
+            sample["image_bytes"] = [_encode_png(b) if isinstance(b, Image.Image) else b for b in blobs]
+            if mask is not None:
+                sample["mask_bytes"] = mask
+            return sample
         objs = []
         for k, data in enumerate(blobs):
             if isinstance(data, Image.Image):
@@ -561,7 +566,7 @@ def expand_path(path: PathLike) -> list[Path]:
 
 def read_samples(path: PathLike, strict: bool = False, stats: Optional[ReadStats] = None, *,
                  check_images: bool = True, image_folder: Optional[PathLike] = None,
-                 caption_prompt: str = CAPTION_PROMPT) -> Iterator[dict]:
+                 caption_prompt: str = CAPTION_PROMPT, decode_images: bool = True) -> Iterator[dict]:
     """Yield the samples of `path`: a folder with *.jsonl (or *.json lists) and images, a .jsonl/.json file,
     a .tar shard or a folder of them, a saved HF dataset (the format is detected), or a brace pattern of any
     of these (`shards/{00000..00099}.tar`).
@@ -574,12 +579,14 @@ def read_samples(path: PathLike, strict: bool = False, stats: Optional[ReadStats
     `image_objects` (and a mask in `mask_object`). WebDataset records without a conversation (img2dataset:
     image + `.txt` caption) become caption samples asking `caption_prompt`. Bad samples are skipped and
     counted in `stats` (pass a `ReadStats` to see the counts) with a `DataWarning` naming file and line;
-    `strict=True` raises `DataError` instead."""
+    `strict=True` raises `DataError` instead. `decode_images=False` (the streaming index, vlkit/data/records.py):
+    images held as data stay undecoded in `image_bytes` (a mask in `mask_bytes`); `load_sample_images` decodes
+    them when needed."""
     stats = stats if stats is not None else ReadStats()
     folder = Path(image_folder) if image_folder is not None else None
     if folder is not None and not folder.is_dir():
         raise DataError(f"image_folder {folder} is not a folder")
-    reader = _Reader(strict, stats, check_images, folder, caption_prompt)
+    reader = _Reader(strict, stats, check_images, folder, caption_prompt, decode_images)
     for p in expand_path(path):
         fmt = detect_format(p)
         if fmt == "hf":
@@ -655,6 +662,10 @@ def load_sample_images(sample: dict) -> list[Image.Image]:
     """The sample's images as RGB PIL images, whichever reader produced it."""
     if "image_objects" in sample:
         return list(sample["image_objects"])
+    if "image_bytes" in sample:  # read with decode_images=False
+        from vlkit.images import decode_bytes
+
+        return [decode_bytes(b, what=f"image {k}") for k, b in enumerate(sample["image_bytes"])]
     from vlkit.images import load_image
 
     return [load_image(p) for p in sample.get("images", [])]
@@ -664,6 +675,9 @@ def load_sample_mask(sample: dict) -> Optional[np.ndarray]:
     """The segmentation mask (uint8 HxW class indices) or None."""
     if sample.get("mask_object") is not None:
         return np.asarray(sample["mask_object"])
+    if sample.get("mask_bytes") is not None:  # read with decode_images=False
+        with Image.open(io.BytesIO(sample["mask_bytes"])) as m:
+            return np.asarray(m)
     path = (sample.get("meta") or {}).get("mask")
     if not path:
         return None

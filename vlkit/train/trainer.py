@@ -14,7 +14,6 @@ import json
 import logging
 import math
 import time
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -24,7 +23,7 @@ import torch
 from vlkit.config import (ConfigError, DataConfig, ModelConfig, StageConfig, TokenizerConfig, TrainConfig,
                           apply_overrides, from_dict, load_yaml, model_config_from_dict, to_dict, tiny_model_config)
 from vlkit.data.collate import Collator, EncodeStats, Example, TargetSpec, encode_samples
-from vlkit.data.feed import ListFeed, StreamFeed, as_feed, mixture
+from vlkit.data.feed import ListFeed, StreamFeed, as_feed, mixture, read_records
 from vlkit.data.sources import SOURCE_OPTIONS, SourceOptions
 from vlkit.errors import UserError
 from vlkit.train import checkpoint as ckpt_io
@@ -170,38 +169,45 @@ def target_spec(pipe, data: DataConfig, seed: int) -> TargetSpec:
     return spec
 
 
-def load_examples(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = None) -> list[Example]:
-    """Read and encode every source of a stage's mixture; weights repeat or subsample a source."""
-    from vlkit.data.sources import ReadStats, check_skip_share, read_source
+def file_mixture(data: DataConfig, seed: int):
+    """The stage's `path:` sources indexed as light records (vlkit/data/records.py): read once, no pixels; each
+    source's `max_skip` is checked on what its reading skipped."""
+    from vlkit.data.records import FileMixture
 
     if not data.train:
         raise ConfigError("stage data.train is empty: name at least one source {path: DIR}")
-    g = torch.Generator().manual_seed(seed)
-    stats = stats if stats is not None else EncodeStats()
-    spec = target_spec(pipe, data, seed)
-    out: list[Example] = []
-    cache: dict[str, list[dict]] = {}  # a mixture often reads one folder several times, filtered by task
+    specs = []
     for i, src in enumerate(data.train):
         src = source_spec(src, i)
         if "path" not in src:
             raise ConfigError(f"data.train.{i}: `synth:` streams cannot be mixed with `path:` sources in one stage")
-        tasks = src.get("tasks")
-        key = json.dumps({k: v for k, v in src.items() if k not in ("weight", "tasks")}, sort_keys=True)
-        if key not in cache:
-            rstats = ReadStats()
-            cache[key] = list(read_source(src, strict=data.strict, stats=rstats))  # max_skip checked
-            if rstats.n_skipped:
-                log.warning("%s: %s", src["path"], rstats.summary())
-        samples = [s for s in cache[key] if not tasks or s.get("task") in tasks]
-        before = (stats.encoded, Counter(stats.skipped))
-        ex = encode_samples(samples, pipe.processor, pipe.config.vision.image_size, pipe.model.tokens_per_image,
-                            data.max_length, strict=data.strict, stats=stats, spec=spec)
-        check_skip_share(src["path"], stats.encoded - before[0], Counter(stats.skipped) - before[1],
-                         SourceOptions.from_spec(src).max_skip, stats.examples, "encoding")
-        weight = float(src.get("weight", 1.0))
-        n = max(1, round(weight * len(ex))) if ex else 0
-        idx = [j % len(ex) for j in range(n)] if n >= len(ex) else torch.randperm(len(ex), generator=g)[:n].tolist()
-        out += [ex[j] for j in idx]
+        specs.append(src)
+    return FileMixture(specs, data.strict, seed)
+
+
+def sample_encoder(pipe, data: DataConfig, seed: int) -> Callable[[list[dict], EncodeStats], list[Example]]:
+    """samples -> encoded examples (images decoded and resized, text tokenized), skipping and counting failures."""
+    spec = target_spec(pipe, data, seed)
+    image_size = pipe.config.vision.image_size
+
+    def encode(samples: list[dict], st: EncodeStats) -> list[Example]:
+        return encode_samples(samples, pipe.processor, image_size, pipe.model.tokens_per_image, data.max_length,
+                              strict=data.strict, stats=st, spec=spec)
+
+    return encode
+
+
+def load_examples(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = None) -> list[Example]:
+    """The in-memory path: every record of the stage's file mixture encoded up front, in mixture order (a source
+    with weight 2 is encoded twice). Training streams instead (`load_feed`); tests and
+    benchmarks/stream_data.py use this to compare."""
+    from vlkit.data.sources import check_skip_share
+
+    mix = file_mixture(data, seed)
+    encode = sample_encoder(pipe, data, seed)
+    stats = stats if stats is not None else EncodeStats()
+    out = encode(read_records(mix.__getitem__, range(len(mix)), stats), stats)
+    check_skip_share("the stage's data", stats.encoded, stats.skipped, mix.max_skip, stats.examples, "encoding")
     if not out:
         raise UserError("the stage's data gave no usable sample")
     return out
@@ -249,20 +255,19 @@ def stream_of(data: DataConfig, seed: int):
                    seed)
 
 
-def load_feed(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = None) -> "list[Example] | StreamFeed":
-    """The stage's training feed: its files read and encoded up front, or its `synth:` stream encoded batch by
-    batch (fresh samples every step, nothing stored)."""
+def load_feed(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = None,
+              order_seed: Optional[int] = None) -> StreamFeed:
+    """The stage's training feed, streamed: its `synth:` stream, or its files indexed as light records and walked
+    in epoch permutations seeded by `order_seed` (default `seed`; `train` passes train.seed, the order the
+    in-memory path used). Either way a batch is read and encoded only when it is needed (in DataLoader workers
+    with train.num_workers > 0), by the rank that trains on it."""
+    encode = sample_encoder(pipe, data, seed)
     stream = stream_of(data, seed)
-    if stream is None:
-        return load_examples(pipe, data, seed, stats)
-    spec = target_spec(pipe, data, seed)
-    image_size = pipe.config.vision.image_size
-
-    def encode(samples: list[dict], st: EncodeStats) -> list[Example]:
-        return encode_samples(samples, pipe.processor, image_size, pipe.model.tokens_per_image, data.max_length,
-                              strict=data.strict, stats=st, spec=spec)
-
-    return StreamFeed(stream, encode)
+    if stream is not None:
+        return StreamFeed(stream, encode, stats=stats)
+    mix = file_mixture(data, seed)
+    return StreamFeed(mix.__getitem__, encode, length=len(mix), seed=seed if order_seed is None else order_seed,
+                      stats=stats, max_skip=mix.max_skip)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -341,63 +346,66 @@ class Trainer:
                        unit="step", dynamic_ncols=True, leave=True)
         consecutive_bad = 0
         t_last, samples_since, tokens_since = time.perf_counter(), 0, 0
-        while step < total:
-            # -- this rank's share of the step's global batch, in micro-batches ----------------------------
-            mine = sorted(feed.next_batch(stage.batch_size, self.rank, self.world), key=len)  # less padding
-            micro = [mine[k::stage.grad_accum] for k in range(stage.grad_accum)]
-            local_tokens = sum(e.num_targets for e in mine)
-            global_tokens = dist_utils.all_reduce_sum(float(local_tokens), self.device)
-            loss_sum = 0.0
-            for k, idx in enumerate(micro):
-                batch = collate(idx).to(self.device)
-                sync = contextlib.nullcontext() if (k == len(micro) - 1 or self.world == 1) else ddp.no_sync()
-                with sync:
-                    with autocast:
-                        out = ddp(batch.input_ids, batch.images, **batch.model_inputs())
-                    part = out["loss"] * out["num_tokens"]
-                    (part * self.world / max(global_tokens, 1.0)).backward()
-                loss_sum += float(part.detach())
-            loss = dist_utils.all_reduce_sum(loss_sum, self.device) / max(global_tokens, 1.0)
-            if not math.isfinite(loss):
+        # this rank's share of each global batch; closing the iterator stops its DataLoader workers
+        with contextlib.closing(feed.batches(stage.batch_size, self.rank, self.world, cfg.num_workers)) as batches:
+            while step < total:
+                # -- this rank's share of the step's global batch, in micro-batches ----------------------------
+                mine = sorted(next(batches), key=len)  # less padding
+                micro = [mine[k::stage.grad_accum] for k in range(stage.grad_accum)]
+                local_tokens = sum(e.num_targets for e in mine)
+                global_tokens = dist_utils.all_reduce_sum(float(local_tokens), self.device)
+                loss_sum = 0.0
+                for k, idx in enumerate(micro):
+                    batch = collate(idx).to(self.device)
+                    sync = contextlib.nullcontext() if (k == len(micro) - 1 or self.world == 1) else ddp.no_sync()
+                    with sync:
+                        with autocast:
+                            out = ddp(batch.input_ids, batch.images, **batch.model_inputs())
+                        part = out["loss"] * out["num_tokens"]
+                        (part * self.world / max(global_tokens, 1.0)).backward()
+                    loss_sum += float(part.detach())
+                loss = dist_utils.all_reduce_sum(loss_sum, self.device) / max(global_tokens, 1.0)
+                if not math.isfinite(loss):
+                    opt.zero_grad(set_to_none=True)
+                    consecutive_bad += 1
+                    self.bad_steps_total += 1
+                    log.warning("step %d: non-finite loss (%s), step skipped (%d in a row)", step, loss,
+                                consecutive_bad)
+                    if consecutive_bad >= cfg.max_bad_steps:
+                        raise TrainingError(f"{consecutive_bad} consecutive non-finite losses in stage {stage.name!r} "
+                                            f"(last at step {step}); lower the learning rate or check the data. "
+                                            f"The last good checkpoint is in {self.out / 'checkpoints'}")
+                    continue  # the next batch takes this step's place
+                consecutive_bad = 0
+                grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
+                                                           cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
+                opt.step()
                 opt.zero_grad(set_to_none=True)
-                consecutive_bad += 1
-                self.bad_steps_total += 1
-                log.warning("step %d: non-finite loss (%s), step skipped (%d in a row)", step, loss, consecutive_bad)
-                if consecutive_bad >= cfg.max_bad_steps:
-                    raise TrainingError(f"{consecutive_bad} consecutive non-finite losses in stage {stage.name!r} "
-                                        f"(last at step {step}); lower the learning rate or check the data. "
-                                        f"The last good checkpoint is in {self.out / 'checkpoints'}")
-                continue  # the next batch takes this step's place
-            consecutive_bad = 0
-            grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
-                                                       cfg.grad_clip if cfg.grad_clip > 0 else float("inf"))
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            sched.step()
-            step += 1
-            self.global_step += 1
-            samples_since += stage.batch_size
-            tokens_since += int(global_tokens)
-            if step % cfg.log_every == 0 or step == total:
-                now = time.perf_counter()
-                row = {"stage": stage.name, "step": step, "global_step": self.global_step, "loss": round(loss, 5),
-                       "lr": sched.get_last_lr()[0], "grad_norm": round(float(grad_norm), 4),
-                       "samples_per_s": round(samples_since / (now - t_last), 2),
-                       "tokens_per_s": round(tokens_since / (now - t_last), 1),
-                       "bad_steps": self.bad_steps_total, "epoch": feed.state()["epoch"]}
-                t_last, samples_since, tokens_since = now, 0, 0
-                self.log_metrics(row)
+                sched.step()
+                step += 1
+                self.global_step += 1
+                samples_since += stage.batch_size
+                tokens_since += int(global_tokens)
+                if step % cfg.log_every == 0 or step == total:
+                    now = time.perf_counter()
+                    row = {"stage": stage.name, "step": step, "global_step": self.global_step, "loss": round(loss, 5),
+                           "lr": sched.get_last_lr()[0], "grad_norm": round(float(grad_norm), 4),
+                           "samples_per_s": round(samples_since / (now - t_last), 2),
+                           "tokens_per_s": round(tokens_since / (now - t_last), 1),
+                           "bad_steps": self.bad_steps_total, "epoch": feed.state()["epoch"]}
+                    t_last, samples_since, tokens_since = now, 0, 0
+                    self.log_metrics(row)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}", sps=row["samples_per_s"])
                 if bar is not None:
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}", sps=row["samples_per_s"])
-            if bar is not None:
-                bar.update(1)
-            if self.validator is not None and self.global_step % cfg.eval_every == 0:
-                self.validate(stage.name, step)
-            # LoRA stages save only at their end, once the adapters are merged into plain weights
-            if cfg.save_every and step % cfg.save_every == 0 and step < total and stage.train != "lora":
-                self.save(stage_index, step, feed.state(), opt, sched)
-            for cb in self.callbacks:
-                cb(self, self.global_step)
+                    bar.update(1)
+                if self.validator is not None and self.global_step % cfg.eval_every == 0:
+                    self.validate(stage.name, step)
+                # LoRA stages save only at their end, once the adapters are merged into plain weights
+                if cfg.save_every and step % cfg.save_every == 0 and step < total and stage.train != "lora":
+                    self.save(stage_index, step, feed.state(), opt, sched)
+                for cb in self.callbacks:
+                    cb(self, self.global_step)
         if bar is not None:
             bar.close()
         model = self.pipe.model = dist_utils.unwrap_model(model)  # FSDP: plain again, full weights on every rank
@@ -509,9 +517,10 @@ def train(recipe: Recipe, out: Optional[str | Path] = None, resume: bool = False
         if i < start_stage:
             continue
         enc_stats = EncodeStats()
-        feed = load_feed(pipe, stage.data, recipe.train.seed + i, enc_stats)
-        if isinstance(feed, list):
-            log.info("stage %s: %d examples (%s skipped)", stage.name, len(feed), enc_stats.skipped or "none")
+        feed = load_feed(pipe, stage.data, recipe.train.seed + i, enc_stats, order_seed=recipe.train.seed)
+        if feed.length is not None:
+            log.info("stage %s: %d records indexed, streamed with %d DataLoader worker(s)", stage.name, feed.length,
+                     recipe.train.num_workers)
         trainer.run_stage(i, stage, feed, resume_state if i == start_stage else None)
     final = out / "final"
     if dist_utils.is_main():
