@@ -168,6 +168,10 @@ def main() -> None:
             summary[f"stream_w{w}_rss_kb_per_sample"] = round(
                 (b["peak_rss_mb_per_rank"] - a["peak_rss_mb_per_rank"]) * 1024
                 / (b["n_samples"] - a["n_samples"]), 4)
+    if mem:  # the peer: today's in-memory path at the smallest (quickstart-like) size
+        base = mem[0]["samples_per_s"]["mean"]
+        for r in runs:
+            r["samples_per_s_ratio_vs_memory"] = round(r["samples_per_s"]["mean"] / base, 3)
     print(json.dumps(summary, indent=2))
     (args.cache / "stream_data.json").write_text(json.dumps(summary, indent=2))
 
