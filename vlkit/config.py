@@ -230,6 +230,9 @@ class ModelConfig(_Checked):
     dense_prediction: bool = False  # NTP-M: train image tokens of segmentation samples on class-name tokens
     dense_loss_weight: float = non_negative(1.0)  # per patch, relative to a text token
     dense_negatives: int = positive(16)  # NTP-M: the top-k scoring non-positive tokens taken as negatives per patch
+    # NTP-M reads the image tokens where the LM outputs them ("lm") or where it takes them in ("connector": the LM
+    # head scores the connector's output, so each image token is trained to look like the words of its patch)
+    dense_from: Literal["lm", "connector"] = "lm"
     max_images: int = positive(8)  # per sample; more is a user error
     # weight init of a fresh model: normal = N(0, 0.02) for every weight (HF's initializer_range; right for wide
     # models); fan_in = N(0, 1/fan_in), which keeps activations O(1) in narrow models trained from scratch, where

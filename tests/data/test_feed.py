@@ -101,6 +101,20 @@ def test_dense_labels_give_scene_samples_color_and_shape_targets(tokenizer):
     assert tokenizer.encode(" background")[0] in targets
 
 
+def test_question_first_puts_that_share_of_questions_before_the_image():
+    def prompts(share):
+        stream = synth_stream({"tasks": ["vqa", "caption"], "question_first": share, "seed": 4}, 0)
+        return [stream(g)["conversations"][0]["value"] for g in range(200)]
+
+    assert all(p.startswith("<image>\n") for p in prompts(0.0))
+    assert all(p.endswith("\n<image>") and p.count("<image>") == 1 for p in prompts(1.0))
+    half = sum(p.endswith("\n<image>") for p in prompts(0.5))
+    assert 70 < half < 130 and prompts(0.5) == prompts(0.5)  # about half, the same for a seed
+    assert [p.split("\n")[-1] for p in prompts(0.0)] == [p.split("\n")[0] for p in prompts(1.0)]  # same questions
+    with pytest.raises(DataError, match="question_first"):
+        synth_stream({"question_first": 1.5}, 0)
+
+
 # -- file sources, streamed: light records, epoch permutations, ranks and DataLoader workers -------------------
 
 

@@ -377,3 +377,25 @@ def test_growing_into_vluas_keeps_text_logits_and_adds_code_rows(tokenizer, tied
     _, loss = _train(pipe, _encode(pipe, [_gen_sample(0, "a red circle", _drawing("red", "circle"))]), steps=3)
     assert math.isfinite(loss)
     assert pipe.generate_image("a red circle", seed=0).size == (64, 64)
+
+
+@pytest.mark.parametrize("dense_from", ["lm", "connector"])
+def test_dense_from_says_which_image_tokens_ntp_m_trains(tokenizer, dense_from):
+    """`dense_from: connector` scores the connector's output with the LM head: the per-patch loss teaches the
+    vision path directly and never reaches the LM's layers; `lm` scores what the LM outputs at image tokens."""
+    pipe = _pipe(tokenizer, dense_prediction=True, dense_from=dense_from)
+    img = _drawing("white", "circle")
+    mask = (np.asarray(img)[..., 0] > 0).astype(np.uint8) * SEG_CLASSES.index("circle")
+    sample = {"id": "s", "image_objects": [img], "mask_object": mask, "meta": {"classes": SEG_CLASSES},
+              "conversations": [{"from": "human", "value": "<image>\nSegment the image. Classes: circle, square."},
+                                {"from": "gpt", "value": "circle"}]}
+    v = pipe.config.vision
+    batch = Collator(pipe.tokenizer.pad_id, v.image_mean, v.image_std)(_encode(pipe, [sample], dense=True))
+    inputs = batch.model_inputs()
+    inputs["labels"] = torch.full_like(inputs["labels"], IGNORE)  # the per-patch loss alone
+    out = pipe.model.train()(batch.input_ids, batch.images, **inputs)
+    out["loss"].backward()
+    lm_grad = sum(float(p.grad.abs().sum()) for p in pipe.model.language.layers.parameters() if p.grad is not None)
+    vision_grad = sum(float(p.grad.abs().sum()) for p in pipe.model.vision.parameters() if p.grad is not None)
+    assert float(out["loss"]) > 0 and vision_grad > 0
+    assert (lm_grad == 0) == (dense_from == "connector")

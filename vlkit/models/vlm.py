@@ -146,7 +146,8 @@ class VisionLanguageModel(nn.Module):
                 at = dense_targets[..., 0] >= 0
                 if at.any():
                     limit = self.cfg.text_vocab_size or self.cfg.text.vocab_size
-                    dense_logits = self.logits(hidden[at]).float()[:, :limit]
+                    source = embeds if self.cfg.dense_from == "connector" else hidden
+                    dense_logits = self.logits(source[at]).float()[:, :limit]
                     d_sum = ntp_m_loss(dense_logits, dense_targets[at], self.cfg.dense_negatives)
                     total = total + self.cfg.dense_loss_weight * d_sum
                     n_patches = int(at.sum())

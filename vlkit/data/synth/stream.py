@@ -16,14 +16,15 @@ from vlkit.data.synth.dataset import parse_heldout, task_plan, task_weights
 from vlkit.data.synth.tasks import SPLITS, SynthConfig, make_memory_sample
 
 BLOCK = 1000
-KEYS = ("tasks", "size", "heldout", "seed", "split", "max_iou", "dense_labels")
+KEYS = ("tasks", "size", "heldout", "seed", "split", "max_iou", "dense_labels", "question_first")
 
 
 def synth_stream(spec: dict, default_seed: int = 0) -> Callable[[int], dict]:
     """`spec` is a recipe's `synth:` mapping: tasks (list, {task: weight} or comma string; default every
     task), size (pixels, 64), heldout ('default' keeps the held-out compositions out of the train split), seed
     (default: the run's seed), split (train), max_iou (0), dense_labels (false; true gives scene samples a
-    "color shape" label mask, the NTP-M targets of a model with `dense_prediction: true`)."""
+    "color shape" label mask, the NTP-M targets of a model with `dense_prediction: true`), question_first (0: the
+    share of understanding samples that ask their question before the image)."""
     if not isinstance(spec, dict):
         raise DataError(f"synth: expected a mapping with keys {list(KEYS)}, got {spec!r}")
     unknown = sorted(set(spec) - set(KEYS))
@@ -36,9 +37,14 @@ def synth_stream(spec: dict, default_seed: int = 0) -> Callable[[int], dict]:
     size = spec.get("size", 64)
     if not isinstance(size, int) or size < 32:
         raise DataError(f"synth.size={size!r} must be an integer >= 32 (pixels)")
+    question_first = spec.get("question_first", 0.0)
+    if not isinstance(question_first, (int, float)) or isinstance(question_first, bool) or \
+            not 0.0 <= question_first <= 1.0:
+        raise DataError(f"synth.question_first={question_first!r} must be a share in [0, 1]")
     pairs, phrases = parse_heldout(spec.get("heldout", "default"))
     cfg = SynthConfig(size=size, split=split, heldout_pairs=pairs, heldout_phrases=phrases,
-                      max_iou=float(spec.get("max_iou", 0.0)), dense_labels=bool(spec.get("dense_labels", False)))
+                      max_iou=float(spec.get("max_iou", 0.0)), dense_labels=bool(spec.get("dense_labels", False)),
+                      question_first=float(question_first))
     seed = int(spec.get("seed", default_seed))
     names = tuple(sorted(weights.items()))
 

@@ -54,6 +54,7 @@ class SynthConfig:
     # scene samples carry a per-pixel "color shape" label mask (PAIR_CLASSES): NTP-M targets that teach the vision
     # path colour and shape directly (a stream's `dense_labels: true`; never written by generate_dataset)
     dense_labels: bool = False
+    question_first: float = 0.0  # the share of understanding samples whose question comes before the <image>
 
     @property
     def train(self) -> bool:
@@ -543,7 +544,9 @@ def make_memory_sample(task: str, index: int, seed: int, cfg: SynthConfig) -> di
     if made.image_is_target:
         conversations = [{"from": "human", "value": made.question}, {"from": "gpt", "value": "<image>"}]
     else:
-        conversations = [{"from": "human", "value": "<image>\n" + made.question}, {"from": "gpt", "value": made.answer}]
+        first = cfg.question_first > 0 and rng.random() < cfg.question_first
+        prompt = f"{made.question}\n<image>" if first else f"<image>\n{made.question}"
+        conversations = [{"from": "human", "value": prompt}, {"from": "gpt", "value": made.answer}]
     meta = dict(made.meta, heldout=bool(made.heldout), category=made.category)
     mask = made.mask
     if cfg.dense_labels and mask is None and made.scene is not None:
