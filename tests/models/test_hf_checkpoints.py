@@ -301,3 +301,22 @@ def test_vlkit_loads_its_own_chatml_export(tmp_path, tower):
     assert again.prompt_ids("what color is the circle ?", [again.image_tensor(img)]) == ids
     assert again.chat("what color is the circle ?", images=[img], max_new_tokens=5) == \
         pipe.chat("what color is the circle ?", images=[img], max_new_tokens=5)
+
+
+def test_training_examples_use_the_checkpoints_image_processor(tokenizer):
+    """Fine-tuning sees the pixels inference sees: LLaVA-1.5's CLIP processor resizes the shortest edge and
+    centre-crops; squashing the image (vlkit's own processor) would train on other pixels."""
+    from vlkit.chat import ChatProcessor
+    from vlkit.data.collate import encode_samples
+
+    cfg, mean, std = hf.image_processor_from_hf(processor_config("llava-1.5-7b-hf"), 336, True)
+    clip = ImageProcessor(cfg, 336, mean, std)
+    img = image(140, 90)
+    sample = {"id": "s", "image_objects": [img], "conversations": [
+        {"from": "human", "value": "<image>\nWhat is it?"}, {"from": "gpt", "value": "noise"}]}
+    sizes = []
+    ex = encode_samples([sample], ChatProcessor(tokenizer), 336, lambda h, w: sizes.append((h, w)) or 4, 64,
+                        strict=True, image_processor=clip)[0]
+    assert torch.equal(ex.images[0], clip.pixels(img)) and sizes == [(336, 336)]
+    squashed = encode_samples([sample], ChatProcessor(tokenizer), 336, lambda h, w: 4, 64, strict=True)[0]
+    assert (ex.images[0].float() - squashed.images[0].float()).abs().mean() > 5  # the default would differ

@@ -14,10 +14,10 @@ from typing import Callable, Iterable, Optional, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
 
 from vlkit.chat import IGNORE, ChatProcessor
 from vlkit.errors import UserError
+from vlkit.images import ImageProcessor
 
 
 @dataclass
@@ -72,34 +72,34 @@ class EncodeStats:
             self.examples.append(message)
 
 
-def image_to_uint8(img: Image.Image, size: int) -> torch.Tensor:
-    if img.size != (size, size):
-        img = img.resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.asarray(img, dtype=np.uint8).transpose(2, 0, 1).copy())
-
-
 def encode_samples(samples: Iterable[dict], processor: ChatProcessor, image_size: int,
                    tokens_per_image: Callable[[int, int], int], max_length: int, strict: bool = False,
-                   stats: Optional[EncodeStats] = None, spec: Optional[TargetSpec] = None) -> list[Example]:
+                   stats: Optional[EncodeStats] = None, spec: Optional[TargetSpec] = None,
+                   image_processor: Optional[ImageProcessor] = None) -> list[Example]:
+    """Samples -> examples: images through `image_processor` (the checkpoint's own; default vlkit's, a bicubic
+    resize to `image_size`) as uint8, text tokenized with as many image pads as each image gives tokens."""
+    from vlkit.config import ImageProcessorConfig
     from vlkit.data.sources import load_sample_images, load_sample_mask
 
     stats = stats if stats is not None else EncodeStats()
     spec = spec or TargetSpec()
+    if image_processor is None:
+        image_processor = ImageProcessor(ImageProcessorConfig(), image_size, (0.5,) * 3, (0.5,) * 3)
     out = []
-    n_tok = tokens_per_image(image_size, image_size)
     for sample in samples:
         sid = str(sample.get("id", "?"))
         try:
-            images = [image_to_uint8(im, image_size) for im in load_sample_images(sample)]
-            enc = processor.encode_sample(sample, [n_tok] * len(images))
+            images = [image_processor.pixels(im) for im in load_sample_images(sample)]
+            n_toks = [tokens_per_image(int(im.shape[1]), int(im.shape[2])) for im in images]
+            enc = processor.encode_sample(sample, n_toks)
             if enc.target_images:
                 if spec.encode_codes is None:
                     raise UserError(f"sample {sid} asks the model to produce an image, which needs "
                                     f"vision_target: codes and a visual tokenizer")
                 if spec.prompt_dropout and _coin(spec.seed, sid) < spec.prompt_dropout:
-                    enc = processor.encode_sample(blank_user_text(sample), [n_tok] * len(images))
+                    enc = processor.encode_sample(blank_user_text(sample), n_toks)
                 elif spec.prompt_noise and _coin(spec.seed, "noise:" + sid) < spec.prompt_noise:
-                    enc = processor.encode_sample(insert_fillers(sample, spec.seed), [n_tok] * len(images))
+                    enc = processor.encode_sample(insert_fillers(sample, spec.seed), n_toks)
             if len(enc.input_ids) > max_length:
                 raise UserError(f"sample {sid} has {len(enc.input_ids)} tokens > max_length={max_length}")
             if all(t == IGNORE for t in enc.labels):

@@ -188,11 +188,11 @@ def file_mixture(data: DataConfig, seed: int):
 def sample_encoder(pipe, data: DataConfig, seed: int) -> Callable[[list[dict], EncodeStats], list[Example]]:
     """samples -> encoded examples (images decoded and resized, text tokenized), skipping and counting failures."""
     spec = target_spec(pipe, data, seed)
-    image_size = pipe.config.vision.image_size
+    image_size, images = pipe.config.vision.image_size, pipe.image_processor
 
     def encode(samples: list[dict], st: EncodeStats) -> list[Example]:
         return encode_samples(samples, pipe.processor, image_size, pipe.model.tokens_per_image, data.max_length,
-                              strict=data.strict, stats=st, spec=spec)
+                              strict=data.strict, stats=st, spec=spec, image_processor=images)
 
     return encode
 
