@@ -283,7 +283,7 @@ class DataConfig(_Checked):
 @dataclass
 class StageConfig(_Checked):
     name: str = "sft"
-    train: str = "sft"  # align (connector only) | multitask (everything) | sft (vision frozen) | lora (train/stages.py)
+    train: str = "sft"  # vision (tower + connector on per-patch labels) | align (connector only) | multitask (everything) | sft (vision frozen) | lora (train/stages.py)
     steps: int = positive(100)
     epochs: Optional[float] = positive(None)  # if set, overrides steps
     lr: float = positive(1e-3)

@@ -66,3 +66,44 @@ def test_cutting_the_image_path_takes_the_gain_away(trained, monkeypatch):
     real = trained.model.encode_images
     monkeypatch.setattr(trained.model, "encode_images", lambda images: [torch.zeros_like(f) for f in real(images)])
     assert _accuracy(trained, test) <= 0.3
+
+
+def test_a_vision_stage_teaches_the_tower_per_patch_labels_without_running_the_lm(tmp_path, monkeypatch):
+    from vlkit.config import ConfigError
+    from vlkit.data.collate import TargetSpec
+    from vlkit.data.synth.stream import synth_stream
+    from vlkit.data.synth.world import PAIR_CLASSES
+
+    samples = [synth_stream({"tasks": ["vqa"], "dense_labels": True}, 0)(g) for g in range(192)]
+    tok = Tokenizer.train([t["value"] for s in samples for t in s["conversations"]] + PAIR_CLASSES * 5,
+                          vocab_size=400)
+    torch.manual_seed(0)
+    cfg = ModelConfig(vision=VisionConfig(image_size=64, patch_size=8, hidden_size=32, intermediate_size=64,
+                                          num_layers=1, num_heads=2, stem="conv"),
+                      connector=ConnectorConfig(type="spatial_merge"), init="fan_in", dense_prediction=True,
+                      dense_from="connector",
+                      text=TextConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_layers=1,
+                                      num_heads=2, num_kv_heads=1))
+    cfg.image_token_id, cfg.pad_token_id = tok.image_pad_id, tok.pad_id
+    pipe = Pipeline(VisionLanguageModel(cfg), tok)
+    examples = encode_samples(samples, pipe.processor, 64, pipe.model.tokens_per_image, 200,
+                              spec=TargetSpec(dense=True))
+    lm_before = {k: v.clone() for k, v in pipe.model.language.layers.state_dict().items()}
+    tower_before = {k: v.clone() for k, v in pipe.model.vision.state_dict().items()}
+
+    def no_lm(*args, **kwargs):
+        raise AssertionError("a vision stage must not run the LM")
+
+    monkeypatch.setattr(pipe.model.language, "forward", no_lm)
+    stage = StageConfig(name="v", train="vision", steps=100, lr=3e-3, warmup_steps=2, batch_size=32,
+                        data=DataConfig(max_length=200))
+    trainer = Trainer(pipe, TrainConfig(precision="fp32", log_every=10), tmp_path / "run")
+    trainer.run_stage(0, stage, examples)
+    losses = [r["loss"] for r in trainer.history if "loss" in r]
+    # well below ln 2, where the loss sits when it collapses (all logits 0, e.g. against frozen word vectors)
+    assert np.mean(losses[-2:]) < 0.4, losses
+    assert all(torch.equal(v, lm_before[k]) for k, v in pipe.model.language.layers.state_dict().items())
+    assert any(not torch.equal(v, tower_before[k]) for k, v in pipe.model.vision.state_dict().items())
+    pipe.model.cfg.dense_from = "lm"
+    with pytest.raises(ConfigError, match="dense_from: connector"):
+        trainer.run_stage(0, stage, examples)

@@ -353,3 +353,29 @@ def test_file_stream_with_workers_and_packing_resumes_to_the_uninterrupted_run(t
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
+
+
+def test_a_fresh_tokenizer_learns_from_every_stages_data(tmp_path, monkeypatch):
+    """A first stage that sees only scenes (a `vision` stage) must not leave the OCR stage's words to bytes."""
+    from vlkit.train import trainer as trainer_mod
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(recipe, corpus):
+        seen["text"] = list(corpus())
+        raise Stop
+
+    monkeypatch.setattr(trainer_mod, "build_pipeline", capture)
+    stage = {"train": "multitask", "steps": 1, "batch_size": 2, "data": {"max_length": 200}}
+    recipe = trainer_mod.Recipe.from_dict({"model": {"preset": "tiny"}, "train": {"out": str(tmp_path)}, "stages": [
+        {**stage, "name": "a", "data": {"train": [{"synth": {"tasks": ["vqa"]}}]}},
+        {**stage, "name": "b", "data": {"train": [{"synth": {"tasks": ["ocr"]}}]}},
+        {**stage, "name": "c", "data": {"train": [{"synth": {"tasks": ["ocr"]}}]}}]})
+    with pytest.raises(Stop):
+        trainer_mod.train(recipe, out=tmp_path)
+    text = seen["text"]
+    assert any("color" in t.lower() for t in text) and any("read" in t.lower() or "text" in t.lower() for t in text)
+    assert len(text) == 2 * trainer_mod.TOKENIZER_CORPUS * 2  # two distinct stage data sets, two turns a sample

@@ -111,12 +111,19 @@ class VisionLanguageModel(nn.Module):
                 labels: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, attn_mask_4d: Optional[torch.Tensor] = None,
                 return_logits: bool = False, depth_codes: Optional[torch.Tensor] = None,
-                dense_targets: Optional[torch.Tensor] = None) -> dict:
+                dense_targets: Optional[torch.Tensor] = None, run_language: bool = True) -> dict:
         """labels are aligned with input_ids (label[i] is the token at i, IGNORE where no loss); the shift is
         done here. depth_codes (B, T, D): residual codes of visual-code tokens (-1 elsewhere); dense_targets
         (B, T, P): NTP-M positive token ids at image tokens (-1 padded). Returns {"loss", "num_tokens",
-        "text_loss", "vision_loss", "dense_loss" (means, where present), "logits" (if asked)}."""
+        "text_loss", "vision_loss", "dense_loss" (means, where present), "logits" (if asked)}.
+        run_language=False (a `vision` stage, dense_from: connector): the loss is the per-patch loss alone and
+        the LM is not run."""
         embeds = self.embed(input_ids, images, depth_codes=depth_codes)
+        if not run_language:
+            if self.cfg.dense_from != "connector" or dense_targets is None:
+                raise ValueError("run_language=False needs dense_from: connector and dense_targets")
+            loss, n = self.dense_loss(embeds, dense_targets)
+            return {"loss": loss / max(n, 1), "num_tokens": n, "dense_loss": loss.detach() / max(n, 1)}
         hidden = self.language(embeds, position_ids=position_ids, attention_mask=attention_mask,
                                attn_mask_4d=attn_mask_4d)
         out: dict = {}
@@ -143,14 +150,10 @@ class VisionLanguageModel(nn.Module):
                         d_loss = self.depth.loss(h[deep], codes[deep], start_depth=1) * int(deep.sum())
                         total = total + self.cfg.vision_loss_weight * d_loss
             if dense_targets is not None and self.cfg.dense_prediction:
-                at = dense_targets[..., 0] >= 0
-                if at.any():
-                    limit = self.cfg.text_vocab_size or self.cfg.text.vocab_size
-                    source = embeds if self.cfg.dense_from == "connector" else hidden
-                    dense_logits = self.logits(source[at]).float()[:, :limit]
-                    d_sum = ntp_m_loss(dense_logits, dense_targets[at], self.cfg.dense_negatives)
+                d_sum, n_patches = self.dense_loss(embeds if self.cfg.dense_from == "connector" else hidden,
+                                                   dense_targets)
+                if n_patches:
                     total = total + self.cfg.dense_loss_weight * d_sum
-                    n_patches = int(at.sum())
                     out["dense_loss"] = d_sum.detach() / n_patches
                     n += n_patches
             out["loss"] = total / max(n, 1)
@@ -158,6 +161,16 @@ class VisionLanguageModel(nn.Module):
         if return_logits:
             out["logits"] = self.logits(hidden)
         return out
+
+    def dense_loss(self, source: torch.Tensor, dense_targets: torch.Tensor) -> tuple[torch.Tensor, int]:
+        """NTP-M summed over the image tokens that have targets: the LM head scores `source` (the LM's output,
+        or the connector's) against each patch's words. Returns (sum, number of patches)."""
+        at = dense_targets[..., 0] >= 0
+        if not at.any():
+            return source.sum() * 0.0, 0
+        limit = self.cfg.text_vocab_size or self.cfg.text.vocab_size
+        dense_logits = self.logits(source[at]).float()[:, :limit]
+        return ntp_m_loss(dense_logits, dense_targets[at], self.cfg.dense_negatives), int(at.sum())
 
     def forward_step(self, embeds: torch.Tensor, cache: KVCache, position_ids: torch.Tensor,
                      attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:

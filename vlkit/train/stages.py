@@ -1,5 +1,10 @@
 """Training stages: which modules train (LLaVA-1.5 / Qwen-VL style) and their learning rates.
 
+    vision     vision encoder + connector (+ the word embeddings) on per-patch labels alone: NTP-M at the
+               connector's output (needs dense_prediction, dense_from: connector and data with masks); the LM
+               is not run, so a step costs the vision side only. A from-scratch tower's supervised pretraining,
+               before the LM reads it. The word embeddings train too: against frozen random word vectors a
+               per-patch multi-label loss collapses to chance (docs/training.md).
     align      connector only (vision encoder and LM frozen)
     multitask  everything
     sft        connector + LM (vision encoder frozen)
@@ -16,6 +21,7 @@ from vlkit.config import ConfigError, StageConfig
 log = logging.getLogger("vlkit.train")
 
 TRAINABLE = {
+    "vision": ("vision", "connector", "language.embed_tokens", "language.lm_head"),
     "align": ("connector",),
     "multitask": ("vision", "connector", "language", "depth"),
     "sft": ("connector", "language", "depth"),  # depth: the residual-code depth transformer (VLUAS, D > 1)
@@ -29,13 +35,25 @@ def check_stage_kind(stage: StageConfig, key: str = "stage.train") -> None:
         raise ConfigError(f"{key}={stage.train!r} is unknown; choose one of {sorted(TRAINABLE)}")
 
 
+def runs_language(stage: StageConfig) -> bool:
+    """False for a `vision` stage: its loss is the per-patch loss at the connector, the LM is skipped."""
+    return stage.train != "vision"
+
+
+def check_vision_stage(stage: StageConfig, cfg) -> None:
+    """A `vision` stage learns from per-patch targets scored at the connector; say what is missing."""
+    if stage.train == "vision" and not (cfg.dense_prediction and cfg.dense_from == "connector"):
+        raise ConfigError(f"stage {stage.name!r}: train: vision learns per-patch labels at the connector; set "
+                          "model.dense_prediction: true and model.dense_from: connector, and give it data with "
+                          "masks (e.g. a synth stream with dense_labels: true)")
+
+
 def apply_stage(model: nn.Module, stage: StageConfig) -> dict:
     """Sets requires_grad per module; returns {"trainable": n, "frozen": n} parameter counts (also logged)."""
     check_stage_kind(stage, f"stage {stage.name!r}: train")
-    parts = TRAINABLE[stage.train]
+    parts = TRAINABLE[stage.train]  # top-level modules, or dotted submodules
     for name, p in model.named_parameters():
-        top = name.split(".")[0]
-        p.requires_grad_(top in parts or "lora_" in name)
+        p.requires_grad_(any(name == part or name.startswith(part + ".") for part in parts) or "lora_" in name)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     frozen = sum(p.numel() for p in model.parameters() if not p.requires_grad)
     log.info("stage %s (%s): %s trainable, %s frozen parameters", stage.name, stage.train, f"{trainable:,}", f"{frozen:,}")

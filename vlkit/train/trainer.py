@@ -28,7 +28,7 @@ from vlkit.data.sources import SOURCE_OPTIONS, SourceOptions
 from vlkit.errors import UserError
 from vlkit.train import checkpoint as ckpt_io
 from vlkit.train import distributed as dist_utils
-from vlkit.train.stages import apply_stage, check_stage_kind, param_groups
+from vlkit.train.stages import apply_stage, check_stage_kind, check_vision_stage, param_groups, runs_language
 from vlkit.train.validation import Validator
 
 log = logging.getLogger("vlkit.train")
@@ -111,7 +111,7 @@ def build_pipeline(recipe: Recipe, corpus: Callable[[], Any]):
 
 # `model:` keys a recipe may set on top of `init:`: what the model learns, not its shape.
 INIT_MODEL_KEYS = ("vision_target", "vision_loss_weight", "depth_layers", "dense_prediction", "dense_loss_weight",
-                   "dense_negatives")
+                   "dense_negatives", "dense_from")
 
 
 def adapt_init(pipe, recipe: Recipe):
@@ -310,7 +310,9 @@ class Trainer:
 
             apply_lora(model, r=stage.lora_r, alpha=stage.lora_alpha, dropout=stage.lora_dropout,
                        vision=stage.lora_vision, trainable=("connector",))
+        check_vision_stage(stage, model.cfg)
         counts = apply_stage(model, stage)
+        text = runs_language(stage)
         # DDP or FSDP (train.distributed) under torchrun, the model itself in one process; FSDP shards `model` in
         # place (same parameter names), so the parameter groups and clipping below use it as they are
         ddp = dist_utils.wrap_model(model, cfg.distributed, self.device, find_unused=stage.train != "multitask",
@@ -352,7 +354,7 @@ class Trainer:
                 # -- this rank's share of the step's global batch, in micro-batches ----------------------------
                 mine = sorted(next(batches), key=len)  # less padding
                 micro = [mine[k::stage.grad_accum] for k in range(stage.grad_accum)]
-                local_tokens = sum(e.num_targets for e in mine)
+                local_tokens = sum(e.num_targets if text else len(e.dense or ()) for e in mine)
                 global_tokens = dist_utils.all_reduce_sum(float(local_tokens), self.device)
                 loss_sum = 0.0
                 for k, idx in enumerate(micro):
@@ -360,7 +362,7 @@ class Trainer:
                     sync = contextlib.nullcontext() if (k == len(micro) - 1 or self.world == 1) else ddp.no_sync()
                     with sync:
                         with autocast:
-                            out = ddp(batch.input_ids, batch.images, **batch.model_inputs())
+                            out = ddp(batch.input_ids, batch.images, **batch.model_inputs(), run_language=text)
                         part = out["loss"] * out["num_tokens"]
                         (part * self.world / max(global_tokens, 1.0)).backward()
                     loss_sum += float(part.detach())
@@ -399,7 +401,8 @@ class Trainer:
                         bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}", sps=row["samples_per_s"])
                 if bar is not None:
                     bar.update(1)
-                if self.validator is not None and self.global_step % cfg.eval_every == 0:
+                # a `vision` stage trains no LM, so there is nothing to answer with yet
+                if self.validator is not None and text and self.global_step % cfg.eval_every == 0:
                     self.validate(stage.name, step)
                 # LoRA stages save only at their end, once the adapters are merged into plain weights
                 if cfg.save_every and step % cfg.save_every == 0 and step < total and stage.train != "lora":
@@ -494,16 +497,21 @@ def train(recipe: Recipe, out: Optional[str | Path] = None, resume: bool = False
                 resume_state = None  # a stage boundary: nothing to restore but the weights
             log.info("resuming from %s (stage %d)", latest, start_stage)
     if pipe is None:
-        first = recipe.stages[0].data
         from vlkit.data.sources import corpus_text, read_source
 
-        def corpus():
-            stream = stream_of(first, recipe.train.seed)
-            if stream is not None:  # the tokenizer learns from the stream's first samples
-                yield from corpus_text(stream(g) for g in range(TOKENIZER_CORPUS))
-                return
-            for j, src in enumerate(first.train):
-                yield from corpus_text(read_source(source_spec(src, j), check_images=False))
+        def corpus():  # every stage's data once (a `vision` stage may see only some of the tasks)
+            seen = set()
+            for stage in recipe.stages:
+                key = json.dumps(stage.data.train, sort_keys=True, default=str)
+                if key in seen:
+                    continue
+                seen.add(key)
+                stream = stream_of(stage.data, recipe.train.seed)
+                if stream is not None:  # the tokenizer learns from the stream's first samples
+                    yield from corpus_text(stream(g) for g in range(TOKENIZER_CORPUS))
+                    continue
+                for j, src in enumerate(stage.data.train):
+                    yield from corpus_text(read_source(source_spec(src, j), check_images=False))
 
         pipe = build_pipeline(recipe, corpus)
     if dist_utils.is_main():
