@@ -139,6 +139,12 @@ def test_image_folder_must_exist(tmp_path):
     path, _ = llava_layout(tmp_path)
     with pytest.raises(DataError, match="image_folder .*nowhere is not a folder"):
         read_all({"path": str(path), "image_folder": str(tmp_path / "nowhere")})
+    jsonl = tmp_path / "data.jsonl"  # the streamed index (training) says the same
+    jsonl.write_text("\n".join(json.dumps(s) for s in json.loads(path.read_text())) + "\n")
+    from vlkit.data.records import read_store
+
+    with pytest.raises(DataError, match="image_folder .*nowhere is not a folder"):
+        read_store({"path": str(jsonl), "image_folder": str(tmp_path / "nowhere")}, strict=False)
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -186,9 +186,11 @@ def read_store(src: dict, strict: bool, tmp_dir: Optional[str] = None) -> "LineS
     """Index one recipe source `{path, image_folder?, max_skip?, caption_prompt?}`: JSONL by line spans; any
     other format read once into a spill file (no image decoding; image files are checked to exist). DataError
     when more than the source's `max_skip` share of its samples was skipped."""
-    from vlkit.data.sources import _files, check_skip_share, detect_format, expand_path, read_samples
+    from vlkit.data.sources import DataError, _files, check_skip_share, detect_format, expand_path, read_samples
 
     opts = SourceOptions.from_spec(src)
+    if opts.image_folder is not None and not Path(opts.image_folder).is_dir():
+        raise DataError(f"source {src['path']}: image_folder {opts.image_folder} is not a folder")
     stats = ReadStats()
     paths = expand_path(src["path"])
     store: "LineStore | RecordStore"
