@@ -152,10 +152,11 @@ def ensure_placeholders(turns: list[tuple[str, str]], num_images: int) -> list[t
 
 
 def class_word_tokens(tok: Tokenizer, names: Sequence[str]) -> list[list[int]]:
-    """NTP-M targets of multi-word class names ("red circle"): the first token of each word (" red", " circle"),
-    so a patch of a red circle is positive for both words and words shared between classes stay one target."""
+    """NTP-M targets of multi-word class names ("red circle"): the tokens of each word (" red", " circle"; every
+    piece of a word the tokenizer splits, " app" "le"), so a patch of a red circle is positive for both words and
+    words shared between classes stay one target."""
     _check_class_names(names)
-    return [[tok.encode(" " + word)[0] for word in name.split()] for name in names]
+    return [[t for word in name.split() for t in tok.encode(" " + word)] for name in names]
 
 
 def _check_class_names(names: Sequence[str]) -> None:

@@ -1,4 +1,5 @@
 """The endless synthetic stream and the feeds: deterministic for a seed, disjoint across ranks, exact on resume."""
+import numpy as np
 import pytest
 
 from vlkit.data.collate import Example
@@ -83,13 +84,12 @@ def test_mixture_draws_by_weight_deterministically():
 def test_dense_labels_give_scene_samples_color_and_shape_targets(tokenizer):
     from vlkit.chat import ChatProcessor
     from vlkit.data.collate import TargetSpec, encode_samples
-    from vlkit.data.synth.world import PAIR_CLASSES
+    from vlkit.data.synth.world import LABEL_CLASSES
 
     stream = synth_stream({"tasks": ["vqa", "ocr"], "dense_labels": True}, 0)
     samples = [stream(g) for g in range(40)]
     scene = [s for s in samples if s["task"] == "vqa"]
-    assert scene and all(s["meta"]["classes"] == PAIR_CLASSES and s["mask_object"] is not None for s in scene)
-    assert all(s["mask_object"] is None for s in samples if s["task"] == "ocr")  # text images: no scene labels
+    assert scene and all(s["meta"]["classes"] == LABEL_CLASSES and s["mask_object"] is not None for s in scene)
     assert synth_stream({"tasks": ["vqa"]}, 0)(0)["mask_object"] is None  # off by default
     ex = encode_samples(scene[:1], ChatProcessor(tokenizer), 64, lambda h, w: 16, 200, spec=TargetSpec(dense=True))[0]
     objects = scene[0]["meta"]["objects"]
@@ -97,8 +97,19 @@ def test_dense_labels_give_scene_samples_color_and_shape_targets(tokenizer):
     targets = {t for _, pos in ex.dense for t in pos}
     assert len(ex.dense) == 16  # one target set per image token
     big = max(objects, key=lambda o: (o["bbox"][2] - o["bbox"][0]) * (o["bbox"][3] - o["bbox"][1]))
-    assert {first(big["color"]), first(big["shape"])} <= targets  # the largest object's colour and shape words
+    assert {first(big["color"]), first(big["shape"]), first(big["size"])} <= targets  # the largest object's words
     assert tokenizer.encode(" background")[0] in targets
+    # text images: each text's ink box is labelled with the text, every token of it
+    ocr = [s for s in samples if s["task"] == "ocr"]
+    assert ocr and all(s["meta"]["classes"][1:] == [s["meta"]["answers"][0]] or s["meta"]["category"] == "box"
+                       for s in ocr)
+    one = next(s for s in ocr if s["meta"]["category"] != "box")
+    mask = np.asarray(one["mask_object"])
+    assert 0.02 < (mask == 1).mean() < 0.9 and set(np.unique(mask)) == {0, 1}
+    ex = encode_samples([one], ChatProcessor(tokenizer), 64, lambda h, w: 16, 200, spec=TargetSpec(dense=True))[0]
+    text = one["meta"]["answers"][0]
+    want = {t for word in text.split() for t in tokenizer.encode(" " + word)}
+    assert any(want <= set(pos) for _, pos in ex.dense)
 
 
 def test_question_first_puts_that_share_of_questions_before_the_image():

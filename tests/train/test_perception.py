@@ -72,10 +72,10 @@ def test_a_vision_stage_teaches_the_tower_per_patch_labels_without_running_the_l
     from vlkit.config import ConfigError
     from vlkit.data.collate import TargetSpec
     from vlkit.data.synth.stream import synth_stream
-    from vlkit.data.synth.world import PAIR_CLASSES
+    from vlkit.data.synth.world import LABEL_CLASSES
 
     samples = [synth_stream({"tasks": ["vqa"], "dense_labels": True}, 0)(g) for g in range(192)]
-    tok = Tokenizer.train([t["value"] for s in samples for t in s["conversations"]] + PAIR_CLASSES * 5,
+    tok = Tokenizer.train([t["value"] for s in samples for t in s["conversations"]] + LABEL_CLASSES * 5,
                           vocab_size=400)
     torch.manual_seed(0)
     cfg = ModelConfig(vision=VisionConfig(image_size=64, patch_size=8, hidden_size=32, intermediate_size=64,

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 
 from vlkit.data.synth import text as T
-from vlkit.data.synth.world import (ALL_PAIRS, COLOR_NAMES, PAIR_CLASSES, SEG_CLASSES, SHAPE_PLURALS, SHAPES, Scene,
+from vlkit.data.synth.world import (ALL_PAIRS, COLOR_NAMES, LABEL_CLASSES, SEG_CLASSES, SHAPE_PLURALS, SHAPES, Scene,
                                     compose_scene, sample_scene)
 from vlkit.grounding import box_text, ref_box_text, to_bins
 
@@ -51,8 +51,9 @@ class SynthConfig:
     heldout_boost: float = 0.3  # test split: this fraction of scene samples shows a held-out pair
     max_iou: float = 0.0  # box IoU allowed between scene objects (0: never touching)
     clean_text: bool = False  # black-on-white, upright text (for checking renders with OCR)
-    # scene samples carry a per-pixel "color shape" label mask (PAIR_CLASSES): NTP-M targets that teach the vision
-    # path colour and shape directly (a stream's `dense_labels: true`; never written by generate_dataset)
+    # scene samples carry a per-pixel "size color shape" label mask (LABEL_CLASSES), OCR samples their texts' ink
+    # boxes labelled with the text: NTP-M targets that teach the vision path directly (a stream's
+    # `dense_labels: true`; never written by generate_dataset)
     dense_labels: bool = False
     question_first: float = 0.0  # the share of understanding samples whose question comes before the <image>
 
@@ -88,6 +89,7 @@ class Made:
     mask: Optional[np.ndarray] = None  # segmentation: uint8 class-index mask
     image_is_target: bool = False  # generation: the image is what the assistant produces
     scene: Optional[Scene] = None  # the scene behind a scene task's image (dense labels)
+    texts: Optional[list[tuple[str, tuple]]] = None  # a text image's (text, ink box in pixels) (dense labels)
 
 
 class _Retry(Exception):
@@ -435,7 +437,8 @@ def task_ocr(rng: np.random.Generator, cfg: SynthConfig) -> Made:
         bins = list(to_bins(boxes[k], size, size))
         question = _pick(rng, ["Read the text inside {b}.", "What does the text in {b} say?",
                                "What is written in {b}?"]).format(b=box_text(bins))
-        return Made(img, question, texts[k], {"answers": [texts[k]], "box": bins}, category="box")
+        return Made(img, question, texts[k], {"answers": [texts[k]], "box": bins}, category="box",
+                    texts=list(zip(texts, boxes)))
     if kind == "word":
         text = T.random_word(rng, 6)
     elif kind == "number":
@@ -445,7 +448,8 @@ def task_ocr(rng: np.random.Generator, cfg: SynthConfig) -> Made:
     img, boxes = T.render_texts([text], size, rng, clean=cfg.clean_text)
     question = _pick(rng, ["What does the text say?", "Read the text in the image.", "What is written in the image?",
                            "What word or number is shown?"])
-    return Made(img, question, text, {"answers": [text], "box": list(to_bins(boxes[0], size, size))}, category=kind)
+    return Made(img, question, text, {"answers": [text], "box": list(to_bins(boxes[0], size, size))}, category=kind,
+                texts=[(text, boxes[0])])
 
 
 def _answers(a: str) -> list[str]:
@@ -529,6 +533,14 @@ def make_sample(task: str, index: int, seed: int, cfg: SynthConfig) -> tuple[dic
     return sample, files
 
 
+def text_mask(texts: list[tuple[str, tuple]], size: tuple[int, int]) -> np.ndarray:
+    """uint8 HxW: 0 background, k = the k-th text's ink box (its dense label: the text's words)."""
+    out = np.zeros((size[1], size[0]), dtype=np.uint8)
+    for k, (_, (x1, y1, x2, y2)) in enumerate(texts):
+        out[max(0, int(y1)):int(y2), max(0, int(x1)):int(x2)] = k + 1
+    return out
+
+
 def make_memory_sample(task: str, index: int, seed: int, cfg: SynthConfig) -> dict:
     """Sample `index` of (seed, split) held in memory: the image as a PIL image in `image_objects` and the
     segmentation mask (or None) in `mask_object`, as the readers of vlkit.data.sources give them."""
@@ -550,6 +562,8 @@ def make_memory_sample(task: str, index: int, seed: int, cfg: SynthConfig) -> di
     meta = dict(made.meta, heldout=bool(made.heldout), category=made.category)
     mask = made.mask
     if cfg.dense_labels and mask is None and made.scene is not None:
-        mask, meta["classes"] = made.scene.pair_mask(), list(PAIR_CLASSES)
+        mask, meta["classes"] = made.scene.label_mask(), list(LABEL_CLASSES)
+    elif cfg.dense_labels and mask is None and made.texts:
+        mask, meta["classes"] = text_mask(made.texts, made.image.size), ["background"] + [t for t, _ in made.texts]
     return {"id": sample_id(task, cfg.split, seed, index), "image_objects": [made.image], "mask_object": mask,
             "conversations": conversations, "task": task, "meta": meta}

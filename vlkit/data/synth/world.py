@@ -33,12 +33,12 @@ COLORS = {
 COLOR_NAMES = list(COLORS)
 # Segmentation classes: index 0 is background, k >= 1 is SHAPES[k - 1]. Fixed, so masks are comparable.
 SEG_CLASSES = ["background"] + SHAPES
-# Dense scene labels: index 0 is background, k >= 1 is ALL_PAIRS[k - 1] written "color shape".
-PAIR_CLASSES = ["background"] + [f"{c} {s}" for c in COLOR_NAMES for s in SHAPES]
 # Nominal extent of an object as a fraction of the image side; the classes are 8 px apart at 64 x 64.
 SIZES = {"small": 0.16, "medium": 0.24, "large": 0.32}
 SIZE_NAMES = list(SIZES)
 ALL_PAIRS = [(c, s) for c in COLOR_NAMES for s in SHAPES]
+# Per-pixel scene labels (a synth stream's dense_labels): index 0 is background, k >= 1 "size color shape".
+LABEL_CLASSES = ["background"] + [f"{z} {c} {s}" for z in SIZE_NAMES for c, s in ALL_PAIRS]
 
 # Dark, nearly gray tones; texture adds at most 14 to them.
 BACKGROUND_TONES = [(0, 0, 0), (22, 22, 22), (38, 38, 38), (16, 20, 34), (34, 27, 22), (18, 30, 24)]
@@ -189,11 +189,11 @@ class Scene:
             out[obj.mask] = SEG_CLASSES.index(obj.shape)
         return out
 
-    def pair_mask(self) -> np.ndarray:
-        """uint8 HxW: 0 background, k = PAIR_CLASSES index of the visible object's "color shape"."""
+    def label_mask(self) -> np.ndarray:
+        """uint8 HxW: 0 background, k = LABEL_CLASSES index of the visible object's "size color shape"."""
         out = np.zeros((self.height, self.width), dtype=np.uint8)
         for obj in self.objects:
-            out[obj.mask] = PAIR_CLASSES.index(f"{obj.color} {obj.shape}")
+            out[obj.mask] = LABEL_CLASSES.index(f"{obj.size} {obj.color} {obj.shape}")
         return out
 
     def count(self, color: Optional[str] = None, shape: Optional[str] = None) -> int:
