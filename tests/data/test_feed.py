@@ -86,8 +86,10 @@ def test_dense_labels_give_scene_samples_color_and_shape_targets(tokenizer):
     from vlkit.data.collate import TargetSpec, encode_samples
     from vlkit.data.synth.world import LABEL_CLASSES
 
-    stream = synth_stream({"tasks": ["vqa", "ocr"], "dense_labels": True}, 0)
+    stream = synth_stream({"tasks": ["vqa", "ocr"], "dense_labels": True, "dense_text": True}, 0)
     samples = [stream(g) for g in range(40)]
+    plain = synth_stream({"tasks": ["vqa", "ocr"], "dense_labels": True}, 0)
+    assert all(plain(g)["mask_object"] is None for g in range(40) if samples[g]["task"] == "ocr")  # scenes only
     scene = [s for s in samples if s["task"] == "vqa"]
     assert scene and all(s["meta"]["classes"] == LABEL_CLASSES and s["mask_object"] is not None for s in scene)
     assert synth_stream({"tasks": ["vqa"]}, 0)(0)["mask_object"] is None  # off by default

@@ -16,14 +16,15 @@ from vlkit.data.synth.dataset import parse_heldout, task_plan, task_weights
 from vlkit.data.synth.tasks import SPLITS, SynthConfig, make_memory_sample
 
 BLOCK = 1000
-KEYS = ("tasks", "size", "heldout", "seed", "split", "max_iou", "dense_labels", "question_first")
+KEYS = ("tasks", "size", "heldout", "seed", "split", "max_iou", "dense_labels", "dense_text", "question_first")
 
 
 def synth_stream(spec: dict, default_seed: int = 0) -> Callable[[int], dict]:
     """`spec` is a recipe's `synth:` mapping: tasks (list, {task: weight} or comma string; default every
     task), size (pixels, 64), heldout ('default' keeps the held-out compositions out of the train split), seed
     (default: the run's seed), split (train), max_iou (0), dense_labels (false; true gives scene samples a
-    "color shape" label mask, the NTP-M targets of a model with `dense_prediction: true`), question_first (0: the
+    "size color shape" label mask, the NTP-M targets of a model with `dense_prediction: true`), dense_text (false;
+    with dense_labels, OCR samples get their texts' ink boxes labelled with the text), question_first (0: the
     share of understanding samples that ask their question before the image)."""
     if not isinstance(spec, dict):
         raise DataError(f"synth: expected a mapping with keys {list(KEYS)}, got {spec!r}")
@@ -44,6 +45,7 @@ def synth_stream(spec: dict, default_seed: int = 0) -> Callable[[int], dict]:
     pairs, phrases = parse_heldout(spec.get("heldout", "default"))
     cfg = SynthConfig(size=size, split=split, heldout_pairs=pairs, heldout_phrases=phrases,
                       max_iou=float(spec.get("max_iou", 0.0)), dense_labels=bool(spec.get("dense_labels", False)),
+                      dense_text=bool(spec.get("dense_text", False)),
                       question_first=float(question_first))
     seed = int(spec.get("seed", default_seed))
     names = tuple(sorted(weights.items()))

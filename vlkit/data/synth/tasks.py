@@ -55,6 +55,7 @@ class SynthConfig:
     # boxes labelled with the text: NTP-M targets that teach the vision path directly (a stream's
     # `dense_labels: true`; never written by generate_dataset)
     dense_labels: bool = False
+    dense_text: bool = False  # with dense_labels: OCR samples too (their texts' ink boxes; docs/training.md row 16)
     question_first: float = 0.0  # the share of understanding samples whose question comes before the <image>
 
     @property
@@ -563,7 +564,7 @@ def make_memory_sample(task: str, index: int, seed: int, cfg: SynthConfig) -> di
     mask = made.mask
     if cfg.dense_labels and mask is None and made.scene is not None:
         mask, meta["classes"] = made.scene.label_mask(), list(LABEL_CLASSES)
-    elif cfg.dense_labels and mask is None and made.texts:
+    elif cfg.dense_labels and cfg.dense_text and mask is None and made.texts:
         mask, meta["classes"] = text_mask(made.texts, made.image.size), ["background"] + [t for t, _ in made.texts]
     return {"id": sample_id(task, cfg.split, seed, index), "image_objects": [made.image], "mask_object": mask,
             "conversations": conversations, "task": task, "meta": meta}
