@@ -173,20 +173,25 @@ def _resample(value: Any, source: str) -> str:
     return RESAMPLE_CODES[value]
 
 
+def _resize(size: dict, edge: str, source: str) -> dict:
+    """An HF processor's `size` -> ImageProcessorConfig resize fields: one `edge` key (shortest_edge for CLIP /
+    SigLIP / LLaVA, longest_edge for Idefics3) keeps the aspect ratio; {height, width} is exact."""
+    if edge in size and (edge == "longest_edge" or set(size) == {edge}):
+        return dict(resize=edge, edge=int(size[edge]))
+    if {"height", "width"} <= set(size):
+        return dict(resize="exact", height=int(size["height"]), width=int(size["width"]))
+    raise CheckpointError(f"{source}: image processor size={size} is not supported; supported: "
+                          f"{{{edge}}} or {{height, width}}")
+
+
 def _generic_processor(p: dict, source: str) -> ImageProcessorConfig:
     """CLIP / SigLIP / LLaVA image processors: transformers' PilBackend steps."""
     out = dict(pad_to_square=bool(p.get("do_pad", False)), resample=_resample(p["resample"], source))
     if not p["do_resize"]:
         out["resize"] = "none"
     else:
-        size = _size(p["size"], "size", source, square=p.get("default_to_square", True))
-        if set(size) == {"shortest_edge"}:
-            out.update(resize="shortest_edge", edge=int(size["shortest_edge"]))
-        elif {"height", "width"} <= set(size):
-            out.update(resize="exact", height=int(size["height"]), width=int(size["width"]))
-        else:
-            raise CheckpointError(f"{source}: image processor size={size} is not supported; supported: "
-                                  "{shortest_edge} or {height, width}")
+        out.update(_resize(_size(p["size"], "size", source, square=p.get("default_to_square", True)),
+                           "shortest_edge", source))
     if p.get("do_center_crop"):
         crop = _size(p["crop_size"], "crop_size", source)
         out.update(crop_height=int(crop["height"]), crop_width=int(crop["width"]))
@@ -200,14 +205,7 @@ def _idefics3_processor(p: dict, source: str) -> ImageProcessorConfig:
     out: dict = dict(resample=_resample(p["resample"], source), image_splitting=bool(p["do_image_splitting"]),
                      square=int(_size(p["max_image_size"], "max_image_size", source)["longest_edge"]))
     if p["do_resize"]:
-        size = _size(p["size"], "size", source)
-        if "longest_edge" in size:
-            out.update(resize="longest_edge", edge=int(size["longest_edge"]))
-        elif {"height", "width"} <= set(size):
-            out.update(resize="exact", height=int(size["height"]), width=int(size["width"]))
-        else:
-            raise CheckpointError(f"{source}: image processor size={size} is not supported; supported: "
-                                  "{longest_edge} or {height, width}")
+        out.update(_resize(_size(p["size"], "size", source), "longest_edge", source))
     else:
         out["resize"] = "none"
     return ImageProcessorConfig(**out, rescale_factor=float(p["rescale_factor"]) if p["do_rescale"] else None,
