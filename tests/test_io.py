@@ -56,3 +56,27 @@ def test_a_failed_write_leaves_nothing_and_keeps_the_old_folder(tmp_path):
         write_dir_atomically(tmp_path / "out", fail)
     assert (tmp_path / "out" / "a.txt").read_text() == "old"
     assert [p.name for p in tmp_path.iterdir()] == ["out"]
+
+
+def test_read_records_takes_jsonl_and_json_lists_and_skips_bad_lines(tmp_path):
+    from vlkit.io import read_records
+    lines = tmp_path / "a.jsonl"
+    lines.write_text('{"id": 1}\nnot json\n\n[1, 2]\n{"id": 2}\n', encoding="utf-8")
+    with pytest.warns(UserWarning, match=r"a\.jsonl:2: not valid JSON"):
+        assert read_records(lines) == [{"id": 1}, {"id": 2}]
+    listed = tmp_path / "b.json"
+    listed.write_text('[{"id": 3}, 4]', encoding="utf-8")
+    assert read_records(listed) == [{"id": 3}]
+    broken = tmp_path / "c.json"
+    broken.write_text('[{"id": 3}', encoding="utf-8")
+    with pytest.raises(ValueError, match="c.json is not valid JSON"):
+        read_records(broken)
+
+
+def test_write_json_replaces_the_file_whole(tmp_path):
+    from vlkit.io import write_json
+    path = tmp_path / "scores.json"
+    write_json(path, {"a": 1})
+    write_json(path, {"b": "é"})
+    assert path.read_text(encoding="utf-8") == '{\n  "b": "é"\n}\n'
+    assert [p.name for p in tmp_path.iterdir()] == ["scores.json"]

@@ -1,4 +1,4 @@
-"""Atomic directory writes shared by every layer (checkpoints, visual tokenizers, exports).
+"""File I/O shared by every layer: atomic directory and file writes, JSON(L) records, file names.
 
 A checkpoint is written into a temporary sibling directory and renamed into place, so a reader never sees half
 of one. The published files and folders get the usual modes under the umask (0o644 / 0o755 with umask 022):
@@ -6,11 +6,49 @@ a serving account or a container reads checkpoints that a training account wrote
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
+import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
+
+CONFIG_FILE = "config.json"  # a model's (or visual tokenizer's) config inside its directory
+WEIGHTS_FILE = "model.safetensors"
+
+
+def read_records(path: Path) -> list[dict]:
+    """The JSON objects of a JSONL file (one per line) or a JSON list file (`[...]`).
+
+    A JSONL line that is not valid JSON is skipped with a warning naming file and line; a JSON list that does not
+    parse raises ValueError naming the file. Items that are not objects are dropped.
+    """
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc})") from None
+    else:
+        items = []
+        for n, line in enumerate(text.splitlines(), 1):
+            if not line.strip():
+                continue
+            try:
+                items.append(json.loads(line))
+            except json.JSONDecodeError:
+                warnings.warn(f"{path}:{n}: not valid JSON, skipped")
+    return [it for it in items if isinstance(it, dict)]
+
+
+def write_json(path: Path, obj: Any) -> None:
+    """`obj` as indented UTF-8 JSON at `path`, written to a temporary sibling and renamed (never half a file)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{secrets.token_hex(4)}")
+    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def make_temp_dir(parent: Path, prefix: str) -> Path:
