@@ -170,7 +170,7 @@ def test_missing_and_unknown_paths(tmp_path):
     with pytest.raises(DataError, match="no data"):
         list(read_samples(tmp_path / "empty"))
     (tmp_path / "x.csv").write_text("a,b")
-    with pytest.raises(DataError, match="not .jsonl"):
+    with pytest.raises(DataError, match="is not .*jsonl"):
         list(read_samples(tmp_path / "x.csv"))
 
 

@@ -10,7 +10,7 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from vlkit.data.sources import DataError, FORMATS, open_sink
+from vlkit.data.sources import WRITE_FORMATS, DataError, open_sink
 from vlkit.data.synth.tasks import (DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES, SPLITS, TASKS, SynthConfig,
                                     make_sample)
 from vlkit.data.synth.world import COLOR_NAMES, SHAPES
@@ -101,8 +101,8 @@ def generate_dataset(out, n: int = 1000, tasks: TaskSpec = None, split: str = "t
     keeps nothing out, or a list of (color, shape) pairs."""
     if split not in SPLITS:
         raise DataError(f"split={split!r}; choose one of {list(SPLITS)}")
-    if fmt not in FORMATS:
-        raise DataError(f"format={fmt!r}; choose one of {list(FORMATS)}")
+    if fmt not in WRITE_FORMATS:
+        raise DataError(f"format={fmt!r}; choose one of {list(WRITE_FORMATS)}")
     if not isinstance(n, int) or n < 0:
         raise DataError(f"n={n!r} must be a non-negative integer")
     if not isinstance(seed, int) or seed < 0:
