@@ -51,7 +51,7 @@ def heldout_kinds(test: Path, eval_dir: Path) -> dict:
     """Generation correctness by what a test prompt holds out: nothing ("seen"), a (colour, shape) pair never
     shown in training, the short relation phrasing ("left of" with no "to the"), or both."""
     from vlkit.data.sources import read_samples
-    from vlkit.data.synth.tasks import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES
+    from vlkit.data.synth import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES
     from vlkit.eval.metrics import summarize
 
     correct = {r["id"]: r["gen_correct"] for r in map(json.loads, open(eval_dir / "per_sample.jsonl"))
