@@ -37,6 +37,14 @@ def _unique(scene: Scene, key: Callable) -> list:
     return [o for o in scene.objects if counts[key(o)] == 1]
 
 
+def _pick_unique(rng: np.random.Generator, scene: Scene, key: Callable):
+    """One of the objects that `key` tells apart from all others (Retry when there is none)."""
+    cands = _unique(scene, key)
+    if not cands:
+        raise Retry
+    return pick(rng, cands)
+
+
 def _a(phrase: str) -> str:
     """The phrase with its indefinite article: "a red circle", "an orange star"."""
     return ("an " if phrase[0] in "aeiou" else "a ") + phrase
@@ -106,19 +114,13 @@ def task_caption(rng: np.random.Generator, cfg: SynthConfig) -> Made:
 # VQA
 
 def _vqa_color(rng, scene, cfg):
-    cands = _unique(scene, lambda o: o.shape)
-    if not cands:
-        raise Retry
-    o = pick(rng, cands)
+    o = _pick_unique(rng, scene, lambda o: o.shape)
     q = pick(rng, ["What color is the {s}?", "What is the color of the {s}?", "Which color does the {s} have?"])
     return q.format(s=o.shape), o.color, [o]
 
 
 def _vqa_shape(rng, scene, cfg):
-    cands = _unique(scene, lambda o: o.color)
-    if not cands:
-        raise Retry
-    o = pick(rng, cands)
+    o = _pick_unique(rng, scene, lambda o: o.color)
     q = pick(rng, ["What shape is the {c} object?", "What is the shape of the {c} object?",
                     "Which shape is {c}?"])
     return q.format(c=o.color), o.shape, [o]
@@ -182,10 +184,7 @@ def _vqa_exists(rng, scene, cfg):
 
 
 def _vqa_attribute(rng, scene, cfg):
-    cands = _unique(scene, lambda o: o.pair)
-    if not cands:
-        raise Retry
-    o = pick(rng, cands)
+    o = _pick_unique(rng, scene, lambda o: o.pair)
     q = pick(rng, ["What size is the {n}?", "Is the {n} small, medium or large?", "How big is the {n}?"])
     return q.format(n=_name(o)), o.size, [o]
 
