@@ -51,7 +51,7 @@ def heldout_kinds(test: Path, eval_dir: Path) -> dict:
     """Generation correctness by what a test prompt holds out: nothing ("seen"), a (colour, shape) pair never
     shown in training, the short relation phrasing ("left of" with no "to the"), or both."""
     from vlkit.data.sources import read_samples
-    from vlkit.data.synth.tasks import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES
+    from vlkit.data.synth import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES
     from vlkit.eval.metrics import summarize
 
     correct = {r["id"]: r["gen_correct"] for r in map(json.loads, open(eval_dir / "per_sample.jsonl"))
@@ -112,7 +112,7 @@ def main() -> None:
     from vlkit.pipeline import load
     from vlkit.train.quickstart import recipe_dict
     from vlkit.train.trainer import Recipe, train
-    from vlkit.train.vq_trainer import train_tokenizer
+    from vlkit.train.vq_trainer import train_visual_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/tmp/vluas_gen")
@@ -152,8 +152,8 @@ def main() -> None:
         images = images[:a.vq_images]  # held in memory as float tensors: 200,000 would take 10 GB
         cfg = VQConfig(codebook_size=256, code_dim=32, depth=1, hidden_size=64, num_layers=2, downsample=patch,
                        image_size=64, ema_decay=0.8, dead_code_threshold=0.05)
-        vq = train_tokenizer(cfg, images, steps=a.vq_steps, batch_size=32, lr=2e-3, out_dir=out / "vq",
-                             warmup_steps=50, progress=False)
+        vq = train_visual_tokenizer(cfg, images, steps=a.vq_steps, batch_size=32, lr=2e-3, out_dir=out / "vq",
+                                    warmup_steps=50, progress=False)
         res.update({"vq_psnr": round(vq["psnr"], 2), "vq_usage": round(vq["codebook_usage"], 3),
                     "vq_ceiling_gen_correct": round(tokenizer_ceiling(out / "vq", data / "test"), 3)})
     else:

@@ -19,21 +19,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from vlkit.config import VQConfig, from_dict, load_yaml  # noqa: E402
 from vlkit.models.vq import VisualTokenizer  # noqa: E402
-from vlkit.train.vq_trainer import evaluate_tokenizer, load_images, synthetic_shapes, train_tokenizer  # noqa: E402
+from vlkit.data.synth.world import sample_scene  # noqa: E402
+from vlkit.train.vq_trainer import evaluate_visual_tokenizer, load_images, train_visual_tokenizer  # noqa: E402
 
 
 def scenes(n: int, size: int, seed: int, background: str) -> list:
-    """Images of the synthetic world (vlkit.data.synth) when it is there, else simple shapes."""
-    try:
-        import numpy as np
-
-        from vlkit.data.synth.world import sample_scene
-    except ImportError:
-        return synthetic_shapes(n, size, seed)
+    """Images of the synthetic world (vlkit.data.synth)."""
     rng = np.random.default_rng(seed)
     bg = None if background == "any" else background
     return [sample_scene(rng, size=size, background=bg).image for _ in range(n)]
@@ -68,11 +64,11 @@ def main() -> None:
     test = load_images(scenes(a.n_test, cfg.image_size, a.seed + 1, a.background), cfg.image_size)
     cpu0, t0 = time.process_time(), time.time()
     with tempfile.TemporaryDirectory() as tmp:
-        train_tokenizer(cfg, train, steps=steps, batch_size=batch, lr=lr, out_dir=Path(tmp) / "vq", seed=a.seed,
-                        precision=a.precision, progress=os.isatty(2))
+        train_visual_tokenizer(cfg, train, steps=steps, batch_size=batch, lr=lr, out_dir=Path(tmp) / "vq", seed=a.seed,
+                               precision=a.precision, progress=os.isatty(2))
         seconds, cpu = time.time() - t0, time.process_time() - cpu0
         model = VisualTokenizer.from_pretrained(Path(tmp) / "vq")
-    held_out = evaluate_tokenizer(model, test)
+    held_out = evaluate_visual_tokenizer(model, test)
     t1 = time.time()
     model.encode(test)
     encode_ms = (time.time() - t1) / len(test) * 1000

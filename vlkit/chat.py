@@ -18,6 +18,7 @@ from vlkit.tokenizer import IMAGE_PLACEHOLDER, Tokenizer
 
 IGNORE = -100
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
+IMAGE_PROMPT = "Draw: {}"  # the user turn of text-to-image samples (the synthetic world's generation task)
 
 
 class ChatFormatError(UserError):

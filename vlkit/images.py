@@ -98,6 +98,7 @@ def load_image(src: ImageLike, max_pixels: int = MAX_PIXELS) -> Image.Image:
 RESAMPLE = {"nearest": Image.NEAREST, "lanczos": Image.LANCZOS, "bilinear": Image.BILINEAR,
             "bicubic": Image.BICUBIC, "box": Image.BOX, "hamming": Image.HAMMING}
 MAX_SIDE = 4096  # Idefics3's longest_edge rule never goes beyond 4k
+SIGNED = (0.5, 0.5, 0.5)  # mean = std = 0.5 maps [0, 1] to [-1, 1]: vlkit's own towers and the visual tokenizer
 
 
 class ImageProcessor:
@@ -114,6 +115,15 @@ class ImageProcessor:
     @classmethod
     def from_vision(cls, v: "VisionConfig") -> "ImageProcessor":
         return cls(v.processor, v.image_size, v.image_mean, v.image_std)
+
+    @classmethod
+    def default(cls, image_size: int = 0, mean: Sequence[float] = SIGNED,
+                std: Sequence[float] = SIGNED) -> "ImageProcessor":
+        """vlkit's own processor: a bicubic resize to `image_size` (0: for `normalize` only), rescale by 1/255,
+        normalize with `mean` / `std`."""
+        from vlkit.config import ImageProcessorConfig
+
+        return cls(ImageProcessorConfig(), image_size, mean, std)
 
     def _resize(self, img: Image.Image, height: int, width: int) -> Image.Image:
         return img if img.size == (width, height) else img.resize((width, height), RESAMPLE[self.cfg.resample])
@@ -180,6 +190,13 @@ class ImageProcessor:
         return self.normalize(self.pixels(img))
 
 
+def normalize_pixels(pixels: "torch.Tensor", mean: Sequence[float] = SIGNED,
+                     std: Sequence[float] = SIGNED) -> "torch.Tensor":
+    """uint8 (..., 3, H, W) pixels -> float32 as vlkit's processor normalizes them (default: [-1, 1], the
+    visual tokenizer's input)."""
+    return ImageProcessor.default(0, mean, std).normalize(pixels)
+
+
 def to_tensor(img: Image.Image, size: int | tuple[int, int], mean: Sequence[float], std: Sequence[float]):
     """Resize (bicubic) to `size` (int: square; (h, w)) and normalize -> float tensor 3xHxW (vlkit's own
     processor; the visual tokenizer's input)."""
@@ -187,23 +204,3 @@ def to_tensor(img: Image.Image, size: int | tuple[int, int], mean: Sequence[floa
 
     h, w = (size, size) if isinstance(size, int) else size
     return ImageProcessor(ImageProcessorConfig(height=h, width=w), h, mean, std)(img)
-
-
-def tile(img: Image.Image, tile_size: int, max_tiles: int = 6) -> list[Image.Image]:
-    """LLaVA-NeXT-style tiling: a global thumbnail plus up to `max_tiles` tiles of the best-fitting grid."""
-    w, h = img.size
-    best, best_score = (1, 1), -1.0
-    for rows in range(1, max_tiles + 1):
-        for cols in range(1, max_tiles // rows + 1):
-            scale = min(cols * tile_size / w, rows * tile_size / h)
-            used = min(w * h * scale * scale, w * h)
-            waste = rows * cols * tile_size * tile_size - used
-            score = used - 1e-3 * waste
-            if score > best_score:
-                best, best_score = (rows, cols), score
-    rows, cols = best
-    big = img.resize((cols * tile_size, rows * tile_size), Image.BICUBIC)
-    tiles = [big.crop((c * tile_size, r * tile_size, (c + 1) * tile_size, (r + 1) * tile_size))
-             for r in range(rows) for c in range(cols)]
-    thumb = img.resize((tile_size, tile_size), Image.BICUBIC)
-    return [thumb] + tiles if len(tiles) > 1 else [thumb]

@@ -131,23 +131,6 @@ def test_question_first_puts_that_share_of_questions_before_the_image():
 # -- file sources, streamed: light records, epoch permutations, ranks and DataLoader workers -------------------
 
 
-@pytest.fixture(scope="module")
-def records_dir(tmp_path_factory):
-    from vlkit.data.synth import generate_dataset
-
-    out = tmp_path_factory.mktemp("records") / "ds"
-    return generate_dataset(out, n=30, tasks=["vqa", "caption"], seed=5, progress=False, workers=1)
-
-
-@pytest.fixture(scope="module")
-def encode(tokenizer):
-    from vlkit.chat import ChatProcessor
-    from vlkit.data.collate import encode_samples
-
-    proc = ChatProcessor(tokenizer)
-    return lambda samples, stats: encode_samples(samples, proc, 32, lambda h, w: 4, 200, stats=stats)
-
-
 def _file_feed(path, encode, seed=0, **src):
     from vlkit.data.records import FileMixture
 
@@ -157,30 +140,6 @@ def _file_feed(path, encode, seed=0, **src):
 
 def _ids(batches):
     return [[e.sample_id for e in b] for b in batches]
-
-
-@pytest.mark.parametrize("fmt", ["jsonl", "json"])
-def test_records_are_light_and_read_back_as_the_reader_yields(records_dir, tmp_path, fmt):
-    from vlkit.data.records import FileMixture, LineStore, RecordStore
-    from vlkit.data.sources import read_samples
-
-    src = records_dir
-    if fmt == "json":  # LLaVA's layout: one JSON list (read once into the spill file)
-        lines = (records_dir / "data.jsonl").read_text().splitlines()
-        src = records_dir / "list.json"
-        src.write_text("[" + ",".join(lines) + "]")
-    try:
-        mix = FileMixture([{"path": str(src)}], strict=False, seed=0)
-        direct = list(read_samples(src, check_images=False))
-    finally:
-        if fmt == "json":
-            src.unlink()
-    store = mix.stores[0]
-    assert isinstance(store, LineStore if fmt == "jsonl" else RecordStore)
-    assert len(mix) == len(direct) == 30
-    assert [mix[k] for k in range(len(mix))] == direct  # text and image paths, nothing decoded
-    if fmt == "jsonl":  # RAM: a few integers per line
-        assert sum(a.nbytes for a in (store.file_id, store.start, store.end, store.lineno)) <= 32 * len(store)
 
 
 def test_a_bad_jsonl_line_is_dropped_at_indexing_and_max_skip_is_judged_there(records_dir, encode, tmp_path):
@@ -257,39 +216,6 @@ def test_workers_give_the_same_batches_and_resume_exactly(records_dir, encode):
     resumed = _file_feed(records_dir, encode)
     resumed.load_state(part.state())
     assert _ids(take(resumed, 4, 2)) == _ids(want[2:])
-
-
-def test_file_mixture_keeps_tasks_and_weights(records_dir):
-    from vlkit.data.records import FileMixture
-    from vlkit.data.sources import read_samples
-
-    tasks = [s["task"] for s in read_samples(records_dir, check_images=False)]
-    n_vqa, n_cap = tasks.count("vqa"), tasks.count("caption")
-    mix = FileMixture([{"path": str(records_dir), "tasks": ["vqa"], "weight": 2.0},
-                       {"path": str(records_dir), "tasks": ["caption"], "weight": 0.5}], strict=False, seed=0)
-    got = [mix[k]["task"] for k in range(len(mix))]
-    assert got.count("vqa") == 2 * n_vqa and got.count("caption") == round(0.5 * n_cap)
-    assert len(mix.stores) == 1  # one folder named twice is read once
-    assert len({mix.key(k) for k in range(len(mix)) if got[k] == "vqa"}) == n_vqa  # repeated, not invented
-
-
-def test_tar_shards_stream_undecoded_bytes_and_decode_to_the_same_pixels(records_dir, encode, tmp_path):
-    import torch
-
-    from vlkit.data.collate import EncodeStats
-    from vlkit.data.records import FileMixture
-    from vlkit.data.sources import read_samples, write_samples
-
-    write_samples(read_samples(records_dir), tmp_path / "wds", fmt="webdataset", shard_size=7)
-    tar = FileMixture([{"path": str(tmp_path / "wds")}], strict=False, seed=0)
-    jsonl = FileMixture([{"path": str(records_dir)}], strict=False, seed=0)
-    assert len(tar) == len(jsonl) == 30
-    first = tar[0]
-    assert isinstance(first["image_bytes"][0], bytes) and "image_objects" not in first
-    a = encode([tar[k] for k in range(5)], EncodeStats())
-    b = encode([jsonl[k] for k in range(5)], EncodeStats())
-    assert [e.input_ids for e in a] == [e.input_ids for e in b]
-    assert all(torch.equal(x.images[0], y.images[0]) for x, y in zip(a, b))
 
 
 def test_a_corrupt_image_is_skipped_when_its_batch_is_encoded(records_dir, encode, tmp_path):

@@ -15,9 +15,11 @@ from typing import Callable, Iterable, Optional, Sequence
 import numpy as np
 import torch
 
-from vlkit.chat import IGNORE, ChatProcessor
+from vlkit.chat import IGNORE, ROLES, ChatProcessor
+from vlkit.data.sources import load_sample_images, load_sample_mask
 from vlkit.errors import UserError
 from vlkit.images import ImageProcessor
+from vlkit.tokenizer import IMAGE_PLACEHOLDER
 
 
 @dataclass
@@ -78,13 +80,10 @@ def encode_samples(samples: Iterable[dict], processor: ChatProcessor, image_size
                    image_processor: Optional[ImageProcessor] = None) -> list[Example]:
     """Samples -> examples: images through `image_processor` (the checkpoint's own; default vlkit's, a bicubic
     resize to `image_size`) as uint8, text tokenized with as many image pads as each image gives tokens."""
-    from vlkit.config import ImageProcessorConfig
-    from vlkit.data.sources import load_sample_images, load_sample_mask
-
     stats = stats if stats is not None else EncodeStats()
     spec = spec or TargetSpec()
     if image_processor is None:
-        image_processor = ImageProcessor(ImageProcessorConfig(), image_size, (0.5,) * 3, (0.5,) * 3)
+        image_processor = ImageProcessor.default(image_size)
     out = []
     for sample in samples:
         sid = str(sample.get("id", "?"))
@@ -153,8 +152,6 @@ def insert_fillers(sample: dict, seed: int) -> dict:
 
 def blank_user_text(sample: dict) -> dict:
     """The unconditional version of a generation sample: user turns keep only their image placeholders."""
-    from vlkit.chat import IMAGE_PLACEHOLDER
-
     return _map_user_text(sample, lambda text: IMAGE_PLACEHOLDER * text.count(IMAGE_PLACEHOLDER))
 
 
@@ -162,7 +159,7 @@ def _map_user_text(sample: dict, fn: Callable[[str], str]) -> dict:
     """A copy of the sample with the text of each user turn replaced by fn(text)."""
     turns = []
     for t in sample["conversations"]:
-        if t.get("from", t.get("role")) in ("human", "user"):
+        if ROLES.get(t.get("from", t.get("role"))) == "user":
             key = "value" if "value" in t else "content"
             t = dict(t, **{key: fn(str(t.get(key, "")))})
         turns.append(t)
@@ -274,13 +271,13 @@ class Collator:
     def __init__(self, pad_id: int, mean: Sequence[float], std: Sequence[float], packing: bool = False,
                  max_length: int = 512):
         self.pad_id = pad_id
-        self.mean = torch.tensor(mean).view(3, 1, 1) * 255.0
-        self.std = torch.tensor(std).view(3, 1, 1) * 255.0
+        self.processor = ImageProcessor.default(0, mean, std)  # only its rescale + normalize: images are sized
         self.packing = packing
         self.max_length = max_length
 
     def normalize(self, img: torch.Tensor) -> torch.Tensor:
-        return (img.float() - self.mean) / self.std
+        """uint8 (3, H, W) -> the tower's float input (vlkit.images: the one normalisation)."""
+        return self.processor.normalize(img)
 
     def __call__(self, examples: Sequence[Example]) -> Batch:
         images = [self.normalize(im) for ex in examples for im in ex.images]

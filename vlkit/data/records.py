@@ -28,7 +28,11 @@ from typing import Optional, Sequence
 import numpy as np
 import torch
 
-from vlkit.data.sources import ReadStats, SourceOptions
+from vlkit.data.sources.base import DataError, ReadStats
+from vlkit.data.sources.formats import FORMATS, detect_format, expand_path
+from vlkit.data.sources.jsonl import parse_line
+from vlkit.data.sources.normalize import Reader
+from vlkit.data.sources.read import SourceOptions, check_skip_share, read_samples
 from vlkit.errors import UserError
 
 log = logging.getLogger("vlkit.data")
@@ -122,11 +126,9 @@ class LineStore:
     or None if it fails now (counted, warned; strict: DataError)."""
 
     def __init__(self, files: Sequence[Path], strict: bool, opts: SourceOptions, stats: ReadStats):
-        from vlkit.data.sources import _Reader
-
         self.files = [str(f) for f in files]
         folder = Path(opts.image_folder) if opts.image_folder is not None else None
-        self.reader = _Reader(strict=strict, stats=stats, check_images=False, image_folder=folder,
+        self.reader = Reader(strict=strict, stats=stats, check_images=False, image_folder=folder,
                               caption_prompt=opts.caption_prompt)
         file_ids, starts, ends, linenos = [], [], [], []
         for k, path in enumerate(self.files):
@@ -162,17 +164,7 @@ class LineStore:
         return os.pread(self._fds[k], int(self.end[i] - self.start[i]), int(self.start[i]))
 
     def __getitem__(self, i: int) -> Optional[dict]:
-        path = Path(self.files[int(self.file_id[i])])
-        where = f"{path}:{int(self.lineno[i])}"
-        try:
-            obj = json.loads(self.raw(i).decode("utf-8"))
-        except (ValueError, UnicodeDecodeError) as exc:
-            self.reader.skip("malformed_json", where, f"not valid JSON ({exc})")
-            return None
-        sample = self.reader.normalize(obj, where, default_id=f"{path.stem}-{int(self.lineno[i])}")
-        if sample is None or not self.reader.resolve(sample, path.parent, where):
-            return None
-        return sample
+        return parse_line(self.reader, self.raw(i), Path(self.files[int(self.file_id[i])]), int(self.lineno[i]))
 
     def with_tasks(self, tasks: Optional[Sequence[str]]) -> np.ndarray:
         """Indices of the records whose task is in `tasks` (all for None)."""
@@ -186,8 +178,6 @@ def read_store(src: dict, strict: bool, tmp_dir: Optional[str] = None) -> "LineS
     """Index one recipe source `{path, image_folder?, max_skip?, caption_prompt?}`: JSONL by line spans; any
     other format read once into a spill file (no image decoding; image files are checked to exist). DataError
     when more than the source's `max_skip` share of its samples was skipped."""
-    from vlkit.data.sources import DataError, _files, check_skip_share, detect_format, expand_path, read_samples
-
     opts = SourceOptions.from_spec(src)
     if opts.image_folder is not None and not Path(opts.image_folder).is_dir():
         raise DataError(f"source {src['path']}: image_folder {opts.image_folder} is not a folder")
@@ -195,7 +185,7 @@ def read_store(src: dict, strict: bool, tmp_dir: Optional[str] = None) -> "LineS
     paths = expand_path(src["path"])
     store: "LineStore | RecordStore"
     if all(detect_format(p) == "jsonl" for p in paths):
-        store = LineStore([f for p in paths for f in _files(p, (".jsonl",))], strict, opts, stats)
+        store = LineStore([f for p in paths for f in FORMATS["jsonl"].files(p)], strict, opts, stats)
     else:
         store = RecordStore(tmp_dir)
         for sample in read_samples(src["path"], strict=strict, stats=stats, check_images=False,

@@ -53,14 +53,16 @@ def train_visual_tokenizer(data_dir: Path, out: Path, fast: bool, seed: int) -> 
     returns its metrics on the held-out test images."""
     from vlkit.config import VQConfig, from_dict
     from vlkit.models.vq import VisualTokenizer
-    from vlkit.train.vq_trainer import evaluate_tokenizer, load_images, train_tokenizer
+    from vlkit.train import vq_trainer
 
     spec = load_yaml(VQ_RECIPE)
     cfg = from_dict(VQConfig, spec["vq"], "vq")
     steps, batch = (20, 8) if fast else (int(spec.get("steps", 1500)), int(spec.get("batch_size", 16)))
-    train = train_tokenizer(cfg, data_dir / "train", steps=steps, batch_size=batch, lr=float(spec.get("lr", 3e-3)),
-                            out_dir=out, seed=seed, precision=spec.get("precision", "fp32"), warmup_steps=5 if fast else 50)
-    test = evaluate_tokenizer(VisualTokenizer.from_pretrained(out), load_images(data_dir / "test", cfg.image_size))
+    train = vq_trainer.train_visual_tokenizer(
+        cfg, data_dir / "train", steps=steps, batch_size=batch, lr=float(spec.get("lr", 3e-3)), out_dir=out, seed=seed,
+        precision=spec.get("precision", "fp32"), warmup_steps=5 if fast else 50)
+    test = vq_trainer.evaluate_visual_tokenizer(VisualTokenizer.from_pretrained(out),
+                                                vq_trainer.load_images(data_dir / "test", cfg.image_size))
     return {**test, "steps": train["steps"], "seconds": round(train["seconds"], 1)}
 
 

@@ -542,9 +542,9 @@ def train_from_recipe(path: str | Path, overrides: list[str] = (), resume: bool 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     data = apply_overrides(load_yaml(path), list(overrides))
     if "vq" in data and "stages" not in data:  # a visual-tokenizer recipe
-        from vlkit.train.vq_trainer import train_tokenizer_from_recipe
+        from vlkit.train.vq_trainer import train_visual_tokenizer_from_recipe
 
-        return train_tokenizer_from_recipe(path, overrides=list(overrides))
+        return train_visual_tokenizer_from_recipe(path, overrides=list(overrides))
     final = train(Recipe.from_dict(data), resume=resume)
     if dist_utils.is_main():
         print(f"final checkpoint: {final}")

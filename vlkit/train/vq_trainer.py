@@ -1,6 +1,6 @@
 """Train the visual tokenizer (models/vq.py): a plain PyTorch AdamW loop you can read top to bottom.
 
-    train_tokenizer(VQConfig(), "data/synth/train", steps=1500, out_dir="runs/vq")
+    train_visual_tokenizer(VQConfig(), "data/synth/train", steps=1500, out_dir="runs/vq")
     vlkit train recipes/vq.yaml            # the CLI routes a recipe with a `vq:` section here
 
 Writes to `out_dir`: the tokenizer (config.json + model.safetensors, loadable with
@@ -9,9 +9,7 @@ Writes to `out_dir`: the tokenizer (config.json + model.safetensors, loadable wi
 """
 from __future__ import annotations
 
-import json
 import math
-import random
 import time
 from pathlib import Path
 from typing import Any, Iterable, Optional, Union
@@ -19,12 +17,15 @@ from typing import Any, Iterable, Optional, Union
 import torch
 
 from vlkit.config import ConfigError, VQConfig, apply_overrides, from_dict, load_yaml
+from vlkit.data.sources import DataError, detect_format, read_samples
 from vlkit.errors import UserError
+from vlkit.images import SIGNED, ImageError, load_image, to_tensor
+from vlkit.io import read_records, write_json
 from vlkit.models.vq import VisualTokenizer, codebook_usage, perplexity, psnr, tensor_to_pil
 
 
-class TokenizerDataError(UserError):
-    """The images given to the tokenizer trainer cannot be used (missing dir, no images, wrong type)."""
+class VisualTokenizerDataError(UserError):
+    """The images given to the visual tokenizer trainer cannot be used (missing dir, no images, wrong type)."""
 
 
 ImagesArg = Union[str, Path, Iterable[Any], torch.Tensor]
@@ -34,61 +35,11 @@ ImagesArg = Union[str, Path, Iterable[Any], torch.Tensor]
 # images
 
 
-def synthetic_shapes(n: int, size: int = 64, seed: int = 0) -> list:
-    """`n` images of 1-3 solid-colored ellipses/rectangles/triangles on plain backgrounds (a stand-in for
-    vlkit.data.synth when it is absent; same palette idea: a few named colors)."""
-    from PIL import Image, ImageDraw
-
-    colors = [(220, 40, 40), (40, 170, 60), (40, 80, 220), (240, 200, 40), (150, 60, 190), (240, 130, 30),
-              (30, 30, 30), (250, 250, 250), (120, 120, 120), (40, 190, 200)]
-    rng = random.Random(seed)
-    images = []
-    for _ in range(n):
-        bg = rng.choice(colors)
-        img = Image.new("RGB", (size, size), bg)
-        draw = ImageDraw.Draw(img)
-        for _ in range(rng.randint(1, 3)):
-            color = rng.choice([c for c in colors if c != bg])
-            w, h = rng.randint(size // 6, size // 2), rng.randint(size // 6, size // 2)
-            x, y = rng.randint(0, size - w), rng.randint(0, size - h)
-            kind = rng.choice(("ellipse", "rectangle", "triangle"))
-            if kind == "ellipse":
-                draw.ellipse((x, y, x + w, y + h), fill=color)
-            elif kind == "rectangle":
-                draw.rectangle((x, y, x + w, y + h), fill=color)
-            else:
-                draw.polygon([(x + w // 2, y), (x, y + h), (x + w, y + h)], fill=color)
-        images.append(img)
-    return images
-
-
-def _read_jsonl(path: Path) -> list[dict]:
-    """Fallback sample reader: one JSON object per line, or a JSON list; bad lines are skipped."""
-    text = path.read_text()
-    if text.lstrip().startswith("["):
-        data = json.loads(text)
-        return [d for d in data if isinstance(d, dict)]
-    samples = []
-    for line in text.splitlines():
-        if line.strip():
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if isinstance(obj, dict):
-                samples.append(obj)
-    return samples
-
-
 def _images_from_data(path: Path) -> list:
     """Images (paths or PIL images) named by the samples of a data dir or JSON(L) file, each once.
 
-    Uses `vlkit.data.sources.read_samples` (folders of JSONL, tar shards, saved HF datasets) when it is there,
-    else reads JSON(L) here; a folder with no annotations but image files is used as an image folder."""
-    try:
-        from vlkit.data.sources import DataError, detect_format, read_samples  # the project's reader
-    except ImportError:
-        return _images_without_reader(path)
+    Any source `vlkit.data.sources.read_samples` reads (folders of JSONL, tar shards, saved HF datasets); a
+    folder it does not recognise is searched for annotation files below it, else used as an image folder."""
     try:
         detect_format(path)
     except DataError:  # e.g. a plain image folder, or annotations only in subfolders
@@ -105,42 +56,42 @@ def _images_from_data(path: Path) -> list:
                 seen.add(p)
                 out.append(Path(p))
     if not out:
-        raise TokenizerDataError(f"the samples under {path} name no images")
+        raise VisualTokenizerDataError(f"the samples under {path} name no images")
     return out
 
 
 def _images_without_reader(path: Path) -> list:
+    """The images named by *.jsonl / *.json files anywhere below `path`, else the image files below it."""
     files = [path] if path.is_file() else sorted(path.rglob("*.jsonl")) + sorted(path.rglob("*.json"))
     if not files:
         found = sorted(p for ext in ("png", "jpg", "jpeg", "webp") for p in path.rglob(f"*.{ext}"))
         if found:
             return found
-        raise TokenizerDataError(f"{path} has no data.jsonl (or *.jsonl) files and no images")
+        raise VisualTokenizerDataError(f"{path} has no data.jsonl (or *.jsonl) files and no images")
     paths: list[Path] = []
     for f in files:
-        for s in _read_jsonl(f):
+        for s in read_records(f):
             imgs = s.get("images") or ([s["image"]] if s.get("image") else [])
             for rel in imgs:
                 p = Path(str(rel)) if Path(str(rel)).is_absolute() else f.parent / str(rel)
                 if p not in paths:
                     paths.append(p)
     if not paths:
-        raise TokenizerDataError(f"the samples under {path} name no images")
+        raise VisualTokenizerDataError(f"the samples under {path} name no images")
     return paths
 
 
 def load_images(images: ImagesArg, size: int, limit: Optional[int] = None) -> torch.Tensor:
-    """Images (dir, JSON(L) file, list/iterable of PIL images or paths, or a tensor) -> (N, 3, size, size) in [-1, 1]."""
-    from vlkit.images import ImageError, load_image, to_tensor
-
+    """Images (dir, JSON(L) file, list/iterable of PIL images or paths, or a tensor) -> (N, 3, size, size) in
+    [-1, 1]."""
     if isinstance(images, torch.Tensor):
         if images.ndim != 4 or images.shape[1] != 3:
-            raise TokenizerDataError(f"an image tensor must be (N, 3, H, W), got {tuple(images.shape)}")
+            raise VisualTokenizerDataError(f"an image tensor must be (N, 3, H, W), got {tuple(images.shape)}")
         return images.float()
     if isinstance(images, (str, Path)):
         path = Path(images)
         if not path.exists():
-            raise TokenizerDataError(f"data path {path} does not exist")
+            raise VisualTokenizerDataError(f"data path {path} does not exist")
         images = _images_from_data(path)
     tensors = []
     skipped = 0
@@ -148,13 +99,13 @@ def load_images(images: ImagesArg, size: int, limit: Optional[int] = None) -> to
         if limit is not None and len(tensors) >= limit:
             break
         try:
-            tensors.append(to_tensor(load_image(im), size, (0.5,) * 3, (0.5,) * 3))
+            tensors.append(to_tensor(load_image(im), size, SIGNED, SIGNED))
         except ImageError as exc:
             skipped += 1
             if skipped <= 3:
                 print(f"skipping an image: {exc}")
     if not tensors:
-        raise TokenizerDataError("no usable images to train the tokenizer on")
+        raise VisualTokenizerDataError("no usable images to train the tokenizer on")
     if skipped:
         print(f"skipped {skipped} unreadable images")
     return torch.stack(tensors)
@@ -165,7 +116,7 @@ def load_images(images: ImagesArg, size: int, limit: Optional[int] = None) -> to
 
 
 @torch.no_grad()
-def evaluate_tokenizer(model: VisualTokenizer, pixels: torch.Tensor, batch_size: int = 64) -> dict:
+def evaluate_visual_tokenizer(model: VisualTokenizer, pixels: torch.Tensor, batch_size: int = 64) -> dict:
     """PSNR (dB, 0..255 scale), codebook usage fraction and perplexity of the codes, over `pixels`."""
     model.eval()
     codes, sq_err = [], 0.0
@@ -198,9 +149,10 @@ def save_recon_grid(model: VisualTokenizer, pixels: torch.Tensor, path: Path, n:
     grid.save(path)
 
 
-def train_tokenizer(cfg: VQConfig, images: ImagesArg, steps: int = 1500, batch_size: int = 32, lr: float = 2e-3,
-                    out_dir: str | Path = "runs/vq", seed: int = 0, precision: str = "fp32", progress: bool = True,
-                    warmup_steps: int = 50, eval_images: int = 256, log_every: int = 50) -> dict:
+def train_visual_tokenizer(cfg: VQConfig, images: ImagesArg, steps: int = 1500, batch_size: int = 32,
+                           lr: float = 2e-3, out_dir: str | Path = "runs/vq", seed: int = 0, precision: str = "fp32",
+                           progress: bool = True, warmup_steps: int = 50, eval_images: int = 256,
+                           log_every: int = 50) -> dict:
     """Train a VisualTokenizer on `images` and save it to `out_dir`; returns the final metrics.
 
     `images`: a data dir (data.jsonl files whose `images` are relative to the file, or a plain image folder),
@@ -264,13 +216,13 @@ def train_tokenizer(cfg: VQConfig, images: ImagesArg, steps: int = 1500, batch_s
     train_seconds = time.time() - start
 
     model.eval()
-    metrics = evaluate_tokenizer(model, data[:eval_images])
+    metrics = evaluate_visual_tokenizer(model, data[:eval_images])
     metrics.update({"steps": steps, "batch_size": batch_size, "train_images": len(data), "seconds": train_seconds,
                     "codebook_size": cfg.codebook_size, "depth": cfg.depth, "grid": model.grid_size})
     out = Path(out_dir)
     model.save_pretrained(out)
     save_recon_grid(model, data, out / "recon.png")
-    (out / "metrics.json").write_text(json.dumps({**metrics, "history": history}, indent=2) + "\n")
+    write_json(out / "metrics.json", {**metrics, "history": history})
     if progress:
         print(f"tokenizer saved to {out}: PSNR {metrics['psnr']:.2f} dB, codebook usage "
               f"{metrics['codebook_usage']:.1%}, perplexity {metrics['perplexity']:.1f}")
@@ -281,7 +233,7 @@ RECIPE_KEYS = {"vq", "data", "steps", "batch_size", "lr", "out", "seed", "precis
                "eval_images"}
 
 
-def train_tokenizer_from_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> dict:
+def train_visual_tokenizer_from_recipe(path: str | Path, overrides: Optional[list[str]] = None) -> dict:
     """Run a tokenizer recipe (recipes/vq.yaml): keys vq: {VQConfig}, data: DIR, steps, batch_size, lr, out."""
     path = Path(path)
     recipe = apply_overrides(load_yaml(path), list(overrides or []))
@@ -298,4 +250,4 @@ def train_tokenizer_from_recipe(path: str | Path, overrides: Optional[list[str]]
                                      "eval_images") if k in recipe}
     if "lr" in kwargs:
         kwargs["lr"] = float(kwargs["lr"])
-    return train_tokenizer(cfg, data, out_dir=recipe.get("out", "runs/vq"), **kwargs)
+    return train_visual_tokenizer(cfg, data, out_dir=recipe.get("out", "runs/vq"), **kwargs)

@@ -10,10 +10,12 @@ from typing import Mapping, Optional, Sequence, Union
 
 import numpy as np
 
-from vlkit.data.sources import DataError, FORMATS, open_sink
-from vlkit.data.synth.tasks import (DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES, SPLITS, TASKS, SynthConfig,
-                                    make_sample)
+from vlkit.chat import ROLES
+from vlkit.data.sources import WRITE_FORMATS, DataError, open_sink
+from vlkit.data.synth.base import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES, SPLITS, SynthConfig
+from vlkit.data.synth.tasks import TASKS, make_sample
 from vlkit.data.synth.world import COLOR_NAMES, SHAPES
+from vlkit.tokenizer import IMAGE_PLACEHOLDER
 
 TaskSpec = Union[None, str, Sequence[str], Mapping[str, float]]
 
@@ -101,8 +103,8 @@ def generate_dataset(out, n: int = 1000, tasks: TaskSpec = None, split: str = "t
     keeps nothing out, or a list of (color, shape) pairs."""
     if split not in SPLITS:
         raise DataError(f"split={split!r}; choose one of {list(SPLITS)}")
-    if fmt not in FORMATS:
-        raise DataError(f"format={fmt!r}; choose one of {list(FORMATS)}")
+    if fmt not in WRITE_FORMATS:
+        raise DataError(f"format={fmt!r}; choose one of {list(WRITE_FORMATS)}")
     if not isinstance(n, int) or n < 0:
         raise DataError(f"n={n!r} must be a non-negative integer")
     if not isinstance(seed, int) or seed < 0:
@@ -236,10 +238,11 @@ def _grid(samples: list[dict], png: Path, cell: int = 192) -> None:
             sx, sy = cell / w, cell / h
             draw.rectangle((x0 + px[0] * sx, y0 + px[1] * sy, x0 + px[2] * sx, y0 + px[3] * sy),
                            outline=(255, 0, 255), width=2)
-        human = next((t["value"] for t in sample["conversations"] if t["from"] in ("human", "user")), "")
-        gpt = next((t["value"] for t in sample["conversations"] if t["from"] in ("gpt", "assistant")), "")
+        human = next((t["value"] for t in sample["conversations"] if ROLES.get(t["from"]) == "user"), "")
+        gpt = next((t["value"] for t in sample["conversations"] if ROLES.get(t["from"]) == "assistant"), "")
         lines = [f"[{sample.get('task', '?')}{' held-out' if meta.get('heldout') else ''}]"]
-        lines += textwrap.wrap("Q: " + human.replace("<image>\n", "").replace("<image>", ""), 28)[:2]
+        question = human.replace(IMAGE_PLACEHOLDER + "\n", "").replace(IMAGE_PLACEHOLDER, "")
+        lines += textwrap.wrap("Q: " + question, 28)[:2]
         lines += textwrap.wrap("A: " + gpt, 28)[:2]
         caption = Image.new("RGB", (cell, text_h), (255, 255, 255))  # a canvas per cell: text is clipped
         cdraw = ImageDraw.Draw(caption)

@@ -12,8 +12,9 @@ from functools import lru_cache
 from typing import Callable
 
 from vlkit.data.sources import DataError
+from vlkit.data.synth.base import SPLITS, SynthConfig
 from vlkit.data.synth.dataset import parse_heldout, task_plan, task_weights
-from vlkit.data.synth.tasks import SPLITS, SynthConfig, make_memory_sample
+from vlkit.data.synth.tasks import make_memory_sample
 
 BLOCK = 1000
 KEYS = ("tasks", "size", "heldout", "seed", "split", "max_iou", "dense_labels", "dense_text", "question_first")
