@@ -34,12 +34,16 @@ from vlkit.models.vlm import VisionLanguageModel, checkpoint_dtype, load_state
 
 @dataclass
 class VLMFormat:
+    """A whole HF VLM: its config translation and its parameter-name rules."""
+
     model_config: Callable[[dict, Optional[dict]], ModelConfig]
     rules: list
 
 
 @dataclass
 class ComponentFormat:
+    """A vision tower or a decoder LM, the parts `vlkit build` composes."""
+
     kind: str  # "vision" | "language"
 
 
@@ -61,6 +65,7 @@ ARCHITECTURES = {"LlavaForConditionalGeneration": "llava", "Idefics3ForCondition
 
 
 def model_type(c: dict, path: Path) -> str:
+    """The supported HF model_type of config.json `c` (or the one its `architectures` name); else CheckpointError."""
     kind = c.get("model_type")
     if kind is None:
         archs = c.get("architectures") or []
