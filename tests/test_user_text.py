@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import CORPUS
-from tests.models.hf_fixtures import LLAVA_TEMPLATE, write_tokenizer
+from tests.hf.hf_fixtures import LLAVA_TEMPLATE, write_tokenizer
 from vlkit.chat import IGNORE, ChatFormatError, ChatProcessor
-from vlkit.models import hf
+from vlkit.hf.template import PROMPT_FORMATS, HFChatProcessor, render_template
+from vlkit.hf.tokenizer import load_hf_tokenizer
 from vlkit.tokenizer import IMAGE_PLACEHOLDER, SPECIAL_TOKENS
 
 PROPERTY = settings(max_examples=150, derandomize=True, database=None, deadline=None)
@@ -76,7 +77,7 @@ def _bpe_llava_dir(directory):
     tok.save(str(directory / "tokenizer.json"))
 
 
-def _hf_processor(directory, kind: str) -> hf.HFChatProcessor:
+def _hf_processor(directory, kind: str) -> HFChatProcessor:
     directory.mkdir()
     if kind == "bpe":
         _bpe_llava_dir(directory)
@@ -85,8 +86,8 @@ def _hf_processor(directory, kind: str) -> hf.HFChatProcessor:
     (directory / "tokenizer_config.json").write_text(json.dumps(
         {"bos_token": "<s>", "eos_token": "</s>", "pad_token": "<pad>", "chat_template": LLAVA_TEMPLATE}))
     c = {"eos_token_id": 2}
-    tok = hf.load_hf_tokenizer(directory, c, HF_SPECIALS.index(IMAGE_PLACEHOLDER))
-    return hf.HFChatProcessor(tok, hf.PROMPT_FORMATS["llava"](tok.image_token, tok.hf))
+    tok = load_hf_tokenizer(directory, c, HF_SPECIALS.index(IMAGE_PLACEHOLDER))
+    return HFChatProcessor(tok, PROMPT_FORMATS["llava"](tok.image_token, tok.hf))
 
 
 @pytest.fixture(scope="module", params=["bpe", "word-level"])
@@ -94,10 +95,10 @@ def hf_kind_proc(request, tmp_path_factory):
     return request.param, _hf_processor(tmp_path_factory.mktemp("hf") / request.param, request.param)
 
 
-def _transformers_ids(proc: hf.HFChatProcessor, text: str) -> list[int]:
+def _transformers_ids(proc: HFChatProcessor, text: str) -> list[int]:
     """What transformers does: render the template with the text in it, encode the whole string."""
     content = [{"type": "text", "text": text}] if text else []
-    full = hf.render_template(proc.tok.chat_template, [{"role": "user", "content": content}], True,
+    full = render_template(proc.tok.chat_template, [{"role": "user", "content": content}], True,
                               bos_token="<s>", eos_token="</s>")
     return proc.tok.hf.encode(full).ids
 

@@ -22,6 +22,6 @@ def load(path: Any, device: Any = "cpu", dtype: Any = None):
 
 def export(pipe: Any, out_dir: Any, format: str = "llava-hf"):
     """Write `pipe` in another format (`llava-hf`: loadable by transformers' LlavaForConditionalGeneration)."""
-    from vlkit.models.hf import export as _export
+    from vlkit.hf import export as _export
 
     return _export(pipe, out_dir, format=format)

@@ -96,7 +96,7 @@ def cmd_export(a: argparse.Namespace) -> None:
 
 
 def cmd_build(a: argparse.Namespace) -> None:
-    from vlkit.models.hf import build_from_backbones
+    from vlkit.hf import build_from_backbones
 
     build_from_backbones(a.vision, a.lm, connector=a.connector, out=a.output)
 

@@ -22,6 +22,11 @@ class ConfigError(UserError):
     """A configuration value a user wrote is wrong; the message names the key and what is allowed."""
 
 
+# ModelConfig.prompt_format values: the Hugging Face prompt formats vlkit.hf reproduces (its PROMPT_FORMATS says
+# how each one lays out images; a test keeps the two lists equal)
+PROMPT_FORMATS = ("llava", "idefics3")
+
+
 # ---------------------------------------------------------------------------------------------------------
 # field ranges: declared next to each field, checked by `check_fields` (every from_dict and every construction)
 
@@ -78,7 +83,7 @@ class ImageProcessorConfig(_Checked):
     """How an image becomes the vision tower's input, in the order of transformers' slow (PIL) image processors:
     pad to square -> resize -> resize to a square -> centre crop -> rescale -> normalize (with the tower's
     vision.image_mean / image_std). The defaults are vlkit's own processor: a bicubic resize to vision.image_size.
-    Hugging Face checkpoints get their processor's settings (vlkit.models.hf reads preprocessor_config.json or
+    Hugging Face checkpoints get their processor's settings (vlkit.hf reads preprocessor_config.json or
     processor_config.json); vlkit.images.ImageProcessor is the one implementation."""
 
     pad_to_square: bool = False  # LlavaImageProcessor's do_pad: pad with the mean colour before resizing
@@ -240,18 +245,15 @@ class ModelConfig(_Checked):
     init: Literal["normal", "fan_in"] = "normal"
     image_token_id: int = non_negative(4)  # <|image_pad|> in vlkit's tokenizer; set from the tokenizer for HF models
     pad_token_id: int = non_negative(0)
-    # None: vlkit's tokenizer and ChatML prompts. An HF prompt format (vlkit.models.hf.PROMPT_FORMATS: llava,
+    # None: vlkit's tokenizer and ChatML prompts. An HF prompt format (PROMPT_FORMATS: llava,
     # idefics3): the checkpoint keeps the imported model's own tokenizer, chat template and image-token layout
     prompt_format: Optional[str] = None
 
     def validate(self) -> None:
         check_fields(self, "")
-        if self.prompt_format is not None:
-            from vlkit.models.hf import PROMPT_FORMATS
-
-            if self.prompt_format not in PROMPT_FORMATS:
-                raise ConfigError(f"prompt_format={self.prompt_format!r} is unknown; choose one of "
-                                  f"{sorted(PROMPT_FORMATS)} or leave it unset (vlkit's ChatML)")
+        if self.prompt_format is not None and self.prompt_format not in PROMPT_FORMATS:
+            raise ConfigError(f"prompt_format={self.prompt_format!r} is unknown; choose one of "
+                              f"{sorted(PROMPT_FORMATS)} or leave it unset (vlkit's ChatML)")
         self.vision.validate()
         self.connector.validate()
         self.text.validate()

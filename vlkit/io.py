@@ -14,6 +14,8 @@ import warnings
 from pathlib import Path
 from typing import Any, Callable
 
+from vlkit.errors import CheckpointError
+
 CONFIG_FILE = "config.json"  # a model's (or visual tokenizer's) config inside its directory
 WEIGHTS_FILE = "model.safetensors"
 
@@ -41,6 +43,29 @@ def read_records(path: Path) -> list[dict]:
             except json.JSONDecodeError:
                 warnings.warn(f"{path}:{n}: not valid JSON, skipped")
     return [it for it in items if isinstance(it, dict)]
+
+
+def read_json(path: Path) -> dict:
+    """The JSON object in a checkpoint's file; CheckpointError if it is missing, not JSON or not an object."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{path} does not exist") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise CheckpointError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path} must hold a JSON object")
+    return data
+
+
+def read_config(path: Path) -> dict:
+    """A model directory's config.json (vlkit checkpoint, Hugging Face model or visual tokenizer)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise CheckpointError(f"model directory {path} does not exist")
+    if not (path / CONFIG_FILE).is_file():
+        raise CheckpointError(f"{path} has no {CONFIG_FILE}; expected a vlkit checkpoint or a Hugging Face model")
+    return read_json(path / CONFIG_FILE)
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -71,11 +71,12 @@ class Recipe:
 def build_pipeline(recipe: Recipe, corpus: Callable[[], Any]):
     """A fresh model + tokenizer per the recipe (or the `init` checkpoint)."""
     from vlkit.models.vlm import VisionLanguageModel
-    from vlkit.pipeline import Pipeline, load
+    import vlkit.hf  # noqa: F401  (registers the Hugging Face checkpoint formats: init may be an HF model)
+    from vlkit.models.bundle import Bundle, load_bundle
     from vlkit.tokenizer import Tokenizer
 
     if recipe.init:  # fp32 master weights whatever the checkpoint's dtype (bf16 runs use autocast)
-        return adapt_init(load(recipe.init, dtype=torch.float32), recipe)
+        return adapt_init(load_bundle(recipe.init, dtype=torch.float32), recipe)
     if "path" in recipe.tokenizer:
         tok = Tokenizer.from_file(recipe.tokenizer["path"])
     else:
@@ -106,7 +107,7 @@ def build_pipeline(recipe: Recipe, corpus: Callable[[], Any]):
     cfg: ModelConfig = model_config_from_dict(base)
     if vq is not None:
         check_code_grid(cfg)
-    return Pipeline(VisionLanguageModel(cfg), tok, vq=vq)
+    return Bundle(VisionLanguageModel(cfg), tok, vq=vq)
 
 
 # `model:` keys a recipe may set on top of `init:`: what the model learns, not its shape.
@@ -120,7 +121,7 @@ def adapt_init(pipe, recipe: Recipe):
     from dataclasses import replace
 
     from vlkit.models.vq import VisualTokenizer
-    from vlkit.pipeline import Pipeline
+    from vlkit.models.bundle import Bundle
 
     spec = dict(recipe.model)
     fixed = sorted(set(spec) - set(INIT_MODEL_KEYS))
@@ -138,7 +139,7 @@ def adapt_init(pipe, recipe: Recipe):
                               "build the model with `vlkit build` (it adds vlkit's special tokens)")
         vq = VisualTokenizer.from_pretrained(recipe.vq).eval()
         grow = {k: spec.pop(k) for k in ("vision_loss_weight", "depth_layers") if k in spec}
-        pipe = Pipeline(pipe.model.with_visual_codes(vq.cfg, **grow), pipe.tokenizer, vq=vq)
+        pipe = Bundle(pipe.model.with_visual_codes(vq.cfg, **grow), pipe.tokenizer, vq=vq)
     elif target != cfg.vision_target:
         raise ConfigError(f"model.vision_target={target!r} on top of init: {recipe.init} (vision_target="
                           f"{cfg.vision_target!r}): a recipe can only add visual codes (none -> codes)")
@@ -482,13 +483,14 @@ def train(recipe: Recipe, out: Optional[str | Path] = None, resume: bool = False
     resume_state = None
     start_stage = 0
     if resume:
-        from vlkit.pipeline import load
+        import vlkit.hf  # noqa: F401  (registers the Hugging Face checkpoint formats)
+        from vlkit.models.bundle import load_bundle
 
         latest = ckpt_io.latest_checkpoint(out)
         if latest is None:
             log.warning("--resume: no checkpoint in %s/checkpoints; starting from scratch", out)
         else:
-            pipe = load(latest, dtype=torch.float32)
+            pipe = load_bundle(latest, dtype=torch.float32)
             resume_state = ckpt_io.load_trainer_state(latest)
             start_stage = resume_state[0]["stage"]
             if dist_utils.is_main():  # rows logged after the checkpoint are logged again by the resumed run

@@ -26,12 +26,13 @@ class Validator:
 
     def __call__(self, pipe, stage: str, step: int, global_step: int, seconds: float) -> dict:
         from vlkit.eval.runner import run_eval
+        from vlkit.infer.chat import ChatBundle
 
         model = pipe.model
         was_training = model.training
         model.eval()
         try:
-            scores = run_eval(pipe, self.cfg.eval_data, tasks=self.cfg.eval_tasks, batch_size=64,
+            scores = run_eval(ChatBundle.of(pipe), self.cfg.eval_data, tasks=self.cfg.eval_tasks, batch_size=64,
                               limit=self.cfg.eval_limit, out_dir=self.out / "evals" / f"step-{global_step:07d}",
                               resamples=100, progress=False)
         finally:

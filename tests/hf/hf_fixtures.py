@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 
 WORDS = ["the", "a", "red", "blue", "green", "circle", "square", "what", "color", "is", "it", "?", "yes", "no",
          "left", "right", "image", "shows", "USER:", "ASSISTANT:", "User:", "Assistant:"]
@@ -148,3 +150,79 @@ def hf_greedy(model, input_ids: torch.Tensor, n: int, **inputs) -> list[int]:
     with torch.no_grad():
         out = model.generate(input_ids=input_ids, max_new_tokens=n, min_new_tokens=n, do_sample=False, **inputs)
     return out[0, input_ids.shape[1]:].tolist()
+
+
+FIXTURES = Path(__file__).parent.parent / "fixtures" / "hf"  # files the Hub repositories ship
+
+
+def template(name: str) -> str:
+    return json.loads((FIXTURES / f"{name}.chat_template.json").read_text())["chat_template"]
+
+
+def processor_config(name: str, **changes) -> dict:
+    return {**json.loads((FIXTURES / f"{name}.preprocessor_config.json").read_text()), **changes}
+
+
+def write_processor(directory: Path, config: dict, layout: str, **processor: object) -> None:
+    """transformers 4: preprocessor_config.json; transformers 5: processor_config.json's `image_processor`.
+    `processor`: the processor's own keys (processor_config.json in both layouts)."""
+    for name in ("preprocessor_config.json", "processor_config.json"):
+        (directory / name).unlink(missing_ok=True)
+    top = {"processor_class": config.get("processor_class", "LlavaProcessor"), **processor}
+    if layout == "t4":
+        (directory / "preprocessor_config.json").write_text(json.dumps(config))
+    else:
+        top["image_processor"] = config
+    if len(top) > 1:
+        (directory / "processor_config.json").write_text(json.dumps(top))
+
+
+def image(width: int, height: int, seed: int = 0) -> Image.Image:
+    return Image.fromarray(np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8))
+
+
+def tiny_llava(directory: Path, tower: str = "clip", layout: str = "t4"):
+    """make_llava with the shipped LLaVA-1.5 chat template (chat_template.json) and its processor config scaled
+    to the tiny tower (32 px)."""
+    ref, path = make_llava(directory, tower=tower)
+    tc = json.loads((path / "tokenizer_config.json").read_text())
+    tc.pop("chat_template")
+    (path / "tokenizer_config.json").write_text(json.dumps(tc))
+    (path / "chat_template.json").write_text((FIXTURES / "llava-1.5-7b-hf.chat_template.json").read_text())
+    if tower == "clip":
+        config = processor_config("llava-1.5-7b-hf", size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
+    else:
+        config = processor_config("llava-siglip-so400m-384", size={"height": 32, "width": 32})
+    write_processor(path, config, layout, patch_size=8, image_token="<image>",
+                    vision_feature_select_strategy="default" if tower == "clip" else "full",
+                    num_additional_image_tokens=1 if tower == "clip" else 0)
+    return ref, path
+
+
+def write_data(directory: Path) -> Path:
+    directory.mkdir(parents=True)
+    colors = ["red", "blue", "green"]
+    with open(directory / "data.jsonl", "w") as f:
+        for i in range(12):
+            color = colors[i % 3]
+            rgb = {"red": (220, 20, 20), "blue": (20, 20, 220), "green": (20, 200, 20)}[color]
+            Image.new("RGB", (40 + i, 36), rgb).save(directory / f"{i}.png")
+            f.write(json.dumps({"id": str(i), "images": [f"{i}.png"], "conversations": [
+                {"from": "human", "value": "<image>\nwhat color is it ?"}, {"from": "gpt", "value": color}]}) + "\n")
+    return directory
+
+
+TOL = 1e-4  # logits of vlkit and transformers agree within this (fp32)
+
+
+def check_vlm_parity(ref, model, ids: list[int], pixels: torch.Tensor, hf_pixels: torch.Tensor) -> None:
+    """vlkit's VLM and transformers' `ref` give the same logits (TOL) and the same 20-token greedy answer."""
+    from vlkit.infer.generate import GenerationConfig, generate
+
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        want = ref(input_ids=x, pixel_values=hf_pixels).logits
+        got = model(x, images=[pixels], return_logits=True)["logits"]
+    assert (got - want).abs().max() <= TOL
+    greedy = generate(model, [ids], [[pixels]], GenerationConfig(max_new_tokens=20), pad_id=0)[0]
+    assert greedy == hf_greedy(ref, x, 20, pixel_values=hf_pixels)
