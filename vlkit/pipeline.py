@@ -141,13 +141,13 @@ class Pipeline:
     def segment(self, image: ImageLike, classes: Sequence[str], refine: bool = True):
         """-> numpy uint8 mask at the image's size (NTP-M). Values index `classes` if it lists "background",
         else 0 = background and k = classes[k - 1]. `refine`: edge-aware refinement guided by the image
-        (vlkit.infer.dense); False gives the plain bilinear upsampling of the per-patch scores."""
+        (vlkit.infer.segment); False gives the plain bilinear upsampling of the per-patch scores."""
         from vlkit.errors import UserError
-        from vlkit.infer.dense import segment
+        from vlkit.infer.segment import segment
 
         if not self.can_segment:
             raise UserError("this model was not trained for dense prediction (model.dense_prediction is false)")
-        return segment(self, image, classes, refine=refine)
+        return segment(self.model, self.processor, self.tokenizer, image, classes, refine=refine)
 
     # -- identity and persistence ----------------------------------------------------------------------
     def fingerprint(self) -> str:

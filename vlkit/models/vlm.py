@@ -29,7 +29,7 @@ from vlkit.config import ConfigError, ModelConfig, model_config_from_dict, to_di
 from vlkit.errors import CheckpointError, ImageTokenError
 from vlkit.models.connectors import build_connector
 from vlkit.models.depth import DepthTransformer
-from vlkit.models.language import KVCache, LanguageModel
+from vlkit.models.language import KVCache, LanguageModel, padding_positions
 from vlkit.models.vision import VisionEncoder, init_weights
 
 IGNORE = -100
@@ -172,14 +172,67 @@ class VisionLanguageModel(nn.Module):
         dense_logits = self.logits(source[at]).float()[:, :limit]
         return ntp_m_loss(dense_logits, dense_targets[at], self.cfg.dense_negatives), int(at.sum())
 
+    # -- decoding (what vlkit.infer schedules) ---------------------------------------------------------
+    def new_cache(self) -> KVCache:
+        return KVCache(self.cfg.text.num_layers)
+
+    def step_hidden(self, embeds: torch.Tensor, cache: KVCache, position_ids: torch.Tensor,
+                    attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One step over new embeddings (B, T, H) with a KV cache -> hidden state of the last position (B, H)."""
+        hidden = self.language(embeds, position_ids=position_ids, attention_mask=attention_mask, cache=cache)
+        return hidden[:, -1]
+
     def forward_step(self, embeds: torch.Tensor, cache: KVCache, position_ids: torch.Tensor,
                      attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One generation step over new embeddings with a KV cache -> logits of the last position (B, V)."""
-        hidden = self.language(embeds, position_ids=position_ids, attention_mask=attention_mask, cache=cache)
-        return self.logits(hidden[:, -1]).float()
+        return self.logits(self.step_hidden(embeds, cache, position_ids, attention_mask)).float()
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.cfg.text.num_layers)
+    def prefill(self, input_ids: torch.Tensor, cache: KVCache, attention_mask: Optional[torch.Tensor] = None,
+                images: Optional[Sequence[torch.Tensor]] = None,
+                hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run left-padded prompts (B, T) (mask 0 at padding; positions count from each row's first real token)
+        into `cache`. -> (logits (B, V) of the last position, or its hidden state (B, H) when `hidden`;
+        the position of each row's next token (B,))."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        positions = padding_positions(attention_mask)
+        step = self.step_hidden if hidden else self.forward_step
+        out = step(self.embed(input_ids, images), cache, positions, attention_mask=attention_mask)
+        return out, positions[:, -1] + 1
+
+    def decode(self, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (B,) at `positions` (B,) -> logits of the next token (B, V)."""
+        return self.forward_step(self.language.embed_tokens(tokens[:, None]), cache, positions[:, None],
+                                 attention_mask=torch.ones_like(tokens)[:, None])
+
+    def decode_codes(self, codes: torch.Tensor, cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
+        """Feed one visual-code token (1, D), the same in every row of the cache, at `positions` (B,) -> the
+        hidden state that predicts the next code (B, H)."""
+        emb = self.embed_codes(codes[:, None]).expand(positions.shape[0], 1, -1)
+        return self.step_hidden(emb, cache, positions[:, None], attention_mask=torch.ones_like(positions)[:, None])
+
+    def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, H) -> logits of visual code 0 (B, codebook_size), float."""
+        if self.code_offset is None:
+            raise ConfigError("this model does not predict visual codes (vision_target is not 'codes')")
+        return self.logits(hidden)[:, self.code_offset:self.code_offset + self.cfg.vq.codebook_size].float()
+
+    def sample_codes(self, hidden: torch.Tensor, first: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                     top_p: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Complete code 0 `first` (B, 1) of each position to all D residual codes (B, D): the deeper ones are
+        sampled by the depth transformer from `hidden` (B, H); with depth 1 this is `first` itself."""
+        if self.depth is None:
+            return first
+        return self.depth.sample(hidden, temperature, top_k, top_p, generator, prefix=first)
+
+    def patch_scores(self, input_ids: torch.Tensor, images: Sequence[torch.Tensor],
+                     token_ids: Sequence[int]) -> torch.Tensor:
+        """NTP-M dense prediction for one prompt (1, T): the LM head's scores of `token_ids` at each image token
+        -> (N, len(token_ids)) float, in image-token order."""
+        hidden = self.language(self.embed(input_ids, images))[0]
+        at = input_ids[0] == self.cfg.image_token_id
+        tokens = torch.as_tensor(list(token_ids), device=input_ids.device)
+        return self.logits(hidden[at]).float()[:, tokens]
 
     # -- growing into VLUAS ----------------------------------------------------------------------------
     def with_visual_codes(self, vq_cfg, vision_loss_weight: float = 1.0, depth_layers: int = 2,
