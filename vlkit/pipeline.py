@@ -164,7 +164,7 @@ class Pipeline:
     def save_pretrained(self, directory: str | Path, extra: Optional[Callable[[Path], None]] = None) -> Path:
         """Write the checkpoint atomically; `extra(tmp_dir)` may add files (the trainer's state) before the rename."""
         def write(tmp: Path) -> None:
-            self.model.save(tmp)
+            self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             if self.vq is not None:
                 self.vq.save_pretrained(tmp / "vq")
@@ -204,7 +204,7 @@ def load(path: str | Path, device: str | torch.device = "cpu", dtype: Optional[s
     dtype = parse_dtype(dtype)
     if hf.detect_format(path) != "vlkit":
         return hf.load_pipeline(path, device=device, dtype=dtype)
-    model = VisionLanguageModel.load(path, device=device, dtype=dtype)
+    model = VisionLanguageModel.from_pretrained(path, device=device, dtype=dtype)
     processor = None
     if model.cfg.prompt_format is not None:  # fine-tuned from an HF model: its own tokenizer and chat template
         tokenizer, processor = hf.chat_tools(path, {}, model.cfg)

@@ -117,7 +117,7 @@ def test_mismatched_tensors_are_named(make_model, tokenizer, tmp_path):
     cfg["connector"]["type"] = "linear"
     (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="connector.linear_1.weight"):
-        VisionLanguageModel.load(tmp_path / "c")
+        VisionLanguageModel.from_pretrained(tmp_path / "c")
 
 
 def test_tiny_vlm_overfits_and_answers(make_model, tokenizer):
