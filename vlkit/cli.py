@@ -80,7 +80,7 @@ def cmd_generate_image(a: argparse.Namespace) -> None:
 
 def cmd_segment(a: argparse.Namespace) -> None:
     import vlkit
-    from vlkit.infer.dense import save_mask
+    from vlkit.infer.segment import save_mask
 
     pipe = vlkit.load(a.ckpt)
     classes = _csv(a.classes) or []

@@ -13,7 +13,8 @@ from typing import Optional
 import torch
 
 from vlkit.hf import export
-from vlkit.infer.chat import IMAGE_PROMPT, ChatBundle
+from vlkit.chat import IMAGE_PROMPT
+from vlkit.infer.chat import ChatBundle
 from vlkit.models.bundle import load_bundle
 
 __all__ = ["IMAGE_PROMPT", "Pipeline", "load"]

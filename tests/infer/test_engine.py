@@ -4,12 +4,10 @@ import threading
 import time
 
 import pytest
-import torch
 from PIL import Image
 
 from vlkit.errors import ImageTokenError, UserError
-from vlkit.infer.engine import (ContextLengthError, Engine, QueueFullError, SamplingParams, TooManyImagesError,
-                                merge_caches, trim_cache)
+from vlkit.infer.engine import ContextLengthError, Engine, QueueFullError, SamplingParams, TooManyImagesError
 from vlkit.infer.generate import generate
 
 from tests.serve import helpers
@@ -46,8 +44,8 @@ def _block(engine):
     return gate
 
 
-def _alone(pipe, ids, pixels, max_tokens, **kw):
-    gen = pipe.generation_config(max_new_tokens=max_tokens, **kw)
+def _alone(pipe, ids, pixels, max_new_tokens, **kw):
+    gen = pipe.generation_config(max_new_tokens=max_new_tokens, **kw)
     return generate(pipe.model, [ids], [pixels], gen, pipe.tokenizer.pad_id)[0]
 
 
@@ -58,7 +56,7 @@ def test_concurrent_requests_equal_alone(pipe):
         results = [None] * 8
 
         def run(k):
-            results[k] = engine.generate(*reqs[k], SamplingParams(max_tokens=budgets[k]), timeout=60)
+            results[k] = engine.generate(*reqs[k], SamplingParams(max_new_tokens=budgets[k]), timeout=60)
 
         threads = [threading.Thread(target=run, args=(k,)) for k in range(8)]
         for t in threads:
@@ -245,17 +243,3 @@ def test_queue_slot_is_given_back_on_every_way_out(pipe):
             time.sleep(0.01)
         assert done[-1].finish_reason == "length"
 
-
-def test_merge_and_trim_caches_keep_rows_apart():
-    from vlkit.models.language import KVCache
-
-    a, b = KVCache(1), KVCache(1)
-    a.keys, a.values, a.mask = [torch.ones(1, 2, 3, 4)], [torch.ones(1, 2, 3, 4)], torch.ones(1, 3, dtype=torch.bool)
-    b.keys, b.values, b.mask = [torch.full((2, 2, 5, 4), 2.0)], [torch.full((2, 2, 5, 4), 2.0)], torch.ones(2, 5, dtype=torch.bool)
-    m = merge_caches(a, b)
-    assert m.keys[0].shape == (3, 2, 5, 4)
-    assert m.mask.tolist()[0] == [False, False, True, True, True] and m.mask[1:].all()
-    assert (m.keys[0][0, :, :2] == 0).all() and (m.keys[0][0, :, 2:] == 1).all()
-    m.select(torch.tensor([0]))
-    trim_cache(m)
-    assert m.keys[0].shape == (1, 2, 3, 4) and m.mask.all()

@@ -45,3 +45,16 @@ def test_padded_row_equals_unpadded_row():
     mask = torch.tensor([[0, 0, 0, 1, 1, 1, 1, 1, 1]])
     out = lm(lm.embed_tokens(padded), position_ids=padding_positions(mask), attention_mask=mask)
     torch.testing.assert_close(out[:, 3:], ref, atol=1e-5, rtol=0)
+
+
+def test_concat_and_trim_caches_keep_rows_apart():
+    a, b = KVCache(1), KVCache(1)
+    a.keys, a.values, a.mask = [torch.ones(1, 2, 3, 4)], [torch.ones(1, 2, 3, 4)], torch.ones(1, 3, dtype=torch.bool)
+    b.keys, b.values, b.mask = [torch.full((2, 2, 5, 4), 2.0)], [torch.full((2, 2, 5, 4), 2.0)], torch.ones(2, 5, dtype=torch.bool)
+    m = a.concat(b)
+    assert m.keys[0].shape == (3, 2, 5, 4)
+    assert m.mask.tolist()[0] == [False, False, True, True, True] and m.mask[1:].all()
+    assert (m.keys[0][0, :, :2] == 0).all() and (m.keys[0][0, :, 2:] == 1).all()
+    m.select(torch.tensor([0]))
+    m.trim()
+    assert m.keys[0].shape == (1, 2, 3, 4) and m.mask.all()

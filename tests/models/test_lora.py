@@ -59,8 +59,8 @@ def test_only_adapters_train_and_merge_equals_adapter_model(tmp_path):
     merged = merge_lora(model)
     assert not has_lora(merged) and set(merged.state_dict()) == set(frozen)
     assert (_logits(merged, ids, images) - adapted).abs().max() <= 1e-4
-    merged.save(tmp_path)
-    again = VisionLanguageModel.load(tmp_path)
+    merged.save_pretrained(tmp_path)
+    again = VisionLanguageModel.from_pretrained(tmp_path)
     assert torch.equal(_logits(again, ids, images), _logits(merged, ids, images))
 
 

@@ -32,11 +32,63 @@ def test_cached_decoding_equals_full_forward(make_model, tokenizer, connector):
     full = model(ids, images, return_logits=True)["logits"][0]
     cache = model.new_cache()
     n = ids.shape[1] - 4
-    embeds = model.embed(ids[:, :n], images)
-    steps = [model.forward_step(embeds, cache, torch.arange(n)[None])]
+    logits, next_pos = model.prefill(ids[:, :n], cache, images=images)
+    assert next_pos.tolist() == [n]
+    steps = [logits]
     for t in range(n, ids.shape[1]):
-        steps.append(model.forward_step(model.language.embed_tokens(ids[:, t:t + 1]), cache, torch.tensor([[t]])))
+        steps.append(model.decode(ids[:, t], cache, torch.tensor([t])))
     torch.testing.assert_close(torch.stack([s[0] for s in steps]), full[n - 1:].float(), atol=1e-5, rtol=0)
+
+
+def test_prefill_counts_positions_from_the_first_real_token(make_model, tokenizer):
+    model = _perturb(make_model("mlp"))
+    ids = _prompt(tokenizer, model, 0, "What?")
+    alone, pos = model.prefill(torch.tensor([ids]), model.new_cache())
+    padded = torch.tensor([[tokenizer.pad_id] * 3 + ids])
+    mask = torch.tensor([[0] * 3 + [1] * len(ids)])
+    cache = model.new_cache()
+    left, left_pos = model.prefill(padded, cache, attention_mask=mask)
+    assert left_pos.tolist() == pos.tolist() == [len(ids)]
+    torch.testing.assert_close(left, alone, atol=1e-5, rtol=0)
+    hidden, _ = model.prefill(torch.tensor([ids]), model.new_cache(), hidden=True)
+    torch.testing.assert_close(model.logits(hidden).float(), alone, atol=1e-6, rtol=0)
+
+
+def test_patch_scores_are_the_head_at_image_tokens(make_model, tokenizer):
+    model = _perturb(make_model("spatial_merge"))
+    ids = torch.tensor([_prompt(tokenizer, model)])
+    images = [torch.randn(3, 64, 64)]
+    cols = [5, 17, 9]
+    scores = model.patch_scores(ids, images, cols)
+    at = ids[0] == model.cfg.image_token_id
+    assert scores.shape == (int(at.sum()), 3)
+    full = model(ids, images, return_logits=True)["logits"][0]
+    torch.testing.assert_close(scores, full[at][:, cols].float(), atol=1e-5, rtol=0)
+
+
+def test_code_logits_and_sample_codes(make_model, tokenizer):
+    from vlkit.config import ConfigError, VQConfig, tiny_model_config
+
+    with pytest.raises(ConfigError, match="does not predict visual codes"):
+        make_model("mlp").code_logits(torch.zeros(1, 64))
+    n = len(tokenizer)
+    for depth in (1, 2):
+        vq = VQConfig(codebook_size=16, code_dim=8, depth=depth, downsample=16, image_size=64)
+        cfg = tiny_model_config("spatial_merge", vocab_size=n + 16, vision_target="codes", vq=vq, text_vocab_size=n)
+        cfg.image_token_id, cfg.pad_token_id = tokenizer.image_pad_id, tokenizer.pad_id
+        model = VisionLanguageModel(cfg).eval()
+        hidden = torch.randn(2, model.cfg.text.hidden_size)
+        logits = model.code_logits(hidden)
+        torch.testing.assert_close(logits, model.logits(hidden)[:, n:].float())
+        first = logits.argmax(-1)[:, None]
+        codes = model.sample_codes(hidden, first, temperature=0)
+        assert codes.shape == (2, depth) and torch.equal(codes[:, :1], first)
+        if depth == 2:
+            assert torch.equal(codes, model.depth.sample(hidden, temperature=0, prefix=first))
+        cache = model.new_cache()
+        _, pos = model.prefill(torch.tensor([_prompt(tokenizer, model, 0, "x")] * 2), cache, hidden=True)
+        after = model.decode_codes(codes[:1], cache, pos)
+        assert after.shape == (2, model.cfg.text.hidden_size) and torch.allclose(after[0], after[1], atol=1e-5)
 
 
 @pytest.mark.parametrize("connector", ["mlp", "spatial_merge"])
@@ -117,7 +169,7 @@ def test_mismatched_tensors_are_named(make_model, tokenizer, tmp_path):
     cfg["connector"]["type"] = "linear"
     (tmp_path / "c" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(CheckpointError, match="connector.linear_1.weight"):
-        VisionLanguageModel.load(tmp_path / "c")
+        VisionLanguageModel.from_pretrained(tmp_path / "c")
 
 
 def test_tiny_vlm_overfits_and_answers(make_model, tokenizer):
@@ -154,15 +206,7 @@ def test_tiny_vlm_overfits_and_answers(make_model, tokenizer):
 
 
 def test_streamed_text_equals_batch_text(make_model, tokenizer):
-    from vlkit.infer.generate import TextStreamer
-
     pipe = Pipeline(_perturb(make_model("mlp"), seed=5), tokenizer)
     img = Image.new("RGB", (64, 64), (200, 40, 40))
     streamed = "".join(pipe.chat_stream("What color?", images=[img], max_new_tokens=12))
     assert streamed.strip() == pipe.chat("What color?", images=[img], max_new_tokens=12)
-    # a multi-byte character split across tokens is held back, then flushed at the end
-    s = TextStreamer(lambda ids: bytes(ids).decode("utf-8", errors="replace"))
-    e_acute = "é".encode()
-    assert s.push(e_acute[0]) == "" and s.push(e_acute[1]) == "é"
-    s.push(e_acute[0])
-    assert s.flush() == "\ufffd"

@@ -11,7 +11,7 @@ from vlkit.chat import ChatProcessor, class_token_ids
 from vlkit.config import VQConfig, tiny_model_config
 from vlkit.data.collate import FILLERS, Collator, TargetSpec, encode_samples, image_spans, insert_fillers
 from vlkit.errors import UserError
-from vlkit.infer.dense import scores_to_mask
+from vlkit.infer.segment import scores_to_mask
 from vlkit.infer.generate import ImageGenerationConfig, generate_codes
 from vlkit.models.vlm import IGNORE, VisionLanguageModel, ntp_m_loss
 from vlkit.models.vq import VisualTokenizer

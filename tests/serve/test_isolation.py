@@ -93,7 +93,7 @@ def test_failing_requests_give_their_queue_place_back(random_pipe, monkeypatch):
     with helpers.ServerThread(app) as srv, httpx.Client(base_url=srv.url, timeout=120) as client:
         want = client.post("/v1/chat/completions", json=good).json()["choices"]
         statuses = []
-        for target in ((engine, "prepare"), (vlkit.infer.engine, "_Sequence")):
+        for target in ((engine, "prepare"), (vlkit.infer.engine, "RequestState")):
             with monkeypatch.context() as patch:
                 patch.setattr(*target, bug)
                 # (Starlette re-raises an unexpected error after its 500; uvicorn then closes that connection)

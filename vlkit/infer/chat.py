@@ -5,15 +5,15 @@ from __future__ import annotations
 
 from typing import Any, Iterator, Optional, Sequence
 
+from vlkit.chat import IMAGE_PROMPT
 from vlkit.errors import UserError
 from vlkit.images import ImageLike
-from vlkit.infer.dense import segment
+from vlkit.infer.segment import segment
 from vlkit.infer.generate import (GenerationConfig, ImageGenerationConfig, TextStreamer, generate, generate_codes,
                                   generate_stream)
 from vlkit.models.bundle import Bundle
 from vlkit.models.vq import tensor_to_pil
 
-IMAGE_PROMPT = "Draw: {}"  # the user turn of text-to-image samples (the synthetic world's generation task)
 
 
 class ChatBundle(Bundle):
@@ -85,7 +85,7 @@ class ChatBundle(Bundle):
     def segment(self, image: ImageLike, classes: Sequence[str], refine: bool = True):
         """-> numpy uint8 mask at the image's size (NTP-M). Values index `classes` if it lists "background",
         else 0 = background and k = classes[k - 1]. `refine`: edge-aware refinement guided by the image
-        (vlkit.infer.dense); False gives the plain bilinear upsampling of the per-patch scores."""
+        (vlkit.infer.segment); False gives the plain bilinear upsampling of the per-patch scores."""
         if not self.can_segment:
             raise UserError("this model was not trained for dense prediction (model.dense_prediction is false)")
-        return segment(self, image, classes, refine=refine)
+        return segment(self.model, self.processor, self.tokenizer, image, classes, refine=refine)

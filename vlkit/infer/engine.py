@@ -16,92 +16,21 @@ from __future__ import annotations
 import asyncio
 import collections
 import concurrent.futures
-import itertools
 import queue
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable, Optional, Sequence
 
 import torch
 
 from vlkit.errors import ImageTokenError, UserError
-from vlkit.infer.generate import GenerationConfig, left_pad, sample
-from vlkit.models.language import KVCache, padding_positions
+from vlkit.infer.generate import GenerationConfig, left_pad
+from vlkit.infer.request import (Answer, Completion, ContextLengthError, EngineEvent, EngineStoppedError,
+                                 QueueFullError, RequestState, SamplingParams, TooManyImagesError)
+from vlkit.models.language import KVCache
 
-
-class QueueFullError(UserError):
-    """Too many requests are waiting; the server answers 429."""
-
-
-class ContextLengthError(UserError):
-    """The prompt plus the requested tokens do not fit the model's context."""
-
-
-class TooManyImagesError(UserError):
-    """A request has more images than the model accepts (ModelConfig.max_images)."""
-
-
-class EngineStoppedError(RuntimeError):
-    """The engine was stopped (or never started) while a request was pending."""
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int = 64
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    top_k: int = 0
-    stop: tuple[str, ...] = ()  # stop strings (not part of the answer)
-    seed: Optional[int] = None
-
-
-@dataclass
-class EngineEvent:
-    """New text of one request; the last event of a request has `finish_reason` set
-    ("stop" | "length" | "error" | "cancelled"), all answer token ids and the token counts."""
-
-    text: str = ""
-    token_ids: list[int] = field(default_factory=list)
-    finish_reason: Optional[str] = None
-    error: Optional[str] = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-
-
-@dataclass
-class Completion:
-    text: str
-    token_ids: list[int]
-    finish_reason: str
-    prompt_tokens: int
-    completion_tokens: int
-
-
-class _Sequence:
-    """One request's state inside the engine."""
-
-    _ids = itertools.count()
-
-    def __init__(self, prompt_ids: list[int], pixels: list[torch.Tensor], params: SamplingParams,
-                 gen: GenerationConfig, emit: Callable[[EngineEvent], None], stream: bool = True):
-        self.id = next(self._ids)
-        self.stream = stream  # False: one event with the whole answer (no per-token wake-ups of the consumer)
-        self.prompt_ids = prompt_ids
-        self.pixels = pixels
-        self.params = params
-        self.gen = gen
-        self.emit = emit
-        self.stop_ids = set(gen.stop_token_ids)
-        self.generator: Optional[torch.Generator] = None
-        if params.seed is not None:
-            self.generator = torch.Generator().manual_seed(params.seed)
-        self.tokens: list[int] = []  # answer tokens (stop token excluded)
-        self.generated = 0  # every sampled token, the stop token included
-        self.sent = 0  # characters of the answer already emitted
-        self.cancelled = False
-        self.done = False
-        self.submitted_at = time.perf_counter()
+__all__ = ["Answer", "Completion", "ContextLengthError", "Engine", "EngineEvent", "EngineStoppedError", "EventStream",
+           "QueueFullError", "QueueSlot", "RequestHandle", "SamplingParams", "TooManyImagesError"]
 
 
 class QueueSlot:
@@ -127,7 +56,7 @@ class QueueSlot:
 
 
 class RequestHandle:
-    def __init__(self, engine: "Engine", seq: _Sequence):
+    def __init__(self, engine: "Engine", seq: RequestState):
         self._engine, self._seq = engine, seq
 
     @property
@@ -174,7 +103,7 @@ class EventStream:
             self.handle.cancel()
 
     async def collect(self) -> Completion:
-        answer = _Answer()
+        answer = Answer()
         try:
             async for ev in self:
                 done = answer.add(ev)
@@ -183,54 +112,6 @@ class EventStream:
         finally:
             self.cancel()
         raise EngineStoppedError("the request ended without a final event")
-
-
-class _Answer:
-    """Joins a request's events into its Completion; an error event raises."""
-
-    def __init__(self):
-        self.pieces: list[str] = []
-        self.ids: list[int] = []
-
-    def add(self, ev: EngineEvent) -> Optional[Completion]:
-        """The Completion once `ev` is the final event, else None."""
-        self.pieces.append(ev.text)
-        self.ids += ev.token_ids
-        if ev.finish_reason is None:
-            return None
-        if ev.finish_reason == "error":
-            raise RuntimeError(ev.error)
-        return Completion("".join(self.pieces), self.ids, ev.finish_reason, ev.prompt_tokens, ev.completion_tokens)
-
-
-def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
-    if n == 0:
-        return t
-    shape = list(t.shape)
-    shape[dim] = n
-    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim)
-
-
-def merge_caches(a: KVCache, b: KVCache) -> KVCache:
-    """Stack the rows of two caches; the shorter one is left padded (masked out) to the longer length."""
-    la, lb = a.length, b.length
-    n = max(la, lb)
-    out = KVCache(len(a.keys))
-    out.keys = [torch.cat([_pad_left(ka, n - la, 2), _pad_left(kb, n - lb, 2)], 0) for ka, kb in zip(a.keys, b.keys)]
-    out.values = [torch.cat([_pad_left(va, n - la, 2), _pad_left(vb, n - lb, 2)], 0)
-                  for va, vb in zip(a.values, b.values)]
-    out.mask = torch.cat([_pad_left(a.mask, n - la, 1), _pad_left(b.mask, n - lb, 1)], 0)
-    return out
-
-
-def trim_cache(cache: KVCache) -> None:
-    """Drop leading columns that are padding in every row (left behind by rows that left)."""
-    valid = cache.mask.any(0)
-    first = int(valid.long().argmax()) if bool(valid.any()) else cache.length
-    if first > 0:
-        cache.keys = [k[:, :, first:] for k in cache.keys]
-        cache.values = [v[:, :, first:] for v in cache.values]
-        cache.mask = cache.mask[:, first:]
 
 
 class Engine:
@@ -249,10 +130,10 @@ class Engine:
         self.preprocess_workers = preprocess_workers
         self.pool = concurrent.futures.ThreadPoolExecutor(preprocess_workers, thread_name_prefix="vlkit-preprocess")
         self._cond = threading.Condition()
-        self._waiting: collections.deque[_Sequence] = collections.deque()
+        self._waiting: collections.deque[RequestState] = collections.deque()
         self._reserved = 0
         self._calls: collections.deque = collections.deque()
-        self._running: list[_Sequence] = []
+        self._running: list[RequestState] = []
         self._cache: Optional[KVCache] = None
         self._next_pos: Optional[torch.Tensor] = None  # (B,) position of each row's pending token
         self._pending: Optional[torch.Tensor] = None  # (B,) last sampled token of each row, not yet fed
@@ -327,16 +208,17 @@ class Engine:
         if len(pixels) > cfg.max_images:
             raise TooManyImagesError(f"{len(pixels)} images given; this model accepts at most {cfg.max_images}")
         self._check_prompt(prompt_ids, pixels)
-        if not isinstance(params.max_tokens, int) or isinstance(params.max_tokens, bool) or params.max_tokens < 1:
-            raise UserError(f"max_tokens={params.max_tokens!r} must be a positive integer")
+        n = params.max_new_tokens
+        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+            raise UserError(f"max_new_tokens={n!r} must be a positive integer")
         limit = cfg.text.max_position_embeddings
-        if len(prompt_ids) + params.max_tokens > limit:
+        if len(prompt_ids) + n > limit:
             raise ContextLengthError(
-                f"the prompt has {len(prompt_ids)} tokens (images included) and max_tokens={params.max_tokens}; "
+                f"the prompt has {len(prompt_ids)} tokens (images included) and {n} new tokens are asked for; "
                 f"together they exceed the context of {limit} tokens")
         if not prompt_ids:
             raise UserError("the prompt is empty")
-        gen = self.pipe.generation_config(max_new_tokens=params.max_tokens, temperature=float(params.temperature),
+        gen = self.pipe.generation_config(max_new_tokens=n, temperature=float(params.temperature),
                                           top_p=float(params.top_p), top_k=int(params.top_k), seed=params.seed)
         gen.validate()
         return gen
@@ -366,7 +248,7 @@ class Engine:
         """Queue a request (in the place `slot` holds, if given); `emit` is called from the model thread with
         each event (stream=False: text only in the final event). Thread-safe."""
         gen = self.check(prompt_ids, pixels, params)
-        seq = _Sequence(list(prompt_ids), list(pixels), params, gen, emit, stream)
+        seq = RequestState(list(prompt_ids), list(pixels), params, gen, emit, stream)
         with self._cond:
             if self._thread is None or self._stopping:
                 raise EngineStoppedError("the engine is not running")
@@ -389,7 +271,7 @@ class Engine:
         """Blocking: submit and wait for the whole answer (any thread but the model thread)."""
         events: queue.Queue = queue.Queue()
         handle = self.submit(prompt_ids, pixels, params, events.put, stream=False)
-        answer = _Answer()
+        answer = Answer()
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
             left = None if deadline is None else max(0.0, deadline - time.monotonic())
@@ -460,26 +342,24 @@ class Engine:
         for _, fut in self._calls:
             fut.cancel()
 
-    def _prefill(self, new: list[_Sequence]) -> None:
+    def _prefill(self, new: list[RequestState]) -> None:
         model = self.model
         device = next(model.parameters()).device
         ids, mask = left_pad([s.prompt_ids for s in new], self.tokenizer.pad_id)
-        ids, mask = ids.to(device), mask.to(device)
-        positions = padding_positions(mask)
         cache = model.new_cache()
         images = [p.to(device) for s in new for p in s.pixels]
-        logits = model.forward_step(model.embed(ids, images), cache, positions, attention_mask=mask)
+        logits, next_pos = model.prefill(ids.to(device), cache, attention_mask=mask.to(device), images=images)
         tokens = self._sample(logits, new)
         keep = [i for i, (s, t) in enumerate(zip(new, tokens)) if not self._accept(s, t)]
         if not keep:
             return
         if len(keep) < len(new):
             cache.select(torch.tensor(keep, device=device))
-        next_pos = (positions[:, -1] + 1)[keep]
+        next_pos = next_pos[keep]
         pending = torch.tensor([tokens[i] for i in keep], dtype=torch.long, device=device)
         joined = [new[i] for i in keep]
         if self._running:
-            self._cache = merge_caches(self._cache, cache)
+            self._cache = self._cache.concat(cache)
             self._next_pos = torch.cat([self._next_pos, next_pos])
             self._pending = torch.cat([self._pending, pending])
             self._running += joined
@@ -488,10 +368,7 @@ class Engine:
         self.max_rows_seen = max(self.max_rows_seen, len(self._running))
 
     def _decode_step(self) -> None:
-        model = self.model
-        embeds = model.language.embed_tokens(self._pending[:, None])
-        logits = model.forward_step(embeds, self._cache, self._next_pos[:, None],
-                                    attention_mask=torch.ones_like(self._pending)[:, None])
+        logits = self.model.decode(self._pending, self._cache, self._next_pos)
         self.steps += 1
         self.max_rows_seen = max(self.max_rows_seen, len(self._running))
         tokens = self._sample(logits, self._running)
@@ -517,26 +394,26 @@ class Engine:
             return
         rows = torch.tensor(keep, device=self._pending.device)
         self._cache.select(rows)
-        trim_cache(self._cache)
+        self._cache.trim()
         self._next_pos, self._pending = self._next_pos[rows], self._pending[rows]
         self._running = [self._running[i] for i in keep]
 
-    def _sample(self, logits: torch.Tensor, seqs: list[_Sequence]) -> list[int]:
+    def _sample(self, logits: torch.Tensor, seqs: list[RequestState]) -> list[int]:
         """Greedy rows in one argmax; sampled rows one by one with their own generator (seeded requests give
         the same tokens alone or in a batch)."""
         greedy = [i for i, s in enumerate(seqs) if s.gen.temperature == 0.0]
         out = [0] * len(seqs)
         if greedy:
             g = torch.tensor(greedy, device=logits.device)
-            picked = sample(logits[g], seqs[greedy[0]].gen).tolist()  # greedy ignores all but vocab_limit
+            picked = seqs[greedy[0]].gen.sample(logits[g]).tolist()  # greedy ignores all but vocab_limit
             for i, t in zip(greedy, picked):
                 out[i] = t
         for i, s in enumerate(seqs):
             if s.gen.temperature != 0.0:
-                out[i] = int(sample(logits[i:i + 1], s.gen, s.generator)[0])
+                out[i] = int(s.gen.sample(logits[i:i + 1], s.generator)[0])
         return out
 
-    def _accept(self, seq: _Sequence, token: int) -> bool:
+    def _accept(self, seq: RequestState, token: int) -> bool:
         """Record one sampled token, emit the new text; True when the request is finished."""
         if seq.cancelled:
             self._finish(seq, "cancelled")
@@ -550,43 +427,20 @@ class Engine:
         if self._emit_text(seq, final=False):
             self._finish(seq, "stop")
             return True
-        if seq.generated >= seq.params.max_tokens:
+        if seq.generated >= seq.params.max_new_tokens:
             self._emit_text(seq, final=True)
             self._finish(seq, "length")
             return True
         return False
 
-    def _emit_text(self, seq: _Sequence, final: bool) -> bool:
-        """Emit the text not yet sent; True if a stop string was found (the answer ends before it).
-        Text that could be the start of a stop string, or a split multi-byte character, is held back."""
-        if not (final or seq.stream or seq.params.stop):
-            return False  # nothing to check or send before the end
-        text = self.tokenizer.decode(seq.tokens)
-        hit = False
-        if seq.params.stop:
-            start = max(0, seq.sent - max(len(s) for s in seq.params.stop))
-            found = [i for i in (text.find(s, start) for s in seq.params.stop if s) if i >= 0]
-            if found:
-                text, hit = text[:min(found)], True
-        end = len(text)
-        if not (final or hit):
-            if text.endswith("\ufffd"):
-                return False
-            for s in seq.params.stop:  # hold back a suffix that may grow into a stop string
-                for k in range(min(len(s) - 1, len(text)), 0, -1):
-                    if text.endswith(s[:k]):
-                        end = min(end, len(text) - k)
-                        break
-        end = max(end, seq.sent)
-        if not (seq.stream or final or hit):
-            return False
-        if end > seq.sent:
-            piece = text[seq.sent:end]
-            seq.sent = end
+    def _emit_text(self, seq: RequestState, final: bool) -> bool:
+        """Emit the text not yet sent; True if a stop string was found (see RequestState.take_text)."""
+        piece, hit = seq.take_text(self.tokenizer.decode, final)
+        if piece:
             self._send(seq, EngineEvent(text=piece, token_ids=[]))
         return hit
 
-    def _finish(self, seq: _Sequence, reason: str, error: Optional[str] = None) -> None:
+    def _finish(self, seq: RequestState, reason: str, error: Optional[str] = None) -> None:
         if seq.done:
             return
         seq.done = True
@@ -594,7 +448,7 @@ class Engine:
         self._send(seq, EngineEvent(finish_reason=reason, error=error, token_ids=list(seq.tokens),
                                     prompt_tokens=len(seq.prompt_ids), completion_tokens=seq.generated))
 
-    def _send(self, seq: _Sequence, event: EngineEvent) -> None:
+    def _send(self, seq: RequestState, event: EngineEvent) -> None:
         try:
             seq.emit(event)
         except Exception:  # a consumer that went away must not stop the model loop

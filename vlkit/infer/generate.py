@@ -5,16 +5,15 @@ prompt gives the same tokens alone or in a batch. Finished rows leave the batch 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import torch
 
 from vlkit.errors import UserError
-from vlkit.models.language import padding_positions
+from vlkit.models.sampling import sample
 
 SEED_RANGE = (-(2 ** 63), 2 ** 63 - 1)  # a 64-bit signed integer (torch.Generator.manual_seed takes these)
-MIN_TEMPERATURE = 1e-3
 
 
 @dataclass
@@ -39,30 +38,9 @@ class GenerationConfig:
         if self.seed is not None and not (isinstance(self.seed, int) and SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]):
             raise UserError(f"seed={self.seed!r} must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]")
 
-
-def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
-    """Mask (to -inf) all but the top-k tokens and the smallest set whose probability reaches top_p."""
-    if top_k > 0 and top_k < logits.shape[-1]:
-        kth = logits.topk(top_k, -1).values[..., -1:]
-        logits = logits.masked_fill(logits < kth, float("-inf"))
-    if top_p < 1.0:
-        sorted_logits, order = logits.sort(-1, descending=True)
-        probs = sorted_logits.softmax(-1)
-        drop = probs.cumsum(-1) - probs >= top_p  # keep tokens until the mass before them reaches top_p
-        drop[..., 0] = False
-        logits = logits.masked_fill(drop.scatter(-1, order, drop), float("-inf"))
-    return logits
-
-
-def sample(logits: torch.Tensor, gen: GenerationConfig, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    if gen.vocab_limit is not None:
-        logits = logits.clone()
-        logits[..., gen.vocab_limit:] = float("-inf")
-    if gen.temperature == 0.0:
-        return logits.argmax(-1)
-    # below MIN_TEMPERATURE the distribution is one-hot anyway; smaller ones would overflow float32 logits (nan)
-    logits = filter_logits(logits / max(gen.temperature, MIN_TEMPERATURE), gen.top_k, gen.top_p)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    def sample(self, logits: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """(B, V) logits -> (B,) token ids under these settings (vlkit.models.sampling)."""
+        return sample(logits, self.temperature, self.top_k, self.top_p, generator, vocab_limit=self.vocab_limit)
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,15 +68,12 @@ def generate_stream(model, prompts: Sequence[Sequence[int]], images: Sequence[Se
     ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
     flat_images = [img.to(device) for row in images for img in row]
-    positions = padding_positions(mask)
     cache = model.new_cache()
-    embeds = model.embed(ids, flat_images)
-    logits = model.forward_step(embeds, cache, positions, attention_mask=mask)
+    logits, next_pos = model.prefill(ids, cache, attention_mask=mask, images=flat_images)
     rows = torch.arange(len(prompts), device=device)
-    next_pos = positions[:, -1] + 1
     stops = set(gen.stop_token_ids)
     for step in range(gen.max_new_tokens):
-        tokens = sample(logits, gen, generator)
+        tokens = gen.sample(logits, generator)
         alive = []
         for i, (r, t) in enumerate(zip(rows.tolist(), tokens.tolist())):
             yield r, t
@@ -110,9 +85,7 @@ def generate_stream(model, prompts: Sequence[Sequence[int]], images: Sequence[Se
             keep = torch.tensor(alive, device=device)
             cache.select(keep)
             rows, tokens, next_pos = rows[keep], tokens[keep], next_pos[keep]
-        embeds = model.language.embed_tokens(tokens[:, None])
-        logits = model.forward_step(embeds, cache, next_pos[:, None],
-                                    attention_mask=torch.ones_like(tokens)[:, None])
+        logits = model.decode(tokens, cache, next_pos)
         next_pos = next_pos + 1
 
 
@@ -186,24 +159,18 @@ def generate_codes(model, cond: Sequence[int], uncond: Sequence[int], num_codes:
     prompts = [list(cond), list(uncond)] if guided else [list(cond)]
     ids, mask = left_pad(prompts, pad_id)
     ids, mask = ids.to(device), mask.to(device)
-    positions = padding_positions(mask)
     cache = model.new_cache()
-    hidden = model.language(model.embed(ids), position_ids=positions, attention_mask=mask, cache=cache)[:, -1]
-    next_pos = positions[:, -1:] + 1
-    lo, hi = model.code_offset, model.code_offset + model.cfg.vq.codebook_size
+    hidden, next_pos = model.prefill(ids, cache, attention_mask=mask, hidden=True)
     out = []
     for i in range(num_codes):
-        logits = model.logits(hidden)[:, lo:hi].float()
+        logits = model.code_logits(hidden)
         if guided:
             logits = logits[1:] + gen.cfg_scale * (logits[:1] - logits[1:])
-        codes = sample(logits, pick, generator)[:, None]  # (1, 1): code 0
-        if model.depth is not None:
-            codes = model.depth.sample(hidden[:1], gen.temperature, gen.top_k, gen.top_p, generator, prefix=codes)
+        first = pick.sample(logits, generator)[:, None]  # (1, 1): code 0
+        codes = model.sample_codes(hidden[:1], first, gen.temperature, gen.top_k, gen.top_p, generator)
         out.append(codes[0])
         if i + 1 == num_codes:
             break
-        emb = model.embed_codes(codes[:, None]).expand(len(prompts), 1, -1)
-        hidden = model.language(emb, position_ids=next_pos, attention_mask=torch.ones_like(next_pos),
-                                cache=cache)[:, -1]
+        hidden = model.decode_codes(codes, cache, next_pos)
         next_pos = next_pos + 1
     return torch.stack(out)

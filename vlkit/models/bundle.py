@@ -101,7 +101,7 @@ class Bundle:
     def save_pretrained(self, directory: str | Path, extra: Optional[Callable[[Path], None]] = None) -> Path:
         """Write the checkpoint atomically; `extra(tmp_dir)` may add files (the trainer's state) before the rename."""
         def write(tmp: Path) -> None:
-            self.model.save(tmp)
+            self.model.save_pretrained(tmp)
             self.tokenizer.save_pretrained(tmp)
             if self.vq is not None:
                 self.vq.save_pretrained(tmp / VQ_DIR)
@@ -167,7 +167,7 @@ def is_vlkit_config(config: dict) -> bool:
 
 def load_vlkit_parts(path: Path, device: Any, dtype: Optional[torch.dtype]) -> tuple[VisionLanguageModel, Any]:
     """(model, visual tokenizer or None) of a vlkit checkpoint directory."""
-    model = VisionLanguageModel.load(path, device=device, dtype=dtype)
+    model = VisionLanguageModel.from_pretrained(path, device=device, dtype=dtype)
     vq = None
     if (path / VQ_DIR).is_dir():
         vq = VisualTokenizer.from_pretrained(path / VQ_DIR).to(device).eval()

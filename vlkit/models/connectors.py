@@ -1,14 +1,18 @@
 """Connectors map vision features (B, gh*gw, Dv) on a gh x gw grid to LM embeddings (B, N, Dt).
 
-A registry: `CONNECTORS[name]` is the class; each declares how many tokens it makes for a grid.
+A registry: `CONNECTORS[name]` is the class; each declares how many tokens it makes for a grid
+(`num_tokens`) and how many pixels one token covers along each side (`pixels_per_token`, what a visual
+tokenizer's code grid must match).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vlkit.config import ConnectorConfig
+from vlkit.config import ConfigError, ConnectorConfig, VisionConfig
 from vlkit.models.vision import sincos_2d, square_grid
 
 
@@ -19,6 +23,11 @@ class Connector(nn.Module):
 
     def num_tokens(self, gh: int, gw: int) -> int:
         return gh * gw
+
+    @classmethod
+    def pixels_per_token(cls, cfg: ConnectorConfig, vision: VisionConfig) -> int:
+        """Pixels per LM image token along each side at `vision.image_size` (one token per patch here)."""
+        return vision.patch_size
 
     def forward(self, x: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
         raise NotImplementedError
@@ -66,6 +75,15 @@ class ResamplerConnector(Connector):
     def num_tokens(self, gh, gw):
         return self.cfg.num_queries
 
+    @classmethod
+    def pixels_per_token(cls, cfg, vision):
+        """The queries form a square grid over the whole image."""
+        side = math.isqrt(cfg.num_queries)
+        if side * side != cfg.num_queries or vision.image_size % side:
+            raise ConfigError(f"connector.num_queries={cfg.num_queries} does not give a square grid dividing "
+                              f"vision.image_size={vision.image_size}")
+        return vision.image_size // side
+
     def key_pos(self, gh: int, gw: int, dim: int, device) -> torch.Tensor:
         # the key grid is the query grid's sin-cos table interpolated to the input grid (Qwen-VL's get_abs_pos)
         base = self.query_pos.reshape(1, self.query_grid, self.query_grid, dim).permute(0, 3, 1, 2)
@@ -97,6 +115,10 @@ class SpatialMergeConnector(Connector):
             self.proj = None
             self.mlp = nn.Sequential(nn.Linear(vision_dim * m * m, vision_dim * m * m), nn.GELU(),
                                      nn.Linear(vision_dim * m * m, text_dim))
+
+    @classmethod
+    def pixels_per_token(cls, cfg, vision):
+        return vision.patch_size * cfg.merge_size
 
     def num_tokens(self, gh, gw):
         m = self.cfg.merge_size

@@ -19,8 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from vlkit.errors import UserError
-from vlkit.infer.generate import filter_logits
 from vlkit.models.attention import sdpa
+from vlkit.models.sampling import sample
 
 
 class DepthInputError(UserError):
@@ -129,15 +129,7 @@ class DepthTransformer(nn.Module):
         while codes.shape[1] < self.depth:
             # D is small (2-4): rerunning the prefix is cheaper to read than a KV cache and costs little
             logits = self._run(self._inputs(hf, codes))[:, -1].float()
-            nxt = sample_logits(logits, temperature, top_k, top_p, generator)
+            nxt = sample(logits, temperature, top_k, top_p, generator)
             codes = torch.cat([codes, nxt[:, None]], 1)
         return codes.reshape(*lead, self.depth)
 
-
-def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
-    """(M, K) logits -> (M,) ids; temperature 0 = argmax, then top-k, then nucleus (top-p) filtering."""
-    if temperature == 0:
-        return logits.argmax(-1)
-    logits = filter_logits(logits / temperature, top_k, top_p)
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)

@@ -97,6 +97,36 @@ class KVCache:
         if self.mask is not None:
             self.mask = self.mask[rows]
 
+    def concat(self, other: "KVCache") -> "KVCache":
+        """The rows of this cache, then those of `other`; the shorter one is left padded (masked out) to the
+        longer length, so every row still attends only to its own tokens."""
+        la, lb = self.length, other.length
+        n = max(la, lb)
+        out = KVCache(len(self.keys))
+        out.keys = [torch.cat([_pad_left(a, n - la, 2), _pad_left(b, n - lb, 2)], 0)
+                    for a, b in zip(self.keys, other.keys)]
+        out.values = [torch.cat([_pad_left(a, n - la, 2), _pad_left(b, n - lb, 2)], 0)
+                      for a, b in zip(self.values, other.values)]
+        out.mask = torch.cat([_pad_left(self.mask, n - la, 1), _pad_left(other.mask, n - lb, 1)], 0)
+        return out
+
+    def trim(self) -> None:
+        """Drop leading columns that are padding in every row (left behind by rows that left)."""
+        valid = self.mask.any(0)
+        first = int(valid.long().argmax()) if bool(valid.any()) else self.length
+        if first > 0:
+            self.keys = [k[:, :, first:] for k in self.keys]
+            self.values = [v[:, :, first:] for v in self.values]
+            self.mask = self.mask[:, first:]
+
+
+def _pad_left(t: torch.Tensor, n: int, dim: int) -> torch.Tensor:
+    if n == 0:
+        return t
+    shape = list(t.shape)
+    shape[dim] = n
+    return torch.cat([torch.zeros(shape, dtype=t.dtype, device=t.device), t], dim)
+
 
 class Attention(nn.Module):
     def __init__(self, cfg: TextConfig, layer: int):

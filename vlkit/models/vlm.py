@@ -17,23 +17,24 @@ ranks combine exactly.
 """
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from vlkit.chat import IGNORE
 from vlkit.config import ConfigError, ModelConfig, model_config_from_dict, to_dict
-from vlkit.errors import CheckpointError, ImageTokenError
+from vlkit.errors import ImageTokenError
+from vlkit.io import WEIGHTS_FILE
 from vlkit.models.connectors import build_connector
 from vlkit.models.depth import DepthTransformer
-from vlkit.models.language import KVCache, LanguageModel
+from vlkit.models.language import KVCache, LanguageModel, padding_positions
 from vlkit.models.vision import VisionEncoder, init_weights
+from vlkit.models.weights import check_state, checkpoint_dtype, load_state, read_weights, save_weights
 
-IGNORE = -100
-CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+__all__ = ["IGNORE", "VisionLanguageModel", "check_state", "checkpoint_dtype", "load_state", "ntp_m_loss"]
 
 
 class VisionLanguageModel(nn.Module):
@@ -172,14 +173,67 @@ class VisionLanguageModel(nn.Module):
         dense_logits = self.logits(source[at]).float()[:, :limit]
         return ntp_m_loss(dense_logits, dense_targets[at], self.cfg.dense_negatives), int(at.sum())
 
+    # -- decoding (what vlkit.infer schedules) ---------------------------------------------------------
+    def new_cache(self) -> KVCache:
+        return KVCache(self.cfg.text.num_layers)
+
+    def step_hidden(self, embeds: torch.Tensor, cache: KVCache, position_ids: torch.Tensor,
+                    attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """One step over new embeddings (B, T, H) with a KV cache -> hidden state of the last position (B, H)."""
+        hidden = self.language(embeds, position_ids=position_ids, attention_mask=attention_mask, cache=cache)
+        return hidden[:, -1]
+
     def forward_step(self, embeds: torch.Tensor, cache: KVCache, position_ids: torch.Tensor,
                      attention_mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         """One generation step over new embeddings with a KV cache -> logits of the last position (B, V)."""
-        hidden = self.language(embeds, position_ids=position_ids, attention_mask=attention_mask, cache=cache)
-        return self.logits(hidden[:, -1]).float()
+        return self.logits(self.step_hidden(embeds, cache, position_ids, attention_mask)).float()
 
-    def new_cache(self) -> KVCache:
-        return KVCache(self.cfg.text.num_layers)
+    def prefill(self, input_ids: torch.Tensor, cache: KVCache, attention_mask: Optional[torch.Tensor] = None,
+                images: Optional[Sequence[torch.Tensor]] = None,
+                hidden: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run left-padded prompts (B, T) (mask 0 at padding; positions count from each row's first real token)
+        into `cache`. -> (logits (B, V) of the last position, or its hidden state (B, H) when `hidden`;
+        the position of each row's next token (B,))."""
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        positions = padding_positions(attention_mask)
+        step = self.step_hidden if hidden else self.forward_step
+        out = step(self.embed(input_ids, images), cache, positions, attention_mask=attention_mask)
+        return out, positions[:, -1] + 1
+
+    def decode(self, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
+        """Feed one token per row (B,) at `positions` (B,) -> logits of the next token (B, V)."""
+        return self.forward_step(self.language.embed_tokens(tokens[:, None]), cache, positions[:, None],
+                                 attention_mask=torch.ones_like(tokens)[:, None])
+
+    def decode_codes(self, codes: torch.Tensor, cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
+        """Feed one visual-code token (1, D), the same in every row of the cache, at `positions` (B,) -> the
+        hidden state that predicts the next code (B, H)."""
+        emb = self.embed_codes(codes[:, None]).expand(positions.shape[0], 1, -1)
+        return self.step_hidden(emb, cache, positions[:, None], attention_mask=torch.ones_like(positions)[:, None])
+
+    def code_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """Hidden states (B, H) -> logits of visual code 0 (B, codebook_size), float."""
+        if self.code_offset is None:
+            raise ConfigError("this model does not predict visual codes (vision_target is not 'codes')")
+        return self.logits(hidden)[:, self.code_offset:self.code_offset + self.cfg.vq.codebook_size].float()
+
+    def sample_codes(self, hidden: torch.Tensor, first: torch.Tensor, temperature: float = 1.0, top_k: int = 0,
+                     top_p: float = 1.0, generator: Optional[torch.Generator] = None) -> torch.Tensor:
+        """Complete code 0 `first` (B, 1) of each position to all D residual codes (B, D): the deeper ones are
+        sampled by the depth transformer from `hidden` (B, H); with depth 1 this is `first` itself."""
+        if self.depth is None:
+            return first
+        return self.depth.sample(hidden, temperature, top_k, top_p, generator, prefix=first)
+
+    def patch_scores(self, input_ids: torch.Tensor, images: Sequence[torch.Tensor],
+                     token_ids: Sequence[int]) -> torch.Tensor:
+        """NTP-M dense prediction for one prompt (1, T): the LM head's scores of `token_ids` at each image token
+        -> (N, len(token_ids)) float, in image-token order."""
+        hidden = self.language(self.embed(input_ids, images))[0]
+        at = input_ids[0] == self.cfg.image_token_id
+        tokens = torch.as_tensor(list(token_ids), device=input_ids.device)
+        return self.logits(hidden[at]).float()[:, tokens]
 
     # -- growing into VLUAS ----------------------------------------------------------------------------
     def with_visual_codes(self, vq_cfg, vision_loss_weight: float = 1.0, depth_layers: int = 2,
@@ -215,39 +269,20 @@ class VisionLanguageModel(nn.Module):
         return grown.train(self.training)
 
     # -- persistence -----------------------------------------------------------------------------------
-    def save(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path) -> None:
         """config.json + model.safetensors into an existing directory (callers make the write atomic)."""
-        from safetensors.torch import save_file
-
-        directory = Path(directory)
-        (directory / CONFIG_FILE).write_text(json.dumps(to_dict(self.cfg), indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        state = dict(self.state_dict())
         if self.cfg.text.tie_word_embeddings:
             state.pop("language.lm_head.weight", None)
-        save_file(state, str(directory / WEIGHTS_FILE), metadata={"format": "pt", "vlkit": "1"})
+        save_weights(directory, to_dict(self.cfg), state, kind="1")
 
     @classmethod
-    def load(cls, directory: str | Path, device: str | torch.device = "cpu",
-             dtype: Optional[torch.dtype] = None) -> "VisionLanguageModel":
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu",
+                        dtype: Optional[torch.dtype] = None) -> "VisionLanguageModel":
         """dtype None: the dtype the weights were saved in."""
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
-
-        directory = Path(directory)
-        cfg_path, w_path = directory / CONFIG_FILE, directory / WEIGHTS_FILE
-        for p in (cfg_path, w_path):
-            if not p.is_file():
-                raise CheckpointError(f"checkpoint {directory} is missing {p.name}")
-        try:
-            cfg = model_config_from_dict(json.loads(cfg_path.read_text()))
-        except (json.JSONDecodeError, ConfigError) as exc:
-            raise CheckpointError(f"{cfg_path} is not a valid vlkit model config: {exc}") from None
-        try:
-            state = load_file(str(w_path), device=str(device))
-        except (SafetensorError, OSError, ValueError) as exc:
-            raise CheckpointError(f"{w_path} is corrupt or truncated: {exc}") from None
+        cfg, state = read_weights(directory, "checkpoint", model_config_from_dict, device)
         model = cls(cfg).to(device=device, dtype=dtype or checkpoint_dtype(state))
-        load_state(model, state, str(w_path))
+        load_state(model, state, str(Path(directory) / WEIGHTS_FILE))
         return model.eval()
 
 
@@ -265,37 +300,3 @@ def ntp_m_loss(logits: torch.Tensor, positives: torch.Tensor, num_negatives: int
     chosen = pos.clone().scatter_(1, negatives, True)
     bce = F.binary_cross_entropy_with_logits(logits, pos.to(logits.dtype), reduction="none")
     return ((bce * chosen).sum(1) / chosen.sum(1)).sum()
-
-
-def checkpoint_dtype(state: dict) -> torch.dtype:
-    """The floating dtype most of a checkpoint's weights are stored in (float32 if it has none)."""
-    counts: dict[torch.dtype, int] = {}
-    for t in state.values():
-        if t.is_floating_point():
-            counts[t.dtype] = counts.get(t.dtype, 0) + t.numel()
-    return max(counts, key=counts.get) if counts else torch.float32
-
-
-def load_state(model: nn.Module, state: dict, source: str, optional: Iterable[str] = ()) -> None:
-    """Strict load (but for `optional` tensors) with an error naming missing, unexpected and mis-shaped tensors."""
-    tied = getattr(getattr(model, "cfg", None), "text", None)
-    optional = set(optional) | ({"language.lm_head.weight"} if tied is not None and tied.tie_word_embeddings else set())
-    check_state(model.state_dict(), state, source, optional)
-    model.load_state_dict(state, strict=False)
-
-
-def check_state(own: dict, state: dict, source: str, optional: Iterable[str] = ()) -> None:
-    """CheckpointError naming missing, unexpected and mis-shaped tensors of `state` against `own`."""
-    missing = sorted(set(own) - set(state) - set(optional))
-    unexpected = sorted(set(state) - set(own))
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
-              for k in state if k in own and state[k].shape != own[k].shape]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"missing tensors {missing[:8]}{' ...' if len(missing) > 8 else ''}")
-        if unexpected:
-            parts.append(f"unexpected tensors {unexpected[:8]}{' ...' if len(unexpected) > 8 else ''}")
-        if shapes:
-            parts.append(f"shape mismatches {shapes[:8]}")
-        raise CheckpointError(f"{source} does not match the model config: " + "; ".join(parts))

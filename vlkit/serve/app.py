@@ -357,7 +357,7 @@ def create_app(pipe, *, api_key: Optional[str] = None, allowed_local_media_path:
                 raise APIError(400, f"the prompt has {len(ids)} tokens (images included); the context is {context} "
                                     "tokens, so no room is left for an answer", "messages",
                                code="context_length_exceeded")
-            params = SamplingParams(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
+            params = SamplingParams(max_new_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                                     stop=tuple(stops), seed=req.seed)
             stream = open_chat_stream(engine, ids, pixels, params, slot, req.stream, max_param)
         rid, now = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())

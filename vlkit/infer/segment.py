@@ -9,7 +9,7 @@ post-processing). Pixels on the object side of a boundary then take the object's
 and pixels on the background side take the background's. It only mixes the candidates' probabilities, so the
 mask still holds requested classes only.
 
-`segment` is what `Pipeline.segment` runs; `save_mask` writes the mask PNG and a colour overlay for the CLI.
+`segment` (a model, its prompt processor and tokenizer, an image) is what `Pipeline.segment` runs; `save_mask` writes the mask PNG and a colour overlay for the CLI.
 """
 from __future__ import annotations
 
@@ -24,7 +24,8 @@ from PIL import Image
 
 from vlkit.chat import class_token_ids
 from vlkit.errors import UserError
-from vlkit.images import ImageLike, load_image
+from vlkit.images import ImageLike, ImageProcessor, load_image
+from vlkit.tokenizer import Tokenizer
 
 BACKGROUND = "background"
 SEGMENT_PROMPT = "Segment the image. Classes: {}."  # the synthetic world's segmentation instruction
@@ -45,20 +46,20 @@ def candidate_names(classes: Sequence[str]) -> list[str]:
 
 
 @torch.no_grad()
-def segment(pipe, image: ImageLike, classes: Sequence[str], refine: bool = True) -> np.ndarray:
-    """-> uint8 mask (H, W) at the image's size. Values index `classes` when it contains "background";
-    otherwise 0 is background and k is classes[k - 1]. Only the requested classes can be predicted.
-    `refine`: edge-aware refinement of the upsampled probabilities, guided by the image (see the module doc)."""
+def segment(model, processor, tokenizer: Tokenizer, image: ImageLike, classes: Sequence[str],
+            refine: bool = True) -> np.ndarray:
+    """-> uint8 mask (H, W) at the image's size. `model`: a VisionLanguageModel trained with NTP-M;
+    `processor`: its prompt encoder (a ChatProcessor or an HF model's); `tokenizer`: the class names' tokens.
+    Values index `classes` when it contains "background"; otherwise 0 is background and k is classes[k - 1].
+    Only the requested classes can be predicted. `refine`: edge-aware refinement of the upsampled
+    probabilities, guided by the image (see the module doc)."""
     names = candidate_names(classes)
     img = load_image(image)
-    pixels = pipe.image_tensor(img)
+    device = next(model.parameters()).device
+    pixels = ImageProcessor.from_vision(model.cfg.vision)(img).to(device)
     prompt = SEGMENT_PROMPT.format(", ".join(n for n in names if n != BACKGROUND))
-    ids = torch.tensor([pipe.prompt_ids(prompt, [pixels])], device=pipe.device)
-    model = pipe.model
-    hidden = model.language(model.embed(ids, [pixels.to(pipe.device)]))[0]
-    at = ids[0] == model.cfg.image_token_id
-    tokens = torch.tensor(class_token_ids(pipe.tokenizer, names), device=pipe.device)
-    scores = model.logits(hidden[at]).float()[:, tokens]  # (N, C): only the candidates are ever compared
+    ids = processor.encode_prompt(prompt, 1, [model.tokens_per_image(pixels.shape[1], pixels.shape[2])])
+    scores = model.patch_scores(torch.tensor([ids], device=device), [pixels], class_token_ids(tokenizer, names))
     return scores_to_mask(scores, (img.height, img.width), img if refine else None)
 
 

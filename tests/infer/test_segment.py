@@ -1,4 +1,4 @@
-"""Edge-aware refinement of NTP-M masks (vlkit.infer.dense): patch labels -> boundaries that follow the image."""
+"""Edge-aware refinement of NTP-M masks (vlkit.infer.segment): patch labels -> boundaries that follow the image."""
 import numpy as np
 import pytest
 import torch
@@ -6,7 +6,7 @@ from PIL import Image, ImageDraw
 
 from vlkit.data.collate import patch_classes
 from vlkit.errors import UserError
-from vlkit.infer.dense import refine_probs, scores_to_mask
+from vlkit.infer.segment import refine_probs, scores_to_mask
 
 
 def _scene():
