@@ -8,7 +8,8 @@ import torch.multiprocessing as mp
 from tests.train.test_trainer import _free_port, make_pipe, params, stage, two_process_and_single_params
 from vlkit.config import ConfigError, TrainConfig
 from vlkit.train import distributed as dist_utils
-from vlkit.train.trainer import Recipe, Trainer, load_examples, train
+from vlkit.train.stage_data import load_examples
+from vlkit.train.trainer import Recipe, Trainer, train
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
+from vlkit.config import SamplingParams
 from vlkit.errors import ImageTokenError, UserError
 from vlkit.infer.generate import GenerationConfig, left_pad, sample
 from vlkit.models.language import KVCache, padding_positions
@@ -44,16 +45,6 @@ class TooManyImagesError(UserError):
 
 class EngineStoppedError(RuntimeError):
     """The engine was stopped (or never started) while a request was pending."""
-
-
-@dataclass
-class SamplingParams:
-    max_tokens: int = 64
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    top_k: int = 0
-    stop: tuple[str, ...] = ()  # stop strings (not part of the answer)
-    seed: Optional[int] = None
 
 
 @dataclass

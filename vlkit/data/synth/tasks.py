@@ -22,13 +22,12 @@ from typing import Callable, Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from vlkit.config.synth import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES, SPLITS, SynthConfig  # noqa: F401
 from vlkit.data.synth import text as T
 from vlkit.data.synth.world import (ALL_PAIRS, COLOR_NAMES, LABEL_CLASSES, SEG_CLASSES, SHAPE_PLURALS, SHAPES, Scene,
                                     compose_scene, sample_scene)
 from vlkit.grounding import box_text, ref_box_text, to_bins
 
-SPLITS = ("train", "test")
-DEFAULT_HELDOUT_PAIRS = (("red", "star"), ("blue", "triangle"), ("yellow", "circle"), ("purple", "square"))
 # Relations and their phrasings; the short forms are held out: every word of them is seen in training.
 RELATIONS = ("left of", "right of", "above", "below")
 RELATION_PHRASES = {
@@ -37,41 +36,20 @@ RELATION_PHRASES = {
     "above": ("above", "over"),
     "below": ("below", "under"),
 }
-DEFAULT_HELDOUT_PHRASES = ("left of", "right of")
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 VQA_TYPES = ("color", "shape", "count", "position", "relation", "exists", "attribute")
 
 
-@dataclass(frozen=True)
-class SynthConfig:
-    size: int = 64
-    split: str = "train"
-    heldout_pairs: tuple = DEFAULT_HELDOUT_PAIRS
-    heldout_phrases: tuple = DEFAULT_HELDOUT_PHRASES
-    heldout_boost: float = 0.3  # test split: this fraction of scene samples shows a held-out pair
-    max_iou: float = 0.0  # box IoU allowed between scene objects (0: never touching)
-    clean_text: bool = False  # black-on-white, upright text (for checking renders with OCR)
-    # scene samples carry a per-pixel "size color shape" label mask (LABEL_CLASSES), OCR samples their texts' ink
-    # boxes labelled with the text: NTP-M targets that teach the vision path directly (a stream's
-    # `dense_labels: true`; never written by generate_dataset)
-    dense_labels: bool = False
-    dense_text: bool = False  # with dense_labels: OCR samples too (their texts' ink boxes; docs/training.md row 16)
-    question_first: float = 0.0  # the share of understanding samples whose question comes before the <image>
+def allowed_pairs(cfg: SynthConfig) -> list[tuple[str, str]]:
+    """The (color, shape) pairs the config's split may show."""
+    return _allowed_pairs(cfg.heldout_pairs) if cfg.train else ALL_PAIRS
 
-    @property
-    def train(self) -> bool:
-        return self.split == "train"
 
-    @property
-    def pairs(self) -> list[tuple[str, str]]:
-        """The (color, shape) pairs this split may show."""
-        return _allowed_pairs(self.heldout_pairs) if self.train else ALL_PAIRS
-
-    def phrases(self, relation: str) -> tuple[str, ...]:
-        options = RELATION_PHRASES[relation]
-        if self.train:
-            options = tuple(p for p in options if p not in self.heldout_phrases)
-        return options
+def relation_phrases(cfg: SynthConfig, relation: str) -> tuple[str, ...]:
+    options = RELATION_PHRASES[relation]
+    if cfg.train:
+        options = tuple(p for p in options if p not in cfg.heldout_phrases)
+    return options
 
 
 @lru_cache(maxsize=16)
@@ -128,7 +106,7 @@ def _scene(rng: np.random.Generator, cfg: SynthConfig, min_objects: int = 1, max
     if not cfg.train and cfg.heldout_pairs and rng.random() < cfg.heldout_boost:
         force = (_pick(rng, cfg.heldout_pairs),)
     n = int(rng.integers(min_objects, max_objects + 1))
-    scene = sample_scene(rng, cfg.size, n, pairs=cfg.pairs, force_pairs=force, max_iou=cfg.max_iou)
+    scene = sample_scene(rng, cfg.size, n, pairs=allowed_pairs(cfg), force_pairs=force, max_iou=cfg.max_iou)
     if len(scene.objects) < min_objects:
         raise _Retry
     return scene
@@ -202,7 +180,7 @@ def task_caption(rng: np.random.Generator, cfg: SynthConfig) -> Made:
         a, b = objs
         rel = _vertical(a, b, scene) or _horizontal(a, b, scene)
         if rel is not None:
-            phrase = _pick(rng, cfg.phrases(rel))
+            phrase = _pick(rng, relation_phrases(cfg, rel))
             captions.append(f"{_a(_name(a))} {phrase} {_a(_name(b))}")
     question = _pick(rng, ["Describe the image.", "What is in the image?", "Write a short caption.",
                            "Describe the image briefly."])
@@ -275,7 +253,7 @@ def _vqa_relation(rng, scene, cfg):
     true_rel = _pick(rng, rels)
     yes = rng.random() < 0.5
     rel = true_rel if yes else OPPOSITE[true_rel]
-    phrase = _pick(rng, cfg.phrases(rel))
+    phrase = _pick(rng, relation_phrases(cfg, rel))
     return f"Is the {_name(a)} {phrase} the {_name(b)}?", "yes" if yes else "no", [a, b], phrase
 
 
@@ -284,7 +262,7 @@ def _vqa_exists(rng, scene, cfg):
         o = _pick(rng, scene.objects)
         pair, ans, targets = o.pair, "yes", [o]
     else:
-        absent = [p for p in cfg.pairs if scene.count(*p) == 0]
+        absent = [p for p in allowed_pairs(cfg) if scene.count(*p) == 0]
         pair, ans, targets = _pick(rng, absent), "no", []
     q = _pick(rng, ["Is there {n}?", "Is there {n} in the image?", "Does the image contain {n}?"])
     return q.format(n=_a(f"{pair[0]} {pair[1]}")), ans, targets, pair
@@ -384,7 +362,7 @@ def task_generation(rng: np.random.Generator, cfg: SynthConfig) -> Made:
     held_pairs = set(cfg.heldout_pairs)
     force = (not cfg.train) and cfg.heldout_pairs and rng.random() < cfg.heldout_boost
     two = rng.random() < 0.6
-    first = _pick(rng, cfg.heldout_pairs) if force else _pick(rng, cfg.pairs)
+    first = _pick(rng, cfg.heldout_pairs) if force else _pick(rng, allowed_pairs(cfg))
     jitter = lambda: float(rng.uniform(-0.04, 0.04)) * size  # noqa: E731
     if not two:
         center = (size / 2 + float(rng.uniform(-0.12, 0.12)) * size, size / 2 + float(rng.uniform(-0.12, 0.12)) * size)
@@ -392,10 +370,10 @@ def task_generation(rng: np.random.Generator, cfg: SynthConfig) -> Made:
         relation, phrase = None, None
         prompt = _a(f"{first[0]} {first[1]}")
     else:
-        others = [p for p in cfg.pairs if p[0] != first[0]]
+        others = [p for p in allowed_pairs(cfg) if p[0] != first[0]]
         second = _pick(rng, others)
         relation = _pick(rng, RELATIONS)
-        phrase = _pick(rng, cfg.phrases(relation))
+        phrase = _pick(rng, relation_phrases(cfg, relation))
         near, far = 0.28 * size, 0.72 * size  # the first object's and the second's coordinate on the axis
         if relation in ("right of", "below"):
             near, far = far, near
