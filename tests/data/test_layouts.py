@@ -15,7 +15,7 @@ from PIL import Image
 from vlkit.config import ConfigError
 from vlkit.data.sources import (CAPTION_PROMPT, DataError, DataWarning, ReadStats, load_sample_images, read_samples,
                                 read_source)
-from vlkit.train.trainer import source_spec
+from vlkit.train.stage_data import source_spec
 
 COLORS = {"red": (255, 0, 0), "green": (0, 255, 0), "blue": (0, 0, 255), "white": (255, 255, 255)}
 
@@ -394,7 +394,8 @@ def test_vlkit_train_on_llava_layout_uses_every_image(tmp_path, caplog):
 
     from vlkit.cli import main
     from vlkit.pipeline import load
-    from vlkit.train.trainer import Recipe, load_examples
+    from vlkit.train.stage_data import load_examples
+    from vlkit.train.trainer import Recipe
 
     path, folder = llava_layout(tmp_path / "data")
     recipe = llava_recipe(tmp_path, {"path": str(path), "image_folder": str(folder)})

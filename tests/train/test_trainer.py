@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from vlkit.config import DataConfig, StageConfig, TrainConfig, tiny_model_config
+from vlkit.config import ConfigError, DataConfig, StageConfig, TrainConfig, tiny_model_config
 from vlkit.models.vlm import VisionLanguageModel
 from vlkit.pipeline import Pipeline
 from vlkit.train.stage_data import load_examples
@@ -342,3 +342,34 @@ def test_file_stream_with_workers_and_packing_resumes_to_the_uninterrupted_run(t
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
+
+
+def test_train_gives_a_fresh_tokenizer_every_stages_data(tmp_path, monkeypatch):
+    """train() hands build_pipeline the corpus of all its stages (stage_data.tokenizer_corpus)."""
+    from vlkit.train import trainer as trainer_mod
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def capture(recipe, corpus):
+        seen["text"] = list(corpus())
+        raise Stop
+
+    monkeypatch.setattr(trainer_mod, "build_pipeline", capture)
+    monkeypatch.setattr(trainer_mod, "tokenizer_corpus", lambda stages, seed: [s.name for s in stages] + [seed])
+    stage = {"train": "multitask", "steps": 1, "batch_size": 2, "data": {"train": ["d"]}}
+    recipe = Recipe.from_dict({"train": {"out": str(tmp_path), "seed": 7},
+                               "stages": [{**stage, "name": "a"}, {**stage, "name": "b"}]})
+    with pytest.raises(Stop):
+        trainer_mod.train(recipe, out=tmp_path)
+    assert seen["text"] == ["a", "b", 7]
+
+
+def test_an_unknown_preset_names_the_presets():
+    from vlkit.train.trainer import build_pipeline
+
+    recipe = Recipe.from_dict({"model": {"preset": "huge"}, "stages": [{"train": "sft"}]})
+    with pytest.raises(ConfigError, match=r"model.preset='huge' is unknown; choose one of \['tiny'\]"):
+        build_pipeline(recipe, lambda: ["a b c"])
