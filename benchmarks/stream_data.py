@@ -191,7 +191,8 @@ def rank_run(args) -> None:
 
     from vlkit.config import DataConfig, StageConfig, TrainConfig
     from vlkit.train import distributed
-    from vlkit.train.trainer import Recipe, Trainer, build_pipeline, load_examples, load_feed
+    from vlkit.train.stage_data import load_examples, load_feed
+    from vlkit.train.trainer import Recipe, Trainer, build_pipeline
 
     torch.set_num_threads(1)
     quick = yaml.safe_load((ROOT / "recipes" / "quickstart.yaml").read_text())

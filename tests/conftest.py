@@ -25,7 +25,6 @@ def make_model(tokenizer):
         torch.manual_seed(seed)
         cfg = tiny_model_config(connector, vocab_size=len(tokenizer), **overrides)
         cfg.image_token_id = tokenizer.image_pad_id
-        cfg.pad_token_id = tokenizer.pad_id
         return VisionLanguageModel(cfg).eval()
 
     return make

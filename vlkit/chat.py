@@ -11,18 +11,30 @@ to generate (VLUAS): `<|gen_start|><|vision_start|>` + N pads + `<|vision_end|>`
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Optional, Sequence
 
 from vlkit.errors import UserError
 from vlkit.tokenizer import IMAGE_PLACEHOLDER, Tokenizer
 
-IGNORE = -100
+IGNORE = -100  # the label of a position without loss (PyTorch's cross-entropy ignore_index)
+# a sample's ("from": human | gpt, LLaVA) or a message's ("role": user | assistant, OpenAI) role -> its ChatML role
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
-IMAGE_PROMPT = "Draw: {}"  # the user turn of text-to-image samples (the synthetic world's generation task)
+USER_ROLES = tuple(r for r, chatml in ROLES.items() if chatml == "user")  # ("human", "user")
+ASSISTANT_ROLES = tuple(r for r, chatml in ROLES.items() if chatml == "assistant")  # ("gpt", "assistant")
+# the user turn of a text-to-image sample (the synthetic world's generation task; Pipeline.generate_image's prompt)
+IMAGE_PROMPT = "Draw: {}"
 
 
 class ChatFormatError(UserError):
     """A conversation is malformed (unknown role, bad content, placeholder/image count mismatch)."""
+
+
+def image_prompt_subject(text: str) -> Optional[str]:
+    """What a text-to-image user turn asks to draw (`IMAGE_PROMPT` read back); None for any other text."""
+    head, _, tail = IMAGE_PROMPT.partition("{}")
+    if not (text.startswith(head) and text.endswith(tail)):
+        return None
+    return text[len(head):len(text) - len(tail)].strip()
 
 
 @dataclass

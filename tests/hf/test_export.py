@@ -30,7 +30,7 @@ def _vlkit_pipeline(tower: str, seed: int = 0):
         vision.post_norm = False
     text = TextConfig(vocab_size=len(tok) + 8, hidden_size=32, intermediate_size=64, num_heads=4, num_kv_heads=2,
                       tie_word_embeddings=clip, attention_bias=not clip)
-    cfg = ModelConfig(vision=vision, text=text, image_token_id=tok.image_pad_id, pad_token_id=tok.pad_id)
+    cfg = ModelConfig(vision=vision, text=text, image_token_id=tok.image_pad_id)
     torch.manual_seed(seed)
     return Pipeline(perturb(VisionLanguageModel(cfg), seed), tok)
 

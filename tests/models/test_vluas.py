@@ -32,7 +32,7 @@ def _pipe(tokenizer, depth=1, seed=0, **overrides):
     torch.manual_seed(seed)
     cfg = tiny_model_config("spatial_merge", vocab_size=len(tokenizer) + vq.cfg.codebook_size,
                             vision_target="codes", vq=vq.cfg, text_vocab_size=len(tokenizer), **overrides)
-    cfg.image_token_id, cfg.pad_token_id = tokenizer.image_pad_id, tokenizer.pad_id
+    cfg.image_token_id = tokenizer.image_pad_id
     return Pipeline(VisionLanguageModel(cfg), tokenizer, vq=vq)
 
 
@@ -134,7 +134,7 @@ def test_prompt_noise_only_inserts_filler_words_into_generation_prompts(tokenize
     again = _encode(pipe, samples, prompt_dropout=0.0, prompt_noise=0.5)
     assert [e.input_ids for e in again] == [e.input_ids for e in noised]  # deterministic per sample id
     from vlkit.config import ConfigError, DataConfig
-    from vlkit.train.trainer import target_spec
+    from vlkit.train.stage_data import target_spec
     assert target_spec(pipe, DataConfig(prompt_noise=1.0), seed=0).prompt_noise == 1.0
     with pytest.raises(ConfigError, match="data.prompt_noise=1.5"):
         target_spec(pipe, DataConfig(prompt_noise=1.5), seed=0)
@@ -321,7 +321,7 @@ def test_vluas_trains_with_every_connector(tokenizer, connector):
                                   image_size=64)).eval()
     cfg = tiny_model_config(connector, vocab_size=len(tokenizer) + 16, vision_target="codes", vq=vq.cfg,
                             text_vocab_size=len(tokenizer))
-    cfg.image_token_id, cfg.pad_token_id = tokenizer.image_pad_id, tokenizer.pad_id
+    cfg.image_token_id = tokenizer.image_pad_id
     check_code_grid(cfg)
     pipe = Pipeline(VisionLanguageModel(cfg), tokenizer, vq=vq)
     red = _drawing("red", "circle")
@@ -350,7 +350,7 @@ def test_growing_into_vluas_keeps_text_logits_and_adds_code_rows(tokenizer, tied
     torch.manual_seed(0)
     cfg = tiny_model_config("spatial_merge", vocab_size=len(tokenizer))
     cfg.text.tie_word_embeddings = tied  # tied as in SmolLM2, untied as in Qwen2.5-7B
-    cfg.image_token_id, cfg.pad_token_id = tokenizer.image_pad_id, tokenizer.pad_id
+    cfg.image_token_id = tokenizer.image_pad_id
     base = VisionLanguageModel(cfg).eval()
     vq = _vq()
     grown = base.with_visual_codes(vq.cfg, vision_loss_weight=0.5).eval()

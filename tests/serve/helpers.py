@@ -31,7 +31,6 @@ def _model(tok: Tokenizer, seed: int, context: int = 512) -> VisionLanguageModel
     torch.manual_seed(seed)
     cfg = tiny_model_config("mlp", vocab_size=len(tok))
     cfg.image_token_id = tok.image_pad_id
-    cfg.pad_token_id = tok.pad_id
     cfg.text.max_position_embeddings = context
     cfg.max_images = 2
     return VisionLanguageModel(cfg).eval()

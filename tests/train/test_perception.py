@@ -36,7 +36,7 @@ def trained(tmp_path_factory):
                       connector=ConnectorConfig(type="spatial_merge"), init="fan_in",
                       text=TextConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_layers=2,
                                       num_heads=2, num_kv_heads=1))
-    cfg.image_token_id, cfg.pad_token_id = tok.image_pad_id, tok.pad_id
+    cfg.image_token_id = tok.image_pad_id
     pipe = Pipeline(VisionLanguageModel(cfg), tok)
     examples = encode_samples(_samples(4000, 0), pipe.processor, 32, pipe.model.tokens_per_image, 64)
     # with N(0, 0.02) init this model needs 1000-1500 steps, at a random point, to find its image path
@@ -84,7 +84,7 @@ def test_a_vision_stage_teaches_the_tower_per_patch_labels_without_running_the_l
                       dense_from="connector",
                       text=TextConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_layers=1,
                                       num_heads=2, num_kv_heads=1))
-    cfg.image_token_id, cfg.pad_token_id = tok.image_pad_id, tok.pad_id
+    cfg.image_token_id = tok.image_pad_id
     pipe = Pipeline(VisionLanguageModel(cfg), tok)
     examples = encode_samples(samples, pipe.processor, 64, pipe.model.tokens_per_image, 200,
                               spec=TargetSpec(dense=True))

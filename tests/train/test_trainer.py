@@ -7,10 +7,11 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 
-from vlkit.config import DataConfig, StageConfig, TrainConfig, tiny_model_config
+from vlkit.config import ConfigError, DataConfig, StageConfig, TrainConfig, tiny_model_config
 from vlkit.models.vlm import VisionLanguageModel
 from vlkit.pipeline import Pipeline
-from vlkit.train.trainer import Recipe, Trainer, TrainingError, load_examples, train
+from vlkit.train.stage_data import load_examples
+from vlkit.train.trainer import Recipe, Trainer, TrainingError, train
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +26,7 @@ def data_dir(tmp_path_factory):
 def make_pipe(tokenizer, seed=0):
     torch.manual_seed(seed)
     cfg = tiny_model_config("spatial_merge", vocab_size=len(tokenizer))
-    cfg.image_token_id, cfg.pad_token_id = tokenizer.image_pad_id, tokenizer.pad_id
+    cfg.image_token_id = tokenizer.image_pad_id
     return Pipeline(VisionLanguageModel(cfg), tokenizer)
 
 
@@ -144,18 +145,6 @@ def _metrics(run) -> dict:
         assert r["global_step"] not in rows, f"global step {r['global_step']} logged twice"
         rows[r["global_step"]] = (r["stage"], r["step"], r["loss"])
     return rows
-
-
-def test_resume_drops_metric_rows_past_the_checkpoint_and_a_torn_line(tmp_path):
-    from vlkit.train.checkpoint import drop_metrics_after
-
-    path = tmp_path / "metrics.jsonl"
-    rows = [{"stage": "s", "step": i, "global_step": i, "loss": 1.0 / i} for i in range(1, 8)]
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows) + '{"stage": "s", "step": 8, "glo')
-    assert drop_metrics_after(path, 4) == 4  # rows 5, 6, 7 and the torn line
-    assert path.read_text() == "".join(json.dumps(r) + "\n" for r in rows[:4])
-    assert drop_metrics_after(path, 4) == 0 and drop_metrics_after(tmp_path / "none.jsonl", 4) == 0
-    assert [p.name for p in tmp_path.iterdir()] == ["metrics.jsonl"]  # no temporary file left behind
 
 
 def test_corrupt_line_mid_epoch_is_skipped_and_counted(tokenizer, data_dir, tmp_path):
@@ -355,8 +344,8 @@ def test_file_stream_with_workers_and_packing_resumes_to_the_uninterrupted_run(t
     assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
 
 
-def test_a_fresh_tokenizer_learns_from_every_stages_data(tmp_path, monkeypatch):
-    """A first stage that sees only scenes (a `vision` stage) must not leave the OCR stage's words to bytes."""
+def test_train_gives_a_fresh_tokenizer_every_stages_data(tmp_path, monkeypatch):
+    """train() hands build_pipeline the corpus of all its stages (stage_data.tokenizer_corpus)."""
     from vlkit.train import trainer as trainer_mod
 
     seen = {}
@@ -369,13 +358,18 @@ def test_a_fresh_tokenizer_learns_from_every_stages_data(tmp_path, monkeypatch):
         raise Stop
 
     monkeypatch.setattr(trainer_mod, "build_pipeline", capture)
-    stage = {"train": "multitask", "steps": 1, "batch_size": 2, "data": {"max_length": 200}}
-    recipe = trainer_mod.Recipe.from_dict({"model": {"preset": "tiny"}, "train": {"out": str(tmp_path)}, "stages": [
-        {**stage, "name": "a", "data": {"train": [{"synth": {"tasks": ["vqa"]}}]}},
-        {**stage, "name": "b", "data": {"train": [{"synth": {"tasks": ["ocr"]}}]}},
-        {**stage, "name": "c", "data": {"train": [{"synth": {"tasks": ["ocr"]}}]}}]})
+    monkeypatch.setattr(trainer_mod, "tokenizer_corpus", lambda stages, seed: [s.name for s in stages] + [seed])
+    stage = {"train": "multitask", "steps": 1, "batch_size": 2, "data": {"train": ["d"]}}
+    recipe = Recipe.from_dict({"train": {"out": str(tmp_path), "seed": 7},
+                               "stages": [{**stage, "name": "a"}, {**stage, "name": "b"}]})
     with pytest.raises(Stop):
         trainer_mod.train(recipe, out=tmp_path)
-    text = seen["text"]
-    assert any("color" in t.lower() for t in text) and any("read" in t.lower() or "text" in t.lower() for t in text)
-    assert len(text) == 2 * trainer_mod.TOKENIZER_CORPUS * 2  # two distinct stage data sets, two turns a sample
+    assert seen["text"] == ["a", "b", 7]
+
+
+def test_an_unknown_preset_names_the_presets():
+    from vlkit.train.trainer import build_pipeline
+
+    recipe = Recipe.from_dict({"model": {"preset": "huge"}, "stages": [{"train": "sft"}]})
+    with pytest.raises(ConfigError, match=r"model.preset='huge' is unknown; choose one of \['tiny'\]"):
+        build_pipeline(recipe, lambda: ["a b c"])

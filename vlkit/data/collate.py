@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from vlkit.chat import IGNORE, ROLES, ChatProcessor
+from vlkit.config import TargetSpec
 from vlkit.data.sources import load_sample_images, load_sample_mask
 from vlkit.errors import UserError
 from vlkit.images import ImageProcessor
@@ -40,26 +41,6 @@ class Example:
     def num_targets(self) -> int:
         """Supervised positions: shifted labels plus NTP-M patches (what the loss is normalised by)."""
         return sum(t != IGNORE for t in self.labels[1:]) + len(self.dense or ())
-
-
-@dataclass
-class TargetSpec:
-    """What an example supervises beyond text.
-
-    code_offset/encode_codes: vision as target (ModelConfig.vision_target='codes'). `encode_codes` maps uint8
-    images (3, H, W) to codes (B, N, D); image tokens are then labelled with `code_offset + code`, and the image
-    tokens of a generated image become code tokens in the input too. prompt_dropout: the share of generation
-    samples whose user text is blanked (for classifier-free guidance). prompt_noise: the share of the other
-    generation samples whose user text gets one or two filler words inserted (see `insert_fillers`).
-    dense: NTP-M targets from the sample's segmentation mask, as the first token of each class name (see
-    chat.class_token_ids).
-    """
-    code_offset: Optional[int] = None
-    encode_codes: Optional[Callable[[list[torch.Tensor]], torch.Tensor]] = None
-    prompt_dropout: float = 0.0
-    prompt_noise: float = 0.0
-    dense: bool = False
-    seed: int = 0
 
 
 @dataclass

@@ -24,7 +24,7 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from vlkit.errors import ImageTokenError, UserError
-from vlkit.infer.generate import GenerationConfig, left_pad
+from vlkit.infer.generate import GenerationConfig, left_pad, sample_tokens
 from vlkit.infer.request import (Answer, Completion, ContextLengthError, EngineEvent, EngineStoppedError,
                                  QueueFullError, RequestState, SamplingParams, TooManyImagesError)
 from vlkit.models.language import KVCache
@@ -405,12 +405,12 @@ class Engine:
         out = [0] * len(seqs)
         if greedy:
             g = torch.tensor(greedy, device=logits.device)
-            picked = seqs[greedy[0]].gen.sample(logits[g]).tolist()  # greedy ignores all but vocab_limit
+            picked = sample_tokens(logits[g], seqs[greedy[0]].gen).tolist()  # greedy ignores all but vocab_limit
             for i, t in zip(greedy, picked):
                 out[i] = t
         for i, s in enumerate(seqs):
             if s.gen.temperature != 0.0:
-                out[i] = int(s.gen.sample(logits[i:i + 1], s.generator)[0])
+                out[i] = int(sample_tokens(logits[i:i + 1], s.gen, s.generator)[0])
         return out
 
     def _accept(self, seq: RequestState, token: int) -> bool:

@@ -5,42 +5,19 @@ prompt gives the same tokens alone or in a batch. Finished rows leave the batch 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Iterator, Optional, Sequence
 
 import torch
 
+from vlkit.config import GenerationConfig, ImageGenerationConfig
 from vlkit.errors import UserError
 from vlkit.models.sampling import sample
 
-SEED_RANGE = (-(2 ** 63), 2 ** 63 - 1)  # a 64-bit signed integer (torch.Generator.manual_seed takes these)
 
-
-@dataclass
-class GenerationConfig:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0: greedy
-    top_k: int = 0  # 0: off
-    top_p: float = 1.0  # 1: off
-    stop_token_ids: tuple = ()
-    seed: Optional[int] = None
-    vocab_limit: Optional[int] = None  # only ids below this may be generated (VLUAS: text ids, not codes)
-
-    def validate(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
-            raise UserError(f"max_new_tokens={self.max_new_tokens!r} must be a positive integer")
-        if not 0.0 <= self.temperature <= 100.0:
-            raise UserError(f"temperature={self.temperature!r} must be in [0, 100]")
-        if self.top_k < 0:
-            raise UserError(f"top_k={self.top_k!r} must be >= 0")
-        if not 0.0 < self.top_p <= 1.0:
-            raise UserError(f"top_p={self.top_p!r} must be in (0, 1]")
-        if self.seed is not None and not (isinstance(self.seed, int) and SEED_RANGE[0] <= self.seed <= SEED_RANGE[1]):
-            raise UserError(f"seed={self.seed!r} must be an integer in [{SEED_RANGE[0]}, {SEED_RANGE[1]}]")
-
-    def sample(self, logits: torch.Tensor, generator: Optional[torch.Generator] = None) -> torch.Tensor:
-        """(B, V) logits -> (B,) token ids under these settings (vlkit.models.sampling)."""
-        return sample(logits, self.temperature, self.top_k, self.top_p, generator, vocab_limit=self.vocab_limit)
+def sample_tokens(logits: torch.Tensor, gen: GenerationConfig,
+                  generator: Optional[torch.Generator] = None) -> torch.Tensor:
+    """(B, V) logits -> (B,) token ids under `gen`'s settings (vlkit.models.sampling)."""
+    return sample(logits, gen.temperature, gen.top_k, gen.top_p, generator, vocab_limit=gen.vocab_limit)
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
@@ -73,7 +50,7 @@ def generate_stream(model, prompts: Sequence[Sequence[int]], images: Sequence[Se
     rows = torch.arange(len(prompts), device=device)
     stops = set(gen.stop_token_ids)
     for step in range(gen.max_new_tokens):
-        tokens = gen.sample(logits, generator)
+        tokens = sample_tokens(logits, gen, generator)
         alive = []
         for i, (r, t) in enumerate(zip(rows.tolist(), tokens.tolist())):
             yield r, t
@@ -125,20 +102,6 @@ class TextStreamer:
 
 # ---------------------------------------------------------------------------------------------------------
 # image generation (vision as target)
-
-
-@dataclass
-class ImageGenerationConfig:
-    cfg_scale: float = 1.5  # classifier-free guidance: uncond + scale * (cond - uncond); 1 = cond only, 0 = uncond only
-    temperature: float = 1.0  # 0: greedy
-    top_k: int = 0
-    top_p: float = 1.0
-    seed: Optional[int] = None
-
-    def validate(self) -> None:
-        if not isinstance(self.cfg_scale, (int, float)) or not 0.0 <= self.cfg_scale <= 50.0:
-            raise UserError(f"cfg_scale={self.cfg_scale!r} must be a number in [0, 50]")
-        GenerationConfig(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p, seed=self.seed).validate()
 
 
 @torch.no_grad()

@@ -12,7 +12,7 @@ from typing import Callable, Optional
 import torch
 
 from vlkit.errors import UserError
-from vlkit.infer.generate import GenerationConfig
+from vlkit.config import GenerationConfig, SamplingParams
 
 
 class QueueFullError(UserError):
@@ -29,16 +29,6 @@ class TooManyImagesError(UserError):
 
 class EngineStoppedError(RuntimeError):
     """The engine was stopped (or never started) while a request was pending."""
-
-
-@dataclass
-class SamplingParams:
-    max_new_tokens: int = 64
-    temperature: float = 0.0  # 0: greedy
-    top_p: float = 1.0
-    top_k: int = 0
-    stop: tuple[str, ...] = ()  # stop strings (not part of the answer)
-    seed: Optional[int] = None
 
 
 @dataclass

@@ -11,7 +11,7 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from vlkit.infer.generate import SEED_RANGE
+from vlkit.config import SEED_RANGE
 
 MAX_TEXT_CHARS = 64 * 1024 * 1024  # above any body the server accepts (50 MiB)
 

@@ -1,4 +1,5 @@
-"""Training stages: which modules train (LLaVA-1.5 / Qwen-VL style) and their learning rates.
+"""Training stages: which modules train (LLaVA-1.5 / Qwen-VL style), their learning rates, and what a stage kind
+changes in the loop. STAGES is the registry of the kinds a stage's `train:` names:
 
     vision     vision encoder + connector (+ the word embeddings) on per-patch labels alone: NTP-M at the
                connector's output (needs dense_prediction, dense_from: connector and data with masks); the LM
@@ -13,6 +14,7 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 
 from torch import nn
 
@@ -20,38 +22,42 @@ from vlkit.config import ConfigError, StageConfig
 
 log = logging.getLogger("vlkit.train")
 
-TRAINABLE = {
-    "vision": ("vision", "connector", "language.embed_tokens", "language.lm_head"),
-    "align": ("connector",),
-    "multitask": ("vision", "connector", "language", "depth"),
-    "sft": ("connector", "language", "depth"),  # depth: the residual-code depth transformer (VLUAS, D > 1)
-    "lora": ("connector",),  # plus adapter parameters added by vlkit.models.lora
+
+@dataclass(frozen=True)
+class StageKind:
+    trainable: tuple[str, ...]  # top-level modules or dotted submodules whose parameters train
+    uses_lora: bool = False  # adapters are added before the stage and merged into plain weights at its end
+    runs_language: bool = True  # False: the loss is the per-patch loss at the connector, the LM is skipped
+    dense_at_connector: bool = False  # learns per-patch labels at the connector (needs dense_from: connector)
+    trains_everything: bool = False  # every parameter gets a gradient (DDP need not look for unused ones)
+
+
+STAGES = {
+    "vision": StageKind(("vision", "connector", "language.embed_tokens", "language.lm_head"), runs_language=False,
+                        dense_at_connector=True),
+    "align": StageKind(("connector",)),
+    "multitask": StageKind(("vision", "connector", "language", "depth"), trains_everything=True),
+    "sft": StageKind(("connector", "language", "depth")),  # depth: the residual-code depth transformer (VLUAS, D > 1)
+    "lora": StageKind(("connector",), uses_lora=True),  # plus adapter parameters added by vlkit.models.lora
 }
 
 
-def check_stage_kind(stage: StageConfig, key: str = "stage.train") -> None:
-    """`train:` names an entry of TRAINABLE (the registry is the only list of stage kinds)."""
-    if stage.train not in TRAINABLE:
-        raise ConfigError(f"{key}={stage.train!r} is unknown; choose one of {sorted(TRAINABLE)}")
-
-
-def runs_language(stage: StageConfig) -> bool:
-    """False for a `vision` stage: its loss is the per-patch loss at the connector, the LM is skipped."""
-    return stage.train != "vision"
+def stage_kind(stage: StageConfig) -> StageKind:
+    """The registry entry of `stage.train` (StageConfig has checked it names one)."""
+    return STAGES[stage.train]
 
 
 def check_vision_stage(stage: StageConfig, cfg) -> None:
-    """A `vision` stage learns from per-patch targets scored at the connector; say what is missing."""
-    if stage.train == "vision" and not (cfg.dense_prediction and cfg.dense_from == "connector"):
-        raise ConfigError(f"stage {stage.name!r}: train: vision learns per-patch labels at the connector; set "
+    """A stage that learns per-patch targets at the connector needs them; say what is missing."""
+    if stage_kind(stage).dense_at_connector and not (cfg.dense_prediction and cfg.dense_from == "connector"):
+        raise ConfigError(f"stage {stage.name!r}: train: {stage.train} learns per-patch labels at the connector; set "
                           "model.dense_prediction: true and model.dense_from: connector, and give it data with "
                           "masks (e.g. a synth stream with dense_labels: true)")
 
 
 def apply_stage(model: nn.Module, stage: StageConfig) -> dict:
     """Sets requires_grad per module; returns {"trainable": n, "frozen": n} parameter counts (also logged)."""
-    check_stage_kind(stage, f"stage {stage.name!r}: train")
-    parts = TRAINABLE[stage.train]  # top-level modules, or dotted submodules
+    parts = stage_kind(stage).trainable
     for name, p in model.named_parameters():
         p.requires_grad_(any(name == part or name.startswith(part + ".") for part in parts) or "lora_" in name)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

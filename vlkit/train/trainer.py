@@ -9,26 +9,25 @@ of supervised tokens, so N processes compute the same update as one.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
 import torch
 
-from vlkit.config import (ConfigError, DataConfig, ModelConfig, StageConfig, TokenizerConfig, TrainConfig,
-                          apply_overrides, from_dict, load_yaml, model_config_from_dict, to_dict, tiny_model_config)
-from vlkit.data.collate import Collator, EncodeStats, Example, TargetSpec, encode_samples
-from vlkit.data.feed import ListFeed, StreamFeed, as_feed, mixture, read_records
-from vlkit.data.sources import SOURCE_OPTIONS, SourceOptions
+from vlkit.config import PRESETS, ConfigError, ModelConfig, Recipe, StageConfig, TrainConfig, apply_overrides, \
+    load_yaml, model_config_from_dict, to_dict
+from vlkit.data.collate import Collator, EncodeStats, Example
+from vlkit.data.feed import ListFeed, StreamFeed, as_feed
 from vlkit.errors import UserError
+from vlkit.io import write_json
 from vlkit.train import checkpoint as ckpt_io
 from vlkit.train import distributed as dist_utils
-from vlkit.train.stages import apply_stage, check_stage_kind, check_vision_stage, param_groups, runs_language
+from vlkit.train.stage_data import load_feed, tokenizer_corpus
+from vlkit.train.stages import StageKind, apply_stage, check_vision_stage, param_groups, stage_kind
 from vlkit.train.validation import Validator
 
 log = logging.getLogger("vlkit.train")
@@ -36,32 +35,6 @@ log = logging.getLogger("vlkit.train")
 
 class TrainingError(UserError):
     """Training cannot go on (e.g. repeated non-finite losses); the message says why."""
-
-
-@dataclass
-class Recipe:
-    model: dict = field(default_factory=dict)  # {"preset": "tiny", ...ModelConfig overrides}
-    tokenizer: dict = field(default_factory=dict)  # {"path": tokenizer.json} | {"vocab_size": N} (trained)
-    init: Optional[str] = None  # start from this checkpoint instead of a fresh model
-    vq: Optional[str] = None  # a trained visual tokenizer directory (needed by model.vision_target: codes)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    stages: list = field(default_factory=list)  # [StageConfig]
-
-    @classmethod
-    def from_dict(cls, data: dict) -> "Recipe":
-        allowed = {"model", "tokenizer", "init", "vq", "train", "stages"}
-        unknown = set(data) - allowed
-        if unknown:
-            raise ConfigError(f"recipe: unknown key(s) {sorted(unknown)}; allowed: {sorted(allowed)}")
-        stages = data.get("stages") or []
-        if not isinstance(stages, list) or not stages:
-            raise ConfigError("recipe: `stages` must be a non-empty list")
-        stages = [from_dict(StageConfig, s, f"stages.{i}") for i, s in enumerate(stages)]
-        for i, s in enumerate(stages):
-            check_stage_kind(s, f"stages.{i}.train")
-        from_dict(TokenizerConfig, data.get("tokenizer") or {}, "tokenizer")  # checked; build_pipeline reads the dict
-        return cls(model=data.get("model") or {}, tokenizer=data.get("tokenizer") or {}, init=data.get("init"),
-                   vq=data.get("vq"), train=from_dict(TrainConfig, data.get("train") or {}, "train"), stages=stages)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -83,16 +56,16 @@ def build_pipeline(recipe: Recipe, corpus: Callable[[], Any]):
         tok = Tokenizer.train(corpus(), vocab_size=int(recipe.tokenizer.get("vocab_size", 1024)))
     spec = dict(recipe.model)
     preset = spec.pop("preset", "tiny")
-    if preset != "tiny":
-        raise ConfigError(f"model.preset={preset!r} is unknown; choose 'tiny' or give the full config")
-    base = to_dict(tiny_model_config())
+    if preset not in PRESETS:
+        raise ConfigError(f"model.preset={preset!r} is unknown; choose one of {sorted(PRESETS)}")
+    base = to_dict(PRESETS[preset]())
     for key, value in spec.items():
         if isinstance(value, dict) and isinstance(base.get(key), dict):
             base[key].update(value)
         else:
             base[key] = value
     base["text"]["vocab_size"] = len(tok)
-    base["image_token_id"], base["pad_token_id"] = tok.image_pad_id, tok.pad_id
+    base["image_token_id"] = tok.image_pad_id
     vq = None
     if base.get("vision_target") == "codes":  # VLUAS: the codes follow the text tokens in the vocabulary
         from vlkit.models.vq import VisualTokenizer, check_code_grid
@@ -152,125 +125,6 @@ def adapt_init(pipe, recipe: Recipe):
     return pipe
 
 
-def target_spec(pipe, data: DataConfig, seed: int) -> TargetSpec:
-    """What the model supervises besides text: visual codes (vision_target: codes) and NTP-M masks."""
-    cfg = pipe.config
-    spec = TargetSpec(prompt_dropout=data.prompt_dropout, prompt_noise=data.prompt_noise,
-                      dense=cfg.dense_prediction, seed=seed)
-    if cfg.vision_target == "codes":
-        vq = pipe.vq
-        if vq is None:
-            raise ConfigError("vision_target=codes but the pipeline has no visual tokenizer (vq/)")
-
-        def encode_codes(images: list[torch.Tensor]) -> torch.Tensor:
-            pixels = torch.stack(images).float().div(127.5).sub(1.0).to(vq.quantizer.codebook.device)
-            return vq.encode(pixels).reshape(len(images), -1, vq.cfg.depth)
-
-        spec.code_offset, spec.encode_codes = cfg.text_vocab_size, encode_codes
-    return spec
-
-
-def file_mixture(data: DataConfig, seed: int):
-    """The stage's `path:` sources indexed as light records (vlkit/data/records.py): read once, no pixels; each
-    source's `max_skip` is checked on what its reading skipped."""
-    from vlkit.data.records import FileMixture
-
-    if not data.train:
-        raise ConfigError("stage data.train is empty: name at least one source {path: DIR}")
-    specs = []
-    for i, src in enumerate(data.train):
-        src = source_spec(src, i)
-        if "path" not in src:
-            raise ConfigError(f"data.train.{i}: `synth:` streams cannot be mixed with `path:` sources in one stage")
-        specs.append(src)
-    return FileMixture(specs, data.strict, seed)
-
-
-def sample_encoder(pipe, data: DataConfig, seed: int) -> Callable[[list[dict], EncodeStats], list[Example]]:
-    """samples -> encoded examples (images decoded and resized, text tokenized), skipping and counting failures."""
-    spec = target_spec(pipe, data, seed)
-    image_size, images = pipe.config.vision.image_size, pipe.image_processor
-
-    def encode(samples: list[dict], st: EncodeStats) -> list[Example]:
-        return encode_samples(samples, pipe.processor, image_size, pipe.model.tokens_per_image, data.max_length,
-                              strict=data.strict, stats=st, spec=spec, image_processor=images)
-
-    return encode
-
-
-def load_examples(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = None) -> list[Example]:
-    """The in-memory path: every record of the stage's file mixture encoded up front, in mixture order (a source
-    with weight 2 is encoded twice). Training streams instead (`load_feed`); tests and
-    benchmarks/stream_data.py use this to compare."""
-    from vlkit.data.sources import check_skip_share
-
-    mix = file_mixture(data, seed)
-    encode = sample_encoder(pipe, data, seed)
-    stats = stats if stats is not None else EncodeStats()
-    out = encode(read_records(mix.__getitem__, range(len(mix)), stats), stats)
-    check_skip_share("the stage's data", stats.encoded, stats.skipped, mix.max_skip, stats.examples, "encoding")
-    if not out:
-        raise UserError("the stage's data gave no usable sample")
-    return out
-
-
-TOKENIZER_CORPUS = 4000  # samples of a `synth:` stream that train the text tokenizer
-SOURCE_KEYS = {"path": ("path", "weight", "tasks", *SOURCE_OPTIONS), "synth": ("synth", "weight")}
-
-
-def source_spec(src, i: int) -> dict:
-    """A data.train entry as a dict, its keys and values checked: {path: FILE_OR_DIR, weight, tasks, image_folder,
-    max_skip, caption_prompt} (docs/data.md) or {synth: {...}, weight}."""
-    if isinstance(src, str):
-        src = {"path": src}
-    if not isinstance(src, dict):
-        raise ConfigError(f"data.train.{i} must be a mapping like {{path: DIR}} or {{synth: {{tasks: [vqa]}}}}")
-    kinds = [k for k in SOURCE_KEYS if k in src]
-    if len(kinds) != 1:
-        raise ConfigError(f"data.train.{i} needs exactly one of `path` or `synth`, got keys {sorted(src)}")
-    allowed = SOURCE_KEYS[kinds[0]]
-    unknown = sorted(set(src) - set(allowed))
-    if unknown:
-        hints = [f"`{k}` -> `{m[0]}`?" for k in unknown if (m := difflib.get_close_matches(k, allowed, 1, 0.6))]
-        raise ConfigError(f"data.train.{i}: unknown key(s) {unknown}{' (' + ', '.join(hints) + ')' if hints else ''}"
-                          f"; allowed: {list(allowed)}")
-    if "path" in src:
-        SourceOptions.from_spec(src, f"data.train.{i}")
-    weight = src.get("weight", 1.0)
-    if not isinstance(weight, (int, float)) or isinstance(weight, bool) or not weight > 0:
-        raise ConfigError(f"data.train.{i}.weight={weight!r} must be a number > 0")
-    return src
-
-
-def stream_of(data: DataConfig, seed: int):
-    """The stage's `synth:` sources as one sample stream (None if it reads files)."""
-    from vlkit.data.synth.stream import synth_stream
-
-    specs = [source_spec(s, i) for i, s in enumerate(data.train)]
-    streams = [s for s in specs if "synth" in s]
-    if not streams:
-        return None
-    if len(streams) != len(specs):
-        raise ConfigError("a stage reads either `synth:` streams or `path:` sources, not both")
-    return mixture([synth_stream(s["synth"], seed) for s in streams], [float(s.get("weight", 1.0)) for s in streams],
-                   seed)
-
-
-def load_feed(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = None,
-              order_seed: Optional[int] = None) -> StreamFeed:
-    """The stage's training feed, streamed: its `synth:` stream, or its files indexed as light records and walked
-    in epoch permutations seeded by `order_seed` (default `seed`; `train` passes train.seed, the order the
-    in-memory path used). Either way a batch is read and encoded only when it is needed (in DataLoader workers
-    with train.num_workers > 0), by the rank that trains on it."""
-    encode = sample_encoder(pipe, data, seed)
-    stream = stream_of(data, seed)
-    if stream is not None:
-        return StreamFeed(stream, encode, stats=stats)
-    mix = file_mixture(data, seed)
-    return StreamFeed(mix.__getitem__, encode, length=len(mix), seed=seed if order_seed is None else order_seed,
-                      stats=stats, max_skip=mix.max_skip)
-
-
 # ---------------------------------------------------------------------------------------------------------
 # the loop
 
@@ -283,6 +137,24 @@ def lr_lambda(warmup: int, total: int) -> Callable[[int], float]:
         return 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
 
     return f
+
+
+class Throughput:
+    """Samples and supervised tokens per second since the last logged row."""
+
+    def __init__(self):
+        self.t, self.samples, self.tokens = time.perf_counter(), 0, 0
+
+    def add(self, samples: int, tokens: int) -> None:
+        self.samples += samples
+        self.tokens += tokens
+
+    def rates(self) -> dict:
+        now = time.perf_counter()
+        out = {"samples_per_s": round(self.samples / (now - self.t), 2),
+               "tokens_per_s": round(self.tokens / (now - self.t), 1)}
+        self.t, self.samples, self.tokens = now, 0, 0
+        return out
 
 
 class Trainer:
@@ -304,80 +176,28 @@ class Trainer:
     # -- one stage -------------------------------------------------------------------------------------
     def run_stage(self, stage_index: int, stage: StageConfig, examples: "list[Example] | ListFeed | StreamFeed",
                   resume: Optional[tuple[dict, Any, dict]] = None) -> None:
-        cfg, model = self.cfg, self.pipe.model
-        model.to(self.device).train()
-        if stage.train == "lora":
-            from vlkit.models.lora import apply_lora
-
-            apply_lora(model, r=stage.lora_r, alpha=stage.lora_alpha, dropout=stage.lora_dropout,
-                       vision=stage.lora_vision, trainable=("connector",))
-        check_vision_stage(stage, model.cfg)
-        counts = apply_stage(model, stage)
-        text = runs_language(stage)
-        # DDP or FSDP (train.distributed) under torchrun, the model itself in one process; FSDP shards `model` in
-        # place (same parameter names), so the parameter groups and clipping below use it as they are
-        ddp = dist_utils.wrap_model(model, cfg.distributed, self.device, find_unused=stage.train != "multitask",
-                                    precision=self.precision)
+        cfg, kind = self.cfg, stage_kind(stage)
+        model, ddp, counts = self._prepare_model(stage, kind)
         if stage.batch_size % (self.world * stage.grad_accum):
             raise ConfigError(f"stage {stage.name}: batch_size={stage.batch_size} must be divisible by "
                               f"world_size x grad_accum = {self.world * stage.grad_accum}")
-        total = stage.steps
         feed = as_feed(examples, cfg.seed)
-        if stage.epochs is not None:
-            total = math.ceil(stage.epochs * len(feed) / stage.batch_size)
+        total = stage.steps if stage.epochs is None else math.ceil(stage.epochs * len(feed) / stage.batch_size)
         opt = torch.optim.AdamW(param_groups(model, stage, cfg.weight_decay), betas=(0.9, 0.95), eps=1e-8)
         sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(stage.warmup_steps, total))
         v = self.pipe.config.vision
         collate = Collator(self.pipe.tokenizer.pad_id, v.image_mean, v.image_std, stage.data.packing,
                            stage.data.max_length)
-        step = 0
-        if resume is not None:
-            state, opt_state, rng = resume
-            dist_utils.load_optimizer_state(model, opt, opt_state)
-            sched.load_state_dict(state["scheduler"])
-            step = state["step"]
-            feed.load_state(state)
-            self.bad_steps_total = state.get("bad_steps_total", 0)
-            ckpt_io.set_rng_state(rng, state["python_rng"])
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
-                    else contextlib.nullcontext())
-        bar = None
-        if dist_utils.is_main():
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=total, initial=step, desc=f"{stage.name} ({counts['trainable']:,} trainable)",
-                       unit="step", dynamic_ncols=True, leave=True)
-        consecutive_bad = 0
-        t_last, samples_since, tokens_since = time.perf_counter(), 0, 0
+        step = self._restore(resume, model, opt, sched, feed)
+        bar = self._progress_bar(stage, total, step, counts)
+        consecutive_bad, meter = 0, Throughput()
         # this rank's share of each global batch; closing the iterator stops its DataLoader workers
         with contextlib.closing(feed.batches(stage.batch_size, self.rank, self.world, cfg.num_workers)) as batches:
             while step < total:
-                # -- this rank's share of the step's global batch, in micro-batches ----------------------------
-                mine = sorted(next(batches), key=len)  # less padding
-                micro = [mine[k::stage.grad_accum] for k in range(stage.grad_accum)]
-                local_tokens = sum(e.num_targets if text else len(e.dense or ()) for e in mine)
-                global_tokens = dist_utils.all_reduce_sum(float(local_tokens), self.device)
-                loss_sum = 0.0
-                for k, idx in enumerate(micro):
-                    batch = collate(idx).to(self.device)
-                    sync = contextlib.nullcontext() if (k == len(micro) - 1 or self.world == 1) else ddp.no_sync()
-                    with sync:
-                        with autocast:
-                            out = ddp(batch.input_ids, batch.images, **batch.model_inputs(), run_language=text)
-                        part = out["loss"] * out["num_tokens"]
-                        (part * self.world / max(global_tokens, 1.0)).backward()
-                    loss_sum += float(part.detach())
-                loss = dist_utils.all_reduce_sum(loss_sum, self.device) / max(global_tokens, 1.0)
+                loss, tokens = self._forward_backward(ddp, next(batches), stage, kind, collate)
                 if not math.isfinite(loss):
                     opt.zero_grad(set_to_none=True)
-                    consecutive_bad += 1
-                    self.bad_steps_total += 1
-                    log.warning("step %d: non-finite loss (%s), step skipped (%d in a row)", step, loss,
-                                consecutive_bad)
-                    if consecutive_bad >= cfg.max_bad_steps:
-                        raise TrainingError(f"{consecutive_bad} consecutive non-finite losses in stage {stage.name!r} "
-                                            f"(last at step {step}); lower the learning rate or check the data. "
-                                            f"The last good checkpoint is in {self.out / 'checkpoints'}")
+                    consecutive_bad = self._bad_step(stage, step, loss, consecutive_bad + 1)
                     continue  # the next batch takes this step's place
                 consecutive_bad = 0
                 grad_norm = torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad],
@@ -387,33 +207,110 @@ class Trainer:
                 sched.step()
                 step += 1
                 self.global_step += 1
-                samples_since += stage.batch_size
-                tokens_since += int(global_tokens)
+                meter.add(stage.batch_size, int(tokens))
                 if step % cfg.log_every == 0 or step == total:
-                    now = time.perf_counter()
-                    row = {"stage": stage.name, "step": step, "global_step": self.global_step, "loss": round(loss, 5),
-                           "lr": sched.get_last_lr()[0], "grad_norm": round(float(grad_norm), 4),
-                           "samples_per_s": round(samples_since / (now - t_last), 2),
-                           "tokens_per_s": round(tokens_since / (now - t_last), 1),
-                           "bad_steps": self.bad_steps_total, "epoch": feed.state()["epoch"]}
-                    t_last, samples_since, tokens_since = now, 0, 0
-                    self.log_metrics(row)
-                    if bar is not None:
-                        bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}", sps=row["samples_per_s"])
+                    self._log_step(stage, step, loss, float(grad_norm), sched.get_last_lr()[0], feed, meter, bar)
                 if bar is not None:
                     bar.update(1)
-                # a `vision` stage trains no LM, so there is nothing to answer with yet
-                if self.validator is not None and text and self.global_step % cfg.eval_every == 0:
-                    self.validate(stage.name, step)
-                # LoRA stages save only at their end, once the adapters are merged into plain weights
-                if cfg.save_every and step % cfg.save_every == 0 and step < total and stage.train != "lora":
-                    self.save(stage_index, step, feed.state(), opt, sched)
-                for cb in self.callbacks:
-                    cb(self, self.global_step)
+                self._after_step(stage_index, stage, kind, step, total, feed, opt, sched)
         if bar is not None:
             bar.close()
+        self._finish_stage(stage_index, kind, model)
+
+    def _prepare_model(self, stage: StageConfig, kind: StageKind):
+        """The model set up for the stage (adapters added, modules frozen) and the object the loop calls: DDP or
+        FSDP (train.distributed) under torchrun, the model itself in one process. FSDP shards `model` in place
+        (same parameter names), so the parameter groups and clipping use it as it is."""
+        model = self.pipe.model
+        model.to(self.device).train()
+        if kind.uses_lora:
+            from vlkit.models.lora import apply_lora
+
+            apply_lora(model, r=stage.lora_r, alpha=stage.lora_alpha, dropout=stage.lora_dropout,
+                       vision=stage.lora_vision, trainable=("connector",))
+        check_vision_stage(stage, model.cfg)
+        counts = apply_stage(model, stage)
+        ddp = dist_utils.wrap_model(model, self.cfg.distributed, self.device, find_unused=not kind.trains_everything,
+                                    precision=self.precision)
+        return model, ddp, counts
+
+    def _restore(self, resume: Optional[tuple[dict, Any, dict]], model, opt, sched, feed) -> int:
+        """A resumed stage's optimizer, scheduler, data position and RNG; returns the step it goes on from."""
+        if resume is None:
+            return 0
+        state, opt_state, rng = resume
+        dist_utils.load_optimizer_state(model, opt, opt_state)
+        sched.load_state_dict(state["scheduler"])
+        feed.load_state(state)
+        self.bad_steps_total = state.get("bad_steps_total", 0)
+        ckpt_io.set_rng_state(rng, state["python_rng"])
+        return state["step"]
+
+    def _progress_bar(self, stage: StageConfig, total: int, step: int, counts: dict):
+        if not dist_utils.is_main():
+            return None
+        from tqdm.auto import tqdm
+
+        return tqdm(total=total, initial=step, desc=f"{stage.name} ({counts['trainable']:,} trainable)",
+                    unit="step", dynamic_ncols=True, leave=True)
+
+    def _forward_backward(self, ddp, mine: list[Example], stage: StageConfig, kind: StageKind,
+                          collate: Collator) -> tuple[float, float]:
+        """This rank's share of the step's global batch, in micro-batches: gradients accumulated, the loss
+        normalized by the global count of supervised tokens. Returns (global mean loss, global token count)."""
+        text = kind.runs_language
+        mine = sorted(mine, key=len)  # less padding
+        micro = [mine[k::stage.grad_accum] for k in range(stage.grad_accum)]
+        local_tokens = sum(e.num_targets if text else len(e.dense or ()) for e in mine)
+        global_tokens = dist_utils.all_reduce_sum(float(local_tokens), self.device)
+        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+                    else contextlib.nullcontext())
+        loss_sum = 0.0
+        for k, idx in enumerate(micro):
+            batch = collate(idx).to(self.device)
+            sync = contextlib.nullcontext() if (k == len(micro) - 1 or self.world == 1) else ddp.no_sync()
+            with sync:
+                with autocast:
+                    out = ddp(batch.input_ids, batch.images, **batch.model_inputs(), run_language=text)
+                part = out["loss"] * out["num_tokens"]
+                (part * self.world / max(global_tokens, 1.0)).backward()
+            loss_sum += float(part.detach())
+        return dist_utils.all_reduce_sum(loss_sum, self.device) / max(global_tokens, 1.0), global_tokens
+
+    def _bad_step(self, stage: StageConfig, step: int, loss: float, consecutive: int) -> int:
+        """A non-finite loss: the step is skipped; too many in a row stop the run. Returns `consecutive`."""
+        self.bad_steps_total += 1
+        log.warning("step %d: non-finite loss (%s), step skipped (%d in a row)", step, loss, consecutive)
+        if consecutive >= self.cfg.max_bad_steps:
+            raise TrainingError(f"{consecutive} consecutive non-finite losses in stage {stage.name!r} "
+                                f"(last at step {step}); lower the learning rate or check the data. "
+                                f"The last good checkpoint is in {self.out / 'checkpoints'}")
+        return consecutive
+
+    def _log_step(self, stage: StageConfig, step: int, loss: float, grad_norm: float, lr: float, feed,
+                  meter: "Throughput", bar) -> None:
+        row = {"stage": stage.name, "step": step, "global_step": self.global_step, "loss": round(loss, 5),
+               "lr": lr, "grad_norm": round(grad_norm, 4), **meter.rates(),
+               "bad_steps": self.bad_steps_total, "epoch": feed.state()["epoch"]}
+        self.log_metrics(row)
+        if bar is not None:
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}", sps=row["samples_per_s"])
+
+    def _after_step(self, stage_index: int, stage: StageConfig, kind: StageKind, step: int, total: int, feed,
+                    opt, sched) -> None:
+        """A learning-curve point, a periodic checkpoint and the callbacks, each when due."""
+        # a stage that does not run the LM (vision) has nothing to answer with yet
+        if self.validator is not None and kind.runs_language and self.global_step % self.cfg.eval_every == 0:
+            self.validate(stage.name, step)
+        # LoRA stages save only at their end, once the adapters are merged into plain weights
+        if self.cfg.save_every and step % self.cfg.save_every == 0 and step < total and not kind.uses_lora:
+            self.save(stage_index, step, feed.state(), opt, sched)
+        for cb in self.callbacks:
+            cb(self, self.global_step)
+
+    def _finish_stage(self, stage_index: int, kind: StageKind, model) -> None:
         model = self.pipe.model = dist_utils.unwrap_model(model)  # FSDP: plain again, full weights on every rank
-        if stage.train == "lora":
+        if kind.uses_lora:
             from vlkit.models.lora import merge_lora
 
             self.pipe.model = merge_lora(model)
@@ -471,6 +368,26 @@ class Trainer:
 # entry points
 
 
+def resume_run(out: Path) -> tuple[Any, Optional[tuple[dict, Any, dict]], int, int]:
+    """The latest checkpoint of the run in `out`: (pipeline, trainer state to restore or None at a stage boundary,
+    stage index to go on from, global step); (None, None, 0, 0) when there is none."""
+    import vlkit.hf  # noqa: F401  (registers the Hugging Face checkpoint formats: init may have been an HF model)
+    from vlkit.models.bundle import load_bundle
+
+    latest = ckpt_io.latest_checkpoint(out)
+    if latest is None:
+        log.warning("--resume: no checkpoint in %s/checkpoints; starting from scratch", out)
+        return None, None, 0, 0
+    pipe = load_bundle(latest, dtype=torch.float32)
+    state = ckpt_io.load_trainer_state(latest)
+    start_stage, global_step = state[0]["stage"], state[0]["global_step"]
+    if dist_utils.is_main():  # rows logged after the checkpoint are logged again by the resumed run
+        ckpt_io.drop_metrics_after(out / "metrics.jsonl", global_step)
+    log.info("resuming from %s (stage %d)", latest, start_stage)
+    # at a stage boundary (step 0) there is nothing to restore but the weights
+    return pipe, (state if state[0]["step"] else None), start_stage, global_step
+
+
 def train(recipe: Recipe, out: Optional[str | Path] = None, resume: bool = False, callbacks: tuple = (),
           pipe=None) -> Path:
     """Runs every stage of `recipe`; returns the final checkpoint directory (`<out>/final`)."""
@@ -480,49 +397,16 @@ def train(recipe: Recipe, out: Optional[str | Path] = None, resume: bool = False
     except OSError as exc:  # an existing file there or on the path, no permission
         raise ConfigError(f"train.out={str(out)!r} cannot be the run's folder: {exc.strerror}") from None
     torch.manual_seed(recipe.train.seed)
-    resume_state = None
-    start_stage = 0
+    resume_state, start_stage, global_step = None, 0, 0
     if resume:
-        import vlkit.hf  # noqa: F401  (registers the Hugging Face checkpoint formats)
-        from vlkit.models.bundle import load_bundle
-
-        latest = ckpt_io.latest_checkpoint(out)
-        if latest is None:
-            log.warning("--resume: no checkpoint in %s/checkpoints; starting from scratch", out)
-        else:
-            pipe = load_bundle(latest, dtype=torch.float32)
-            resume_state = ckpt_io.load_trainer_state(latest)
-            start_stage = resume_state[0]["stage"]
-            if dist_utils.is_main():  # rows logged after the checkpoint are logged again by the resumed run
-                ckpt_io.drop_metrics_after(out / "metrics.jsonl", resume_state[0]["global_step"])
-            if resume_state[0]["step"] == 0:
-                resume_state = None  # a stage boundary: nothing to restore but the weights
-            log.info("resuming from %s (stage %d)", latest, start_stage)
+        resumed, resume_state, start_stage, global_step = resume_run(out)
+        pipe = resumed or pipe
     if pipe is None:
-        from vlkit.data.sources import corpus_text, read_source
-
-        def corpus():  # every stage's data once (a `vision` stage may see only some of the tasks)
-            seen = set()
-            for stage in recipe.stages:
-                key = json.dumps(stage.data.train, sort_keys=True, default=str)
-                if key in seen:
-                    continue
-                seen.add(key)
-                stream = stream_of(stage.data, recipe.train.seed)
-                if stream is not None:  # the tokenizer learns from the stream's first samples
-                    yield from corpus_text(stream(g) for g in range(TOKENIZER_CORPUS))
-                    continue
-                for j, src in enumerate(stage.data.train):
-                    yield from corpus_text(read_source(source_spec(src, j), check_images=False))
-
-        pipe = build_pipeline(recipe, corpus)
+        pipe = build_pipeline(recipe, lambda: tokenizer_corpus(recipe.stages, recipe.train.seed))
     if dist_utils.is_main():
-        (out / "recipe.json").write_text(json.dumps(to_dict(recipe), indent=2))
+        write_json(out / "recipe.json", to_dict(recipe))
     trainer = Trainer(pipe, recipe.train, out, callbacks)
-    if resume_state is not None:
-        trainer.global_step = resume_state[0]["global_step"]
-    elif resume and start_stage:
-        trainer.global_step = ckpt_io.load_trainer_state(ckpt_io.latest_checkpoint(out))[0]["global_step"]
+    trainer.global_step = global_step
     for i, stage in enumerate(recipe.stages):
         if i < start_stage:
             continue

@@ -9,7 +9,7 @@ import pytest
 from tests.data.sources.helpers import llava_layout, read_all, save_image
 from vlkit.config import ConfigError
 from vlkit.data.sources import DataError, DataWarning
-from vlkit.train.trainer import source_spec
+from vlkit.train.stage_data import source_spec
 
 
 def test_most_of_a_source_skipped_is_an_error(tmp_path):
@@ -80,7 +80,8 @@ def test_vlkit_train_on_llava_layout_uses_every_image(tmp_path, caplog):
 
     from vlkit.cli import main
     from vlkit.pipeline import load
-    from vlkit.train.trainer import Recipe, load_examples
+    from vlkit.train.stage_data import load_examples
+    from vlkit.train.trainer import Recipe
 
     path, folder = llava_layout(tmp_path / "data")
     recipe = llava_recipe(tmp_path, {"path": str(path), "image_folder": str(folder)})

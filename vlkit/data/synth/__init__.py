@@ -6,8 +6,8 @@ generators for every task vlkit trains and evaluates (see docs/data.md).
 """
 from vlkit.data.sources import corpus_text
 from vlkit.data.synth.dataset import generate_dataset, inspect_dataset, parse_heldout, task_plan, task_weights
-from vlkit.data.synth.base import (DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES, RELATION_PHRASES, RELATIONS,
-                                   VQA_TYPES, SynthConfig)
+from vlkit.config.synth import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES, SynthConfig
+from vlkit.data.synth.base import RELATION_PHRASES, RELATIONS, VQA_TYPES
 from vlkit.data.synth.tasks import TASKS, make_sample
 from vlkit.data.synth.world import COLORS, SEG_CLASSES, SHAPES, SIZES, Scene, SceneObject, compose_scene, sample_scene
 

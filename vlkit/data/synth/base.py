@@ -1,4 +1,4 @@
-"""What every synthetic task shares: the splits and held-out compositions, `SynthConfig`, and `Made` (what a
+"""What every synthetic task shares: relations and their phrasings, the pairs a split may show, and `Made` (what a
 task generator returns; tasks.py turns it into a sample)."""
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from vlkit.config.synth import SynthConfig
 from vlkit.data.synth.world import ALL_PAIRS, Scene
 
-SPLITS = ("train", "test")
-DEFAULT_HELDOUT_PAIRS = (("red", "star"), ("blue", "triangle"), ("yellow", "circle"), ("purple", "square"))
 # Relations and their phrasings; the short forms are held out: every word of them is seen in training.
 RELATIONS = ("left of", "right of", "above", "below")
 RELATION_PHRASES = {
@@ -21,41 +20,20 @@ RELATION_PHRASES = {
     "above": ("above", "over"),
     "below": ("below", "under"),
 }
-DEFAULT_HELDOUT_PHRASES = ("left of", "right of")
 NUMBER_WORDS = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 VQA_TYPES = ("color", "shape", "count", "position", "relation", "exists", "attribute")
 
 
-@dataclass(frozen=True)
-class SynthConfig:
-    size: int = 64
-    split: str = "train"
-    heldout_pairs: tuple = DEFAULT_HELDOUT_PAIRS
-    heldout_phrases: tuple = DEFAULT_HELDOUT_PHRASES
-    heldout_boost: float = 0.3  # test split: this fraction of scene samples shows a held-out pair
-    max_iou: float = 0.0  # box IoU allowed between scene objects (0: never touching)
-    clean_text: bool = False  # black-on-white, upright text (for checking renders with OCR)
-    # scene samples carry a per-pixel "size color shape" label mask (LABEL_CLASSES), OCR samples their texts' ink
-    # boxes labelled with the text: NTP-M targets that teach the vision path directly (a stream's
-    # `dense_labels: true`; never written by generate_dataset)
-    dense_labels: bool = False
-    dense_text: bool = False  # with dense_labels: OCR samples too (their texts' ink boxes; docs/training.md row 16)
-    question_first: float = 0.0  # the share of understanding samples whose question comes before the <image>
+def allowed_pairs(cfg: SynthConfig) -> list[tuple[str, str]]:
+    """The (color, shape) pairs the config's split may show."""
+    return _allowed_pairs(cfg.heldout_pairs) if cfg.train else ALL_PAIRS
 
-    @property
-    def train(self) -> bool:
-        return self.split == "train"
 
-    @property
-    def pairs(self) -> list[tuple[str, str]]:
-        """The (color, shape) pairs this split may show."""
-        return _allowed_pairs(self.heldout_pairs) if self.train else ALL_PAIRS
-
-    def phrases(self, relation: str) -> tuple[str, ...]:
-        options = RELATION_PHRASES[relation]
-        if self.train:
-            options = tuple(p for p in options if p not in self.heldout_phrases)
-        return options
+def relation_phrases(cfg: SynthConfig, relation: str) -> tuple[str, ...]:
+    options = RELATION_PHRASES[relation]
+    if cfg.train:
+        options = tuple(p for p in options if p not in cfg.heldout_phrases)
+    return options
 
 
 @lru_cache(maxsize=16)

@@ -12,7 +12,7 @@ import numpy as np
 
 from vlkit.chat import ROLES
 from vlkit.data.sources import WRITE_FORMATS, DataError, open_sink
-from vlkit.data.synth.base import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES, SPLITS, SynthConfig
+from vlkit.config.synth import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES, SPLITS, SynthConfig
 from vlkit.data.synth.tasks import TASKS, make_sample
 from vlkit.data.synth.world import COLOR_NAMES, SHAPES
 from vlkit.tokenizer import IMAGE_PLACEHOLDER

@@ -8,7 +8,9 @@ from typing import Callable, Optional
 import numpy as np
 
 from vlkit.chat import IMAGE_PROMPT
-from vlkit.data.synth.base import NUMBER_WORDS, RELATIONS, VQA_TYPES, Made, Retry, SynthConfig, pick
+from vlkit.config.synth import SynthConfig
+from vlkit.data.synth.base import (NUMBER_WORDS, RELATIONS, VQA_TYPES, Made, Retry, allowed_pairs, pick,
+                                   relation_phrases)
 from vlkit.data.synth.world import COLOR_NAMES, SEG_CLASSES, SHAPE_PLURALS, SHAPES, Scene, compose_scene, sample_scene
 from vlkit.grounding import box_text, ref_box_text, to_bins
 from vlkit.tokenizer import IMAGE_PLACEHOLDER
@@ -19,7 +21,7 @@ def _scene(rng: np.random.Generator, cfg: SynthConfig, min_objects: int = 1, max
     if not cfg.train and cfg.heldout_pairs and rng.random() < cfg.heldout_boost:
         force = (pick(rng, cfg.heldout_pairs),)
     n = int(rng.integers(min_objects, max_objects + 1))
-    scene = sample_scene(rng, cfg.size, n, pairs=cfg.pairs, force_pairs=force, max_iou=cfg.max_iou)
+    scene = sample_scene(rng, cfg.size, n, pairs=allowed_pairs(cfg), force_pairs=force, max_iou=cfg.max_iou)
     if len(scene.objects) < min_objects:
         raise Retry
     return scene
@@ -101,7 +103,7 @@ def task_caption(rng: np.random.Generator, cfg: SynthConfig) -> Made:
         a, b = objs
         rel = _vertical(a, b, scene) or _horizontal(a, b, scene)
         if rel is not None:
-            phrase = pick(rng, cfg.phrases(rel))
+            phrase = pick(rng, relation_phrases(cfg, rel))
             captions.append(f"{_a(_name(a))} {phrase} {_a(_name(b))}")
     question = pick(rng, ["Describe the image.", "What is in the image?", "Write a short caption.",
                            "Describe the image briefly."])
@@ -168,7 +170,7 @@ def _vqa_relation(rng, scene, cfg):
     true_rel = pick(rng, rels)
     yes = rng.random() < 0.5
     rel = true_rel if yes else OPPOSITE[true_rel]
-    phrase = pick(rng, cfg.phrases(rel))
+    phrase = pick(rng, relation_phrases(cfg, rel))
     return f"Is the {_name(a)} {phrase} the {_name(b)}?", "yes" if yes else "no", [a, b], phrase
 
 
@@ -177,7 +179,7 @@ def _vqa_exists(rng, scene, cfg):
         o = pick(rng, scene.objects)
         pair, ans, targets = o.pair, "yes", [o]
     else:
-        absent = [p for p in cfg.pairs if scene.count(*p) == 0]
+        absent = [p for p in allowed_pairs(cfg) if scene.count(*p) == 0]
         pair, ans, targets = pick(rng, absent), "no", []
     q = pick(rng, ["Is there {n}?", "Is there {n} in the image?", "Does the image contain {n}?"])
     return q.format(n=_a(f"{pair[0]} {pair[1]}")), ans, targets, pair
@@ -274,7 +276,7 @@ def task_generation(rng: np.random.Generator, cfg: SynthConfig) -> Made:
     held_pairs = set(cfg.heldout_pairs)
     force = (not cfg.train) and cfg.heldout_pairs and rng.random() < cfg.heldout_boost
     two = rng.random() < 0.6
-    first = pick(rng, cfg.heldout_pairs) if force else pick(rng, cfg.pairs)
+    first = pick(rng, cfg.heldout_pairs) if force else pick(rng, allowed_pairs(cfg))
     jitter = lambda: float(rng.uniform(-0.04, 0.04)) * size  # noqa: E731
     if not two:
         center = (size / 2 + float(rng.uniform(-0.12, 0.12)) * size, size / 2 + float(rng.uniform(-0.12, 0.12)) * size)
@@ -282,10 +284,10 @@ def task_generation(rng: np.random.Generator, cfg: SynthConfig) -> Made:
         relation, phrase = None, None
         prompt = _a(f"{first[0]} {first[1]}")
     else:
-        others = [p for p in cfg.pairs if p[0] != first[0]]
+        others = [p for p in allowed_pairs(cfg) if p[0] != first[0]]
         second = pick(rng, others)
         relation = pick(rng, RELATIONS)
-        phrase = pick(rng, cfg.phrases(relation))
+        phrase = pick(rng, relation_phrases(cfg, relation))
         near, far = 0.28 * size, 0.72 * size  # the first object's and the second's coordinate on the axis
         if relation in ("right of", "below"):
             near, far = far, near

@@ -12,7 +12,7 @@ from functools import lru_cache
 from typing import Callable
 
 from vlkit.data.sources import DataError
-from vlkit.data.synth.base import SPLITS, SynthConfig
+from vlkit.config.synth import SPLITS, SynthConfig
 from vlkit.data.synth.dataset import parse_heldout, task_plan, task_weights
 from vlkit.data.synth.tasks import make_memory_sample
 

@@ -21,7 +21,8 @@ from typing import Callable
 
 import numpy as np
 
-from vlkit.data.synth.base import SPLITS, Made, Retry, SynthConfig
+from vlkit.config.synth import SPLITS, SynthConfig
+from vlkit.data.synth.base import Made, Retry
 from vlkit.data.synth.scene_tasks import (task_caption, task_generation, task_grounding, task_reg, task_segmentation,
                                           task_vqa)
 from vlkit.data.synth.text_tasks import task_chart, task_doc, task_ocr

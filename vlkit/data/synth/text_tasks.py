@@ -4,7 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from vlkit.data.synth import text as T
-from vlkit.data.synth.base import Made, SynthConfig, pick
+from vlkit.config.synth import SynthConfig
+from vlkit.data.synth.base import Made, pick
 from vlkit.grounding import box_text, to_bins
 
 

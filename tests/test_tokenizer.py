@@ -1,6 +1,6 @@
+"""vlkit.tokenizer: special and grounding tokens, files, round trips."""
 import pytest
 
-from vlkit.chat import IGNORE, ChatFormatError, ChatProcessor, normalize_messages
 from vlkit.errors import CheckpointError
 from vlkit.tokenizer import CONTROL_TOKENS, GROUNDING_TOKENS, SPECIAL_TOKENS, Tokenizer
 
@@ -58,41 +58,3 @@ def test_save_load_round_trip(tokenizer, tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="cannot be read"):
         Tokenizer.from_file(tmp_path / "bad.json")
-
-
-def test_labels_cover_assistant_turns_only(tokenizer):
-    proc = ChatProcessor(tokenizer)
-    sample = {"conversations": [{"from": "human", "value": "<image>\nWhat color?"}, {"from": "gpt", "value": "red"},
-                                {"from": "human", "value": "Shape?"}, {"from": "gpt", "value": "square"}]}
-    enc = proc.encode_sample(sample, [5])
-    assert len(enc.input_ids) == len(enc.labels)
-    supervised = [t for t in enc.labels if t != IGNORE]
-    assert tokenizer.decode(supervised) == "red<|im_end|>square<|im_end|>"
-    # the image expands to vision_start + 5 pads + vision_end
-    assert enc.input_ids.count(tokenizer.image_pad_id) == 5
-    i = enc.input_ids.index(tokenizer.vision_start_id)
-    assert enc.input_ids[i + 6] == tokenizer.vision_end_id
-
-
-def test_placeholder_count_mismatch_is_an_error(tokenizer):
-    proc = ChatProcessor(tokenizer)
-    sample = {"conversations": [{"from": "human", "value": "<image><image> hi"}, {"from": "gpt", "value": "x"}]}
-    with pytest.raises(ChatFormatError, match="2 <image> placeholder"):
-        proc.encode_sample(sample, [4, 4, 4])
-    with pytest.raises(ChatFormatError, match="more <image> placeholders than images"):
-        proc.encode_sample(sample, [4])
-
-
-def test_openai_messages_map_to_the_same_ids(tokenizer):
-    proc = ChatProcessor(tokenizer)
-    openai = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": "data:x"}},
-                                           {"type": "text", "text": "What color?"}]}]
-    turns, images = normalize_messages(openai)
-    assert images == [{"url": "data:x"}]
-    a = proc.encode(turns, [3], add_generation_prompt=True).input_ids
-    b = proc.encode_prompt("What color?", 1, [3])
-    assert a == b
-    with pytest.raises(ChatFormatError, match="role"):
-        normalize_messages([{"role": "robot", "content": "x"}])
-    with pytest.raises(ChatFormatError, match="type"):
-        normalize_messages([{"role": "user", "content": [{"type": "audio"}]}])

@@ -1,4 +1,5 @@
-"""train.distributed=fsdp: FSDP2 (fully_shard) on CPU with gloo, against one process and against itself resumed."""
+"""vlkit.train.distributed: the single-process helpers, and train.distributed=fsdp (FSDP2 fully_shard) on CPU with
+gloo, against one process and against itself resumed."""
 import os
 
 import pytest
@@ -7,8 +8,10 @@ import torch.multiprocessing as mp
 
 from tests.train.test_trainer import _free_port, make_pipe, params, stage, two_process_and_single_params
 from vlkit.config import ConfigError, TrainConfig
+from vlkit.errors import CheckpointError
 from vlkit.train import distributed as dist_utils
-from vlkit.train.trainer import Recipe, Trainer, load_examples, train
+from vlkit.train.stage_data import load_examples
+from vlkit.train.trainer import Recipe, Trainer, train
 
 
 @pytest.fixture(scope="module")
@@ -30,6 +33,23 @@ def test_distributed_option_is_validated_and_one_process_is_not_wrapped(tokenize
         dist_utils.wrap_model(model, "zero", torch.device("cpu"))
     layers = dist_utils.shard_units(model)
     assert len(layers) == model.cfg.text.num_layers + len(model.vision.encoder.layers)
+
+
+def test_single_process_helpers_pass_values_through():
+    assert dist_utils.setup()[:2] == (0, 1) and dist_utils.is_main()
+    assert dist_utils.all_reduce_sum(2.5, torch.device("cpu")) == 2.5
+    assert dist_utils.resolve_precision("fp32", torch.device("cuda")) == "fp32"  # an explicit choice is kept
+    assert dist_utils.resolve_precision("auto", torch.device("cpu")) in ("bf16", "fp32")
+
+
+def test_an_optimizer_state_from_the_other_strategy_is_refused(tokenizer):
+    model = make_pipe(tokenizer).model
+    opt = torch.optim.AdamW(model.parameters())
+    plain = opt.state_dict()
+    dist_utils.load_optimizer_state(model, opt, plain)  # same kind: loads
+    sharded = {"state": {}, "param_groups": [{**plain["param_groups"][0], "params": ["language.norm.weight"]}]}
+    with pytest.raises(CheckpointError, match="comes from an FSDP run and cannot resume a single-process or DDP run"):
+        dist_utils.load_optimizer_state(model, opt, sharded)
 
 
 def _init(rank, world, port):

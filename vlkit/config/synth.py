@@ -1,0 +1,38 @@
+"""The synthetic world's settings (vlkit.data.synth): image size, split, held-out compositions, label options.
+
+Held-out compositions: the (color, shape) pairs in `DEFAULT_HELDOUT_PAIRS` and the relation phrasings in
+`DEFAULT_HELDOUT_PHRASES` never occur in the train split (vlkit.data.synth.tasks).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from vlkit.config.base import _Checked, ranged
+
+SPLITS = ("train", "test")
+DEFAULT_HELDOUT_PAIRS = (("red", "star"), ("blue", "triangle"), ("yellow", "circle"), ("purple", "square"))
+DEFAULT_HELDOUT_PHRASES = ("left of", "right of")  # the short forms: every word of them is seen in training
+
+
+@dataclass(frozen=True)
+class SynthConfig(_Checked):
+    SECTION = "synth"
+
+    size: int = ranged(64, 32)  # pixels
+    split: Literal[SPLITS] = "train"
+    heldout_pairs: tuple[tuple[str, str], ...] = DEFAULT_HELDOUT_PAIRS
+    heldout_phrases: tuple[str, ...] = DEFAULT_HELDOUT_PHRASES
+    heldout_boost: float = ranged(0.3, 0, 1)  # test split: this fraction of scene samples shows a held-out pair
+    max_iou: float = ranged(0.0, 0, 1, hi_open=True)  # box IoU allowed between scene objects (0: never touching)
+    clean_text: bool = False  # black-on-white, upright text (for checking renders with OCR)
+    # scene samples carry a per-pixel "size color shape" label mask (LABEL_CLASSES), OCR samples their texts' ink
+    # boxes labelled with the text: NTP-M targets that teach the vision path directly (a stream's
+    # `dense_labels: true`; never written by generate_dataset)
+    dense_labels: bool = False
+    dense_text: bool = False  # with dense_labels: OCR samples too (their texts' ink boxes; docs/training.md row 16)
+    question_first: float = ranged(0.0, 0, 1)  # the share of understanding samples whose question comes before the <image>
+
+    @property
+    def train(self) -> bool:
+        return self.split == "train"
