@@ -14,7 +14,6 @@ transformers = pytest.importorskip("transformers", reason="HF parity tests need 
 import vlkit  # noqa: E402
 from tests.hf.hf_fixtures import FIXTURES, image, make_idefics3, make_llava, processor_config, template  # noqa: E402
 from tests.hf.hf_fixtures import tiny_llava, write_processor  # noqa: E402
-from vlkit.hf.template import PROMPT_FORMATS  # noqa: E402
 
 
 def _pixels(seed: int = 0) -> torch.Tensor:
