@@ -120,7 +120,7 @@ def test_every_task_kind_gets_a_blind_score_except_text_to_image(tmp_path, monke
 
 def test_cli_blind_flag(tmp_path, monkeypatch, capsys):
     import vlkit
-    from vlkit.cli import main
+    from vlkit.apps.cli import main
 
     write_color_data(tmp_path / "data", COLORS20[:8])
     pipe = ColorPipe()

@@ -10,7 +10,7 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def cmd_quickstart(a: argparse.Namespace) -> None:
-    from vlkit.train.quickstart import quickstart
+    from vlkit.apps.quickstart import quickstart
 
     quickstart(out=a.out, fast=a.fast, seed=a.seed, vision_target=a.vision_target)
 
@@ -56,13 +56,13 @@ def cmd_inspect(a: argparse.Namespace) -> None:
 
 
 def cmd_chat(a: argparse.Namespace) -> None:
-    from vlkit.infer.repl import repl
+    from vlkit.apps.repl import repl
 
     repl(a.ckpt, image=a.image, max_new_tokens=a.max_new_tokens, temperature=a.temperature)
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
-    from vlkit.serve.app import serve
+    from vlkit.apps.serve.app import serve
 
     serve(a.ckpt, host=a.host, port=a.port, api_key=a.api_key, allowed_local_media_path=a.allowed_local_media_path,
           allow_remote_media=a.allow_remote_media, max_batch_size=a.max_batch_size)

@@ -34,7 +34,7 @@ from vlkit.grounding import parse_boxes
 from vlkit.images import ALLOWED_MIME, MAX_BYTES, MAX_PIXELS, ImageError, decode_base64, decode_bytes
 from vlkit.infer.engine import (ContextLengthError, Engine, EngineStoppedError, EventStream, QueueFullError, QueueSlot,
                                 SamplingParams, TooManyImagesError)
-from vlkit.serve.schemas import ChatCompletionRequest, ChatMessage, ImageGenerationRequest, ImagePart, error_body
+from vlkit.apps.serve.schemas import ChatCompletionRequest, ChatMessage, ImageGenerationRequest, ImagePart, error_body
 
 WEB_DIR = Path(__file__).parent / "web"
 DEFAULT_MAX_TOKENS = 256

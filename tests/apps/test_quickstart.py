@@ -1,6 +1,6 @@
 import json
 
-from vlkit.train.quickstart import quickstart
+from vlkit.apps.quickstart import quickstart
 
 
 def test_fast_quickstart_end_to_end(tmp_path):
@@ -72,7 +72,7 @@ def test_fast_vluas_quickstart_generates_images_and_segments(tmp_path):
 def test_prediction_grid_draws_a_predicted_box_with_swapped_corners(tmp_path):
     from vlkit.data.sources import read_samples
     from vlkit.data.synth import generate_dataset
-    from vlkit.train.quickstart import prediction_grid
+    from vlkit.apps.quickstart import prediction_grid
 
     generate_dataset(tmp_path / "test", n=2, tasks=["grounding"], split="test", seed=0)
     ids = [s["id"] for s in read_samples(tmp_path / "test", check_images=False)]
