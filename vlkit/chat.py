@@ -17,6 +17,7 @@ from vlkit.errors import UserError
 from vlkit.tokenizer import IMAGE_PLACEHOLDER, Tokenizer
 
 IGNORE = -100
+IMAGE_PROMPT = "Draw: {}"  # the user turn of text-to-image samples (the synthetic world's generation task)
 ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant", "system": "system"}
 
 

@@ -8,7 +8,7 @@ from PIL import Image
 from vlkit.eval import metrics as M
 from vlkit.eval.report import scores_table
 from vlkit.eval.runner import BLIND_FILL, PREDICTIONS_FILE, run_eval
-from vlkit.eval.tasks import IoUMetric, MeanMetric, paired_difference
+from vlkit.eval.scoring import IoUMetric, MeanMetric, paired_difference
 from tests.eval.helpers import GREY, ColorPipe, write_color_data
 
 COLORS20 = ["red", "green", "blue", "yellow"] * 5
@@ -98,14 +98,11 @@ def test_blind_predictions_are_cached_apart_from_the_normal_ones(tmp_path):
 def test_every_task_kind_gets_a_blind_score_except_text_to_image(tmp_path, monkeypatch):
     """The runner's fake pipe answers from the prompt alone (and segments every image alike): no task beats
     blind, segmentation's mIoU included; text-to-image has no input image to blank."""
-    import sys
-    import types
+    from vlkit.data.synth import verify
 
     from tests.eval.test_runner import FakePipe, build_dataset
 
-    verify = types.ModuleType("vlkit.data.synth.verify")
-    verify.check_generation = lambda image, objects, relation: {"correct": True}
-    monkeypatch.setitem(sys.modules, "vlkit.data.synth.verify", verify)
+    monkeypatch.setattr(verify, "check_generation", lambda image, objects, relation: {"correct": True})
     _, truth = build_dataset(tmp_path / "data")
     pipe = FakePipe(truth)
     scores = run_eval(pipe, tmp_path / "data", out_dir=tmp_path / "out", blind=True, progress=False, resamples=50)
