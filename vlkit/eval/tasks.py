@@ -181,6 +181,13 @@ def write_png(img: Image.Image, path: Path) -> None:
     os.replace(tmp, path)
 
 
+def mean_scores(per_sample: dict[str, list[float]], predictions: list[str]) -> TaskScores:
+    """The scores of a text task from per-sample values (a MeanMetric each, in the task's metric order); an
+    empty answer is a parse failure."""
+    rows = [dict(zip(per_sample, values)) for values in zip(*per_sample.values())]
+    return TaskScores({name: MeanMetric(v) for name, v in per_sample.items()}, [not p for p in predictions], rows)
+
+
 def _first_line(text: str) -> str:
     for line in text.strip().splitlines():
         if line.strip():
@@ -208,9 +215,7 @@ class VQATask(_AnswersTask):
             a = answers_of(s)
             off.append(M.vqa_accuracy(p, a, "official"))
             len_.append(M.vqa_accuracy(p, a, "lenient"))
-        return TaskScores({"vqa_acc": MeanMetric(off), "vqa_acc_lenient": MeanMetric(len_)},
-                          [not p for p in predictions],
-                          [{"vqa_acc": a, "vqa_acc_lenient": b} for a, b in zip(off, len_)])
+        return mean_scores({"vqa_acc": off, "vqa_acc_lenient": len_}, predictions)
 
 
 class CaptionTask(Task):
@@ -228,7 +233,7 @@ class CaptionTask(Task):
     def score(self, samples, predictions):
         refs = [[M.ptb_tokenize(r) for r in need(s, self.refs_key)] for s in samples]
         _, per = M.cider_d([M.ptb_tokenize(p) for p in predictions], refs)
-        return TaskScores({"cider": MeanMetric(per)}, [not p for p in predictions], [{"cider": v} for v in per])
+        return mean_scores({"cider": per}, predictions)
 
 
 class GroundingTask(Task):
@@ -263,8 +268,7 @@ class REGTask(_AnswersTask):
         _, per = M.cider_d([M.ptb_tokenize(p) for p in predictions], refs)
         match = [float(any(M.normalize_vqa_answer(p) == M.normalize_vqa_answer(a) for a in answers_of(s)))
                  for s, p in zip(samples, predictions)]
-        return TaskScores({"cider": MeanMetric(per), "match": MeanMetric(match)}, [not p for p in predictions],
-                          [{"cider": c, "match": m} for c, m in zip(per, match)])
+        return mean_scores({"cider": per, "match": match}, predictions)
 
 
 class OCRTask(_AnswersTask):
@@ -279,9 +283,7 @@ class OCRTask(_AnswersTask):
             em.append(M.exact_match(p, a, case_sensitive=True))
             emi.append(M.exact_match(p, a, case_sensitive=False))
             cer.append(min(M.cer(p, x) for x in a))
-        return TaskScores({"exact_match": MeanMetric(em), "exact_match_nocase": MeanMetric(emi), "cer": MeanMetric(cer)},
-                          [not p for p in predictions],
-                          [{"exact_match": a, "exact_match_nocase": b, "cer": c} for a, b, c in zip(em, emi, cer)])
+        return mean_scores({"exact_match": em, "exact_match_nocase": emi, "cer": cer}, predictions)
 
 
 class ChartTask(_AnswersTask):
@@ -295,9 +297,7 @@ class ChartTask(_AnswersTask):
     def score(self, samples, predictions):
         ra = [M.relaxed_accuracy(p, answers_of(s)) for s, p in zip(samples, predictions)]
         ro = [M.relaxed_accuracy(p, answers_of(s), official=True) for s, p in zip(samples, predictions)]
-        return TaskScores({"relaxed_acc": MeanMetric(ra), "relaxed_acc_official": MeanMetric(ro)},
-                          [not p for p in predictions],
-                          [{"relaxed_acc": a, "relaxed_acc_official": b} for a, b in zip(ra, ro)])
+        return mean_scores({"relaxed_acc": ra, "relaxed_acc_official": ro}, predictions)
 
 
 class DocTask(_AnswersTask):
@@ -310,7 +310,7 @@ class DocTask(_AnswersTask):
 
     def score(self, samples, predictions):
         v = [M.anls(p, answers_of(s)) for s, p in zip(samples, predictions)]
-        return TaskScores({"anls": MeanMetric(v)}, [not p for p in predictions], [{"anls": x} for x in v])
+        return mean_scores({"anls": v}, predictions)
 
 
 class SegmentationTask(_ImageOutputTask):
