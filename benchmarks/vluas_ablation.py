@@ -41,7 +41,7 @@ def rounded(m: dict) -> dict:
 def run_arm(target: str, data: Path, vq: Path, out: Path, steps: int, batch: int, seed: int) -> dict:
     from vlkit.eval.runner import run_eval
     from vlkit.pipeline import load
-    from vlkit.train.quickstart import VLUAS_RECIPE, recipe_dict
+    from vlkit.apps.quickstart import VLUAS_RECIPE, recipe_dict
     from vlkit.train.trainer import Recipe, train
 
     out.mkdir(parents=True, exist_ok=True)
@@ -88,7 +88,7 @@ def main() -> None:
         generate_dataset(data / "test", n=a.n_test, tasks=EVAL, split="test", seed=a.seed + 1)
     vq = Path(a.vq) if a.vq else out / "vq"
     if not a.vq:
-        from vlkit.train.quickstart import train_visual_tokenizer
+        from vlkit.apps.quickstart import train_visual_tokenizer
 
         train_visual_tokenizer(data, vq, False, a.seed)
     result = {"steps": a.steps, "batch_size": a.batch_size, "data": str(data), "vq": str(vq)}

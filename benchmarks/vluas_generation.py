@@ -110,7 +110,7 @@ def main() -> None:
     from vlkit.data.synth import generate_dataset
     from vlkit.eval.runner import run_eval
     from vlkit.pipeline import load
-    from vlkit.train.quickstart import recipe_dict
+    from vlkit.apps.quickstart import recipe_dict
     from vlkit.train.trainer import Recipe, train
     from vlkit.train.vq_trainer import train_visual_tokenizer
 

@@ -1,5 +1,5 @@
 import sys
 
-from vlkit.cli import main
+from vlkit.apps.cli import main
 
 sys.exit(main())

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from vlkit import config as C
-from vlkit.cli import main
+from vlkit.apps.cli import main
 from vlkit.train.stages import STAGES
 
 RECIPE = {"model": {"preset": "tiny"}, "tokenizer": {"vocab_size": 300},

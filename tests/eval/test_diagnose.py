@@ -31,7 +31,7 @@ def test_stats_tell_an_image_blind_connector_from_a_seeing_one(make_model, token
 
 
 def test_inspect_cli_prints_stats_and_the_blind_gap(make_model, tokenizer, tmp_path, capsys):
-    from vlkit.cli import main
+    from vlkit.apps.cli import main
     from vlkit.data.synth import generate_dataset
 
     ckpt = Pipeline(make_model("spatial_merge"), tokenizer).save_pretrained(tmp_path / "ckpt")

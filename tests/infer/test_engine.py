@@ -10,7 +10,7 @@ from vlkit.errors import ImageTokenError, UserError
 from vlkit.infer.engine import ContextLengthError, Engine, QueueFullError, SamplingParams, TooManyImagesError
 from vlkit.infer.generate import generate
 
-from tests.serve import helpers
+from tests.apps.serve import helpers
 
 QUESTIONS = ["Describe the image.", "What color is the circle?", "How many objects are there?", "What?",
              "Where is the blue star?", "What shape is it? Describe it in a few words please."]

@@ -18,21 +18,23 @@ import json
 import logging
 import os
 import warnings
-from dataclasses import asdict, is_dataclass
 from pathlib import Path
 from typing import Any, Iterable, Optional, Sequence, Union
 
-import numpy as np
+from PIL import Image
 
+from vlkit.data.sources import read_samples
 from vlkit.eval.metrics import EvalError
 from vlkit.eval.report import scores_table
-from vlkit.eval.tasks import TASKS, Task, get_task, paired_difference, sample_images
+from vlkit.eval.scoring import paired_difference
+from vlkit.eval.tasks import TASKS, Job, Task, get_task, sample_images
+from vlkit.images import ImageError
+from vlkit.io import read_records, write_json
 
 PREDICTIONS_FILE = "predictions.jsonl"
 SCORES_JSON = "scores.json"
 SCORES_MD = "scores.md"
 PER_SAMPLE_FILE = "per_sample.jsonl"
-_OWN_FILES = {PREDICTIONS_FILE, PER_SAMPLE_FILE, SCORES_JSON}
 KEY_VERSION = 2  # 1 keyed on the sample id, so a changed image or question reused the old answer
 # Blind runs replace each input image by this colour at the image's size: mid-grey is ~0 after the usual
 # (x - 0.5) / 0.5 normalization, an input with no signal rather than an extreme one (black is -1).
@@ -45,55 +47,14 @@ log = logging.getLogger("vlkit.eval")
 # Reading samples
 # ---------------------------------------------------------------------------------------------------------
 
-def _read_sample_files(path: Path) -> list[dict]:
-    """Fallback reader (vlkit.data.sources.read_samples is preferred when present): a .jsonl / .json file, or
-    a folder of them (top level). Each sample gets `_base` = its file's folder (relative paths resolve there)."""
-    if path.is_dir():
-        files = sorted(p for p in path.iterdir() if p.suffix in (".jsonl", ".json") and p.name not in _OWN_FILES)
-        if not files:
-            raise EvalError(f"eval data folder {path} has no .jsonl or .json sample file")
-    else:
-        files = [path]
-    out: list[dict] = []
-    for f in files:
-        text = f.read_text(encoding="utf-8")
-        if f.suffix == ".json" and text.lstrip().startswith("["):
-            try:
-                items = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise EvalError(f"{f} is not valid JSON ({exc})") from None
-        else:
-            items = []
-            for n, line in enumerate(text.splitlines(), 1):
-                if not line.strip():
-                    continue
-                try:
-                    items.append(json.loads(line))
-                except json.JSONDecodeError:
-                    warnings.warn(f"{f}:{n}: not valid JSON, skipped")
-        for it in items:
-            if isinstance(it, dict):
-                out.append({**it, "_base": str(f.parent)})
-    return out
-
-
 def load_samples(data: Union[str, os.PathLike]) -> list[dict]:
-    """Samples as dicts with `_base` set. Uses vlkit.data.sources.read_samples when it exists."""
+    """The samples of `data` (any source vlkit.data.sources.read_samples reads) as dicts with `_base` set."""
     path = Path(data)
     if not path.exists():
         raise EvalError(f"eval data {path} does not exist (give a sample .jsonl/.json file or its folder)")
-    try:
-        from vlkit.data.sources import read_samples  # type: ignore[attr-defined]
-    except ImportError:
-        return _read_sample_files(path)
     base = str(path if path.is_dir() else path.parent)
-    out = []
     # images are opened (and failures reported per sample) by the runner itself
-    for s in read_samples(path, strict=False, check_images=False):
-        d = asdict(s) if is_dataclass(s) else (s.to_dict() if hasattr(s, "to_dict") else dict(s))
-        d.setdefault("_base", base)
-        out.append(d)
-    return out
+    return [{"_base": base, **s} for s in read_samples(path, strict=False, check_images=False)]
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -111,7 +72,7 @@ def content_digest(task: Task, sample: dict, file_digests: Optional[dict] = None
     """sha256 of what the model is given for `sample`: the prompt text and the bytes of each input image (the
     file's bytes, or the decoded pixels of tar / HF sources). `file_digests` memoizes files shared by samples."""
     h = hashlib.sha256(task.prompt(sample).encode("utf-8"))
-    if task.kind == "generate_image":  # the sample's image is the target, not an input
+    if not task.input_images:  # the sample's image is the target, not an input
         return h.hexdigest()
     if "image_objects" in sample:
         for im in sample["image_objects"]:
@@ -136,13 +97,9 @@ class PredictionCache:
         self.path = path
         self.records: dict[str, dict] = {}
         if path.exists():
-            for line in path.read_text(encoding="utf-8").splitlines():
-                try:
-                    rec = json.loads(line)
-                except json.JSONDecodeError:
-                    continue  # a torn write from an interrupted run
-                if isinstance(rec, dict) and "key" in rec:
-                    self.records[rec["key"]] = rec
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # a torn write from an interrupted run is expected, not news
+                self.records = {rec["key"]: rec for rec in read_records(path) if "key" in rec}
 
     def __contains__(self, key: str) -> bool:
         return key in self.records
@@ -173,14 +130,6 @@ class PredictionCache:
 # Jobs
 # ---------------------------------------------------------------------------------------------------------
 
-class _Job:
-    __slots__ = ("task", "sample", "sid", "settings", "key", "blind")
-
-    def __init__(self, task: Task, sample: dict, sid: str, settings: dict, key: str, blind: bool = False):
-        self.task, self.sample, self.sid, self.settings, self.key = task, sample, sid, settings, key
-        self.blind = blind
-
-
 def _sample_ids(samples: Sequence[dict], task: str) -> list[str]:
     """Sample ids; a missing id becomes '<task>-<index>', a repeated id gets '#k' so ids stay unique."""
     seen: dict[str, int] = {}
@@ -193,143 +142,78 @@ def _sample_ids(samples: Sequence[dict], task: str) -> list[str]:
     return out
 
 
-def _supported(pipe: Any, task: Task) -> Optional[str]:
-    """None when the pipe can answer this task, else the reason it is skipped."""
-    if task.kind == "generate_image" and not getattr(pipe, "can_generate_images", False):
-        return "the model cannot generate images (pipe.can_generate_images is false)"
-    if task.kind == "segment":
-        able = getattr(pipe, "can_segment", getattr(pipe, "can_generate_images", False))
-        if not able or not callable(getattr(pipe, "segment", None)):
-            return "the model has no dense-prediction head (pipe.segment unavailable)"
-    return None
-
-
 def _make_jobs(pipe: Any, by_task: dict[str, list[dict]], order: list[str], limit: Optional[int],
                max_new_tokens: Optional[int], blind: bool, skipped: dict[str, str]) -> tuple[dict, dict]:
     """({task: [job]}, {task: [blind job, same order]}) for the tasks the pipe can answer; the others go to
     `skipped`. Blind jobs exist for tasks with input images (not text-to-image)."""
     fingerprint = str(pipe.fingerprint())
     file_digests: dict[str, str] = {}
-    jobs: dict[str, list[_Job]] = {}
-    blind_jobs: dict[str, list[_Job]] = {}
+    jobs: dict[str, list[Job]] = {}
+    blind_jobs: dict[str, list[Job]] = {}
     for name in order:
         task = get_task(name)
-        reason = _supported(pipe, task)
+        reason = task.unsupported(pipe)
         if reason:
             skipped[name] = reason
             continue
         ss = by_task[name][:limit] if limit is not None else by_task[name]
         jobs[name] = []
-        if blind and task.kind != "generate_image":
+        if blind and task.input_images:
             blind_jobs[name] = []
         for s, sid in zip(ss, _sample_ids(ss, name)):
             task.validate(s)  # missing ground truth is a data error: report before any model call
             settings = task.settings(s, max_new_tokens)
             content = content_digest(task, s, file_digests)
-            jobs[name].append(_Job(task, s, sid, settings, prediction_key(fingerprint, name, content, settings)))
+            jobs[name].append(Job(task, s, sid, settings, prediction_key(fingerprint, name, content, settings)))
             if name in blind_jobs:
                 key = prediction_key(fingerprint, name, content, settings, blind=True)
-                blind_jobs[name].append(_Job(task, s, sid, settings, key, blind=True))
+                blind_jobs[name].append(Job(task, s, sid, settings, key, blind=True))
     return jobs, blind_jobs
-
-
-def _safe_name(key: str) -> str:
-    return "".join(c for c in key if c.isalnum())
-
-
-def _write_png_atomic(img: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.png")
-    img.save(tmp, format="PNG")
-    os.replace(tmp, path)
 
 
 def blank_like(image: Any) -> Any:
     """The blind run's stand-in for `image`: the same size, every pixel BLIND_FILL (RGB)."""
-    from PIL import Image
-
     return Image.new("RGB", image.size, BLIND_FILL)
 
 
-def _job_images(job: _Job) -> list:
+def _job_images(job: Job) -> list:
     """The images the model gets for `job` (blanks of the same size in a blind job); raises ImageError."""
-    from vlkit.images import load_image
-
-    if job.task.kind == "generate_image":
-        return []
-    if "image_objects" in job.sample:  # tar / HF sources: decoded
-        imgs = list(job.sample["image_objects"])
-    else:
-        imgs = [load_image(p) for p in sample_images(job.sample)]
-    return [blank_like(im) for im in imgs] if job.blind else imgs
+    images = job.task.inputs(job.sample)
+    return [blank_like(im) for im in images] if job.blind else images
 
 
-def _run_batch(pipe: Any, jobs: list[_Job], out_dir: Path) -> tuple[list[dict], dict[str, str]]:
-    """Ask the model for one batch; returns cache records and {sample id: error} for samples whose inputs
-    could not be used (these are reported, not cached, so a rerun retries them)."""
-    from PIL import Image
-
-    from vlkit.images import ImageError
-
+def _run_batch(pipe: Any, jobs: list[Job], out_dir: Path) -> tuple[list[dict], dict[str, str]]:
+    """Ask the model for one batch (one task); returns cache records and {sample id: error} for samples whose
+    inputs could not be used (these are reported, not cached, so a rerun retries them)."""
     errors: dict[str, str] = {}
-    ready: list[tuple[_Job, list]] = []
+    ready: list[Job] = []
+    images: list[list] = []
     for j in jobs:
         try:
-            ready.append((j, _job_images(j)))
+            images.append(_job_images(j))
+            ready.append(j)
         except ImageError as exc:
             errors[j.sid] = str(exc)
     if not ready:
         return [], errors
-    task = ready[0][0].task
-    outputs: list[Any] = []
-    if task.kind == "chat":
-        settings = ready[0][0].settings
-        texts = pipe.chat_batch([j.task.prompt(j.sample) for j, _ in ready], [imgs for _, imgs in ready],
-                                max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"])
-        if len(texts) != len(ready):
-            raise RuntimeError(f"pipe.chat_batch returned {len(texts)} answers for {len(ready)} prompts")
-        outputs = [str(t) for t in texts]
-    elif task.kind == "generate_image":
-        for j, _ in ready:
-            img = pipe.generate_image(j.task.prompt(j.sample), **j.settings)
-            rel = f"generations/{_safe_name(j.key)}.png"
-            _write_png_atomic(img, out_dir / rel)
-            outputs.append(rel)
-    elif task.kind == "segment":
-        for j, imgs in ready:
-            if not imgs:
-                errors[j.sid] = "segmentation sample has no image"
-                continue
-            classes = j.settings["classes"]
-            mask = np.asarray(pipe.segment(imgs[0], classes)).astype(np.int64)
-            if mask.ndim != 2:
-                raise RuntimeError(f"pipe.segment returned shape {mask.shape}; expected HxW")
-            # labels outside the class list become 255 = "no class" (classes are far fewer than 255)
-            mask = np.where((mask >= 0) & (mask < len(classes)), mask, 255).astype(np.uint8)
-            rel = f"masks/{_safe_name(j.key)}.png"
-            _write_png_atomic(Image.fromarray(mask, "L"), out_dir / rel)
-            outputs.append(rel)
-        ready = [(j, i) for j, i in ready if j.sid not in errors]
-    else:
-        raise EvalError(f"task {task.name!r} has unknown kind {task.kind!r}")
+    outputs = ready[0].task.predict(pipe, ready, images, out_dir)
     records = [{"key": j.key, "task": j.task.name, "id": j.sid, "blind": j.blind, "settings": j.settings,
-                "prediction": out} for (j, _), out in zip(ready, outputs)]
+                "prediction": out} for j, out in zip(ready, outputs)]
     return records, errors
 
 
-def _generate(pipe: Any, jobs: list[_Job], cache: PredictionCache, batch_size: int, out: Path,
+def _generate(pipe: Any, jobs: list[Job], cache: PredictionCache, batch_size: int, out: Path,
               progress: bool) -> dict[tuple[str, bool], dict[str, str]]:
     """Ask the model for every job not in the cache, batch by batch (each batch appended to the cache at once).
     Returns {(task, blind): {sample id: error}} for samples whose inputs could not be used."""
     from tqdm.auto import tqdm
 
     errors: dict[tuple[str, bool], dict[str, str]] = {}
-    # a batch shares task, blindness and (chat) settings: one max_new_tokens per call
-    groups: dict[tuple, list[_Job]] = {}
+    # a batch shares task, blindness and the task's batch_key (chat: one max_new_tokens per call)
+    groups: dict[tuple, list[Job]] = {}
     for j in jobs:
         if j.key not in cache:
-            same = json.dumps(j.settings, sort_keys=True) if j.task.kind == "chat" else ""
-            groups.setdefault((j.task.name, j.blind, same), []).append(j)
+            groups.setdefault((j.task.name, j.blind, j.task.batch_key(j.settings)), []).append(j)
     with tqdm(total=sum(map(len, groups.values())), desc="eval", unit="sample", disable=not progress,
               dynamic_ncols=True) as bar:
         for (name, blind, _), group in groups.items():
@@ -356,7 +240,7 @@ def _group_value(sample: dict, key: str) -> Optional[str]:
     return str(m[key])
 
 
-def _score_task(task: Task, jobs: list[_Job], preds: list[Any], resamples: int, seed: int) -> tuple[dict, list[dict]]:
+def _score_task(task: Task, jobs: list[Job], preds: list[Any], resamples: int, seed: int) -> tuple[dict, list[dict]]:
     samples = [j.sample for j in jobs]
     ts = task.score(samples, preds)
     rows = list(range(len(samples)))
@@ -390,12 +274,11 @@ def _score_task(task: Task, jobs: list[_Job], preds: list[Any], resamples: int, 
     return out, per_sample
 
 
-def _prediction(cache: PredictionCache, job: _Job, out: Path) -> Any:
-    raw = cache.get(job.key)["prediction"]
-    return job.task.extract(raw) if job.task.kind == "chat" else str(out / raw)
+def _prediction(cache: PredictionCache, job: Job, out: Path) -> Any:
+    return job.task.prediction(cache.get(job.key)["prediction"], out)
 
 
-def _task_result(task: Task, jobs: list[_Job], cache: PredictionCache, errors: dict[str, str], out: Path,
+def _task_result(task: Task, jobs: list[Job], cache: PredictionCache, errors: dict[str, str], out: Path,
                  resamples: int, seed: int) -> tuple[dict, list[dict]]:
     done = [j for j in jobs if j.key in cache]
     if not done:
@@ -407,7 +290,7 @@ def _task_result(task: Task, jobs: list[_Job], cache: PredictionCache, errors: d
     return res, per_sample
 
 
-def _blind_comparison(task: Task, jobs: list[_Job], blind_jobs: list[_Job], cache: PredictionCache, out: Path,
+def _blind_comparison(task: Task, jobs: list[Job], blind_jobs: list[Job], cache: PredictionCache, out: Path,
                       resamples: int, seed: int) -> dict:
     """The headline metric with images and blind on the samples that have both predictions, and their difference
     with a 95% paired bootstrap CI. `beats_blind`: the CI lies above 0."""
@@ -422,12 +305,6 @@ def _blind_comparison(task: Task, jobs: list[_Job], blind_jobs: list[_Job], cach
     diff = paired_difference(seen, blank, range(len(pairs)), resamples, seed)
     return {"metric": primary, "n": len(pairs), **diff,
             "beats_blind": diff["ci95"] is not None and diff["ci95"][0] > 0}
-
-
-def _write_json_atomic(obj: Any, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -498,15 +375,7 @@ def run_eval(pipe: Any, data: Union[str, os.PathLike], tasks: Optional[Sequence[
     log.info("eval: %d of %d predictions reused from %s; asking the model for the rest", reused, len(everything),
              out / PREDICTIONS_FILE)
     errors = _generate(pipe, everything, cache, batch_size, out, progress)
-
-    results: dict[str, Any] = {}
-    per_sample_all: list[dict] = []
-    for name, jl in jobs.items():
-        task = get_task(name)
-        results[name], per_sample = _task_result(task, jl, cache, errors.get((name, False), {}), out, resamples, seed)
-        per_sample_all.extend(per_sample)
-        if name in blind_jobs:
-            results[name]["blind"] = _blind_comparison(task, jl, blind_jobs[name], cache, out, resamples, seed)
+    results, per_sample = _results(jobs, blind_jobs, cache, errors, out, resamples, seed)
     scores = {
         "fingerprint": str(pipe.fingerprint()),
         "data": str(data),
@@ -519,9 +388,29 @@ def run_eval(pipe: Any, data: Union[str, os.PathLike], tasks: Optional[Sequence[
     if blind:
         scores["blind"] = {"fill": list(BLIND_FILL), "no_input_image": sorted(set(jobs) - set(blind_jobs)),
                            "not_beating_blind": [t for t in blind_jobs if not results[t]["blind"]["beats_blind"]]}
-    with open(out / PER_SAMPLE_FILE, "w", encoding="utf-8") as f:
-        for rec in per_sample_all:
-            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
-    _write_json_atomic(scores, out / SCORES_JSON)
-    (out / SCORES_MD).write_text(scores_table(scores), encoding="utf-8")
+    _write_outputs(out, scores, per_sample)
     return scores
+
+
+def _results(jobs: dict[str, list[Job]], blind_jobs: dict[str, list[Job]], cache: PredictionCache,
+             errors: dict[tuple[str, bool], dict[str, str]], out: Path, resamples: int,
+             seed: int) -> tuple[dict[str, Any], list[dict]]:
+    """({task: scores (with the blind comparison where there are blind jobs)}, per-sample rows of every task)."""
+    results: dict[str, Any] = {}
+    per_sample_all: list[dict] = []
+    for name, jl in jobs.items():
+        task = get_task(name)
+        results[name], per_sample = _task_result(task, jl, cache, errors.get((name, False), {}), out, resamples, seed)
+        per_sample_all.extend(per_sample)
+        if name in blind_jobs:
+            results[name]["blind"] = _blind_comparison(task, jl, blind_jobs[name], cache, out, resamples, seed)
+    return results, per_sample_all
+
+
+def _write_outputs(out: Path, scores: dict, per_sample: list[dict]) -> None:
+    """per_sample.jsonl, scores.json and scores.md in `out`."""
+    with open(out / PER_SAMPLE_FILE, "w", encoding="utf-8") as f:
+        for rec in per_sample:
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    write_json(out / SCORES_JSON, scores)
+    (out / SCORES_MD).write_text(scores_table(scores), encoding="utf-8")

@@ -1,84 +1,31 @@
-"""Evaluation task registry: each task says how to ask the model (prompt, kind, settings), how to extract the
-answer from the raw output, and how to score it. Adding a task = one small subclass + `@register`.
+"""Evaluation task registry: each task says how to ask the model (prompt, settings, its `predict` step: which pipe
+method answers), how to extract the answer from the raw output, and how to score it. Adding a task = one small
+subclass + `@register`.
 
 Samples are dicts in the DESIGN.md format; `sample["_base"]` (set by the runner) is the folder that relative
 paths in the sample are resolved against.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import hashlib
+import json
+import os
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Callable, ClassVar, Optional, Sequence
+from typing import Any, ClassVar, Optional
 
 import numpy as np
+from PIL import Image
 
+from vlkit.chat import IMAGE_PROMPT
+from vlkit.data.synth import verify
 from vlkit.eval import metrics as M
 from vlkit.eval.metrics import EvalError
+from vlkit.eval.scoring import IoUMetric, MeanMetric, TaskScores
+from vlkit.images import ImageError, load_image
+from vlkit.config import ImageGenerationConfig
 
 HUMAN_ROLES = ("human", "user")
-
-
-# ---------------------------------------------------------------------------------------------------------
-# Scored metrics: what a task hands back to the runner for aggregation and breakdowns
-# ---------------------------------------------------------------------------------------------------------
-
-@dataclass
-class MeanMetric:
-    """A metric whose dataset value is the mean of per-sample values."""
-    values: list[float]
-
-    def summary(self, rows: Sequence[int], resamples: int = 1000, seed: int = 0) -> dict:
-        return M.summarize([self.values[i] for i in rows], resamples, seed)
-
-    def statistic(self, rows: Sequence[int]) -> Callable[[np.ndarray], np.ndarray]:
-        """The value on bootstrap resamples of `rows` (bootstrap_ci's count-matrix form)."""
-        return M.mean_statistic([self.values[i] for i in rows])
-
-
-@dataclass
-class IoUMetric:
-    """mIoU over a set: per-class intersections and unions summed over images, then averaged over classes."""
-    inter: np.ndarray  # (n_samples, n_classes)
-    union: np.ndarray
-    classes: list[str]
-
-    def summary(self, rows: Sequence[int], resamples: int = 1000, seed: int = 0) -> dict:
-        rows = list(rows)
-        if not rows:
-            return {"value": None, "n": 0, "ci95": None}
-        inter, union = self.inter[rows], self.union[rows]
-        value = M.mean_iou(inter.sum(0).tolist(), union.sum(0).tolist())
-        ci = M.bootstrap_ci(len(rows), self.statistic(rows), resamples, seed)
-        return {"value": value, "n": len(rows), "ci95": list(ci) if ci else None}
-
-    def statistic(self, rows: Sequence[int]) -> Callable[[np.ndarray], np.ndarray]:
-        rows = list(rows)
-        return M.miou_statistic(self.inter[rows], self.union[rows])
-
-    def per_class(self) -> dict[str, Optional[float]]:
-        i, u = self.inter.sum(0), self.union.sum(0)
-        return {c: (float(i[k] / u[k]) if u[k] > 0 else None) for k, c in enumerate(self.classes)}
-
-
-def paired_difference(a: Any, b: Any, rows: Sequence[int], resamples: int = 1000, seed: int = 0) -> dict:
-    """`a - b` for two scorings of the same samples (MeanMetric or IoUMetric, e.g. with images and blind): each
-    value with its own CI, and the difference with a 95% paired bootstrap CI. Paired: every resample draws the
-    same samples for both, so how hard the drawn samples are cancels out of the difference."""
-    rows = list(rows)
-    sa, sb = a.summary(rows, resamples, seed), b.summary(rows, resamples, seed)
-    stat_a, stat_b = a.statistic(rows), b.statistic(rows)
-    ci = M.bootstrap_ci(len(rows), lambda w: stat_a(w) - stat_b(w), resamples, seed)
-    diff = None if sa["value"] is None or sb["value"] is None else sa["value"] - sb["value"]
-    return {"with_images": sa["value"], "with_images_ci95": sa["ci95"], "blind": sb["value"],
-            "blind_ci95": sb["ci95"], "difference": diff, "ci95": list(ci) if ci else None}
-
-
-@dataclass
-class TaskScores:
-    metrics: dict[str, Any]                     # name -> MeanMetric | IoUMetric, first = primary
-    parse_failed: list[bool]                    # per sample
-    per_sample: list[dict] = field(default_factory=list)  # JSON-able per-sample details
-    extra: dict = field(default_factory=dict)   # task-level extras (per-class IoU, ...)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -109,6 +56,13 @@ def resolve(sample: dict, path: str) -> str:
     return str(Path(sample.get("_base", ".")) / p)
 
 
+def load_inputs(sample: dict) -> list:
+    """The sample's images as PIL images: decoded ones (tar / HF sources) or its files; raises ImageError."""
+    if "image_objects" in sample:
+        return list(sample["image_objects"])
+    return [load_image(p) for p in sample_images(sample)]
+
+
 def meta(sample: dict) -> dict:
     return sample.get("meta") or {}
 
@@ -130,12 +84,25 @@ def answers_of(sample: dict) -> list[str]:
 # Tasks
 # ---------------------------------------------------------------------------------------------------------
 
+@dataclass(eq=False)
+class Job:
+    """One prediction to make: a task's sample (id `sid`) with its generation settings, under its cache `key`;
+    `blind`: the input images are replaced by blanks."""
+    task: "Task"
+    sample: dict
+    sid: str
+    settings: dict
+    key: str
+    blind: bool = False
+
+
 class Task:
+    """A task the model answers in text (`pipe.chat_batch`); subclasses with other outputs override `predict`."""
     name: ClassVar[str]
-    kind: ClassVar[str] = "chat"                # chat | generate_image | segment: which pipe method answers
     metrics: ClassVar[tuple[str, ...]] = ()     # names; the first is the headline number
     max_new_tokens: ClassVar[int] = 32
     breakdowns: ClassVar[tuple[str, ...]] = ("heldout", "category")
+    input_images: ClassVar[bool] = True         # False: the sample's images are the target (text-to-image)
 
     def prompt(self, sample: dict) -> str:
         return first_human_turn(sample)
@@ -147,12 +114,78 @@ class Task:
     def validate(self, sample: dict) -> None:
         """Raise EvalError when the sample lacks the ground truth this task needs (checked before any model call)."""
 
+    def unsupported(self, pipe: Any) -> Optional[str]:
+        """None when `pipe` can answer this task, else why the task is skipped."""
+        return None
+
+    def inputs(self, sample: dict) -> list:
+        """The images the model gets for `sample`; raises ImageError when one cannot be used."""
+        return load_inputs(sample) if self.input_images else []
+
+    def batch_key(self, settings: dict) -> str:
+        """Jobs with the same key may share one `predict` call (one chat_batch has one max_new_tokens)."""
+        return json.dumps(settings, sort_keys=True)
+
+    def predict(self, pipe: Any, jobs: list[Job], images: list[list], out_dir: Path) -> list[Any]:
+        """The raw predictions of `jobs` (as cached), whose input images are `images`."""
+        settings = jobs[0].settings
+        texts = pipe.chat_batch([self.prompt(j.sample) for j in jobs], images,
+                                max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"])
+        if len(texts) != len(jobs):
+            raise RuntimeError(f"pipe.chat_batch returned {len(texts)} answers for {len(jobs)} prompts")
+        return [str(t) for t in texts]
+
+    def prediction(self, raw: Any, out_dir: Path) -> Any:
+        """What `score` gets for a cached raw prediction."""
+        return self.extract(raw)
+
     def extract(self, text: str) -> str:
         """The answer inside the raw model output."""
         return text.strip()
 
     def score(self, samples: list[dict], predictions: list[Any]) -> TaskScores:
         raise NotImplementedError
+
+
+class _ImageOutputTask(Task):
+    """A task whose prediction is a PNG written under the eval folder; the cache holds its relative path."""
+    folder: ClassVar[str]
+
+    def batch_key(self, settings):
+        return ""
+
+    def prediction(self, raw, out_dir):
+        return str(out_dir / raw)
+
+    def predict(self, pipe, jobs, images, out_dir):
+        out = []
+        for job, imgs in zip(jobs, images):
+            rel = f"{self.folder}/{safe_name(job.key)}.png"
+            write_png(self.predict_image(pipe, job, imgs), out_dir / rel)
+            out.append(rel)
+        return out
+
+    def predict_image(self, pipe: Any, job: Job, images: list) -> Image.Image:
+        raise NotImplementedError
+
+
+def safe_name(key: str) -> str:
+    return "".join(c for c in key if c.isalnum())
+
+
+def write_png(img: Image.Image, path: Path) -> None:
+    """`img` as a PNG at `path`, written to a temporary sibling and renamed (never half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.png")
+    img.save(tmp, format="PNG")
+    os.replace(tmp, path)
+
+
+def mean_scores(per_sample: dict[str, list[float]], predictions: list[str]) -> TaskScores:
+    """The scores of a text task from per-sample values (a MeanMetric each, in the task's metric order); an
+    empty answer is a parse failure."""
+    rows = [dict(zip(per_sample, values)) for values in zip(*per_sample.values())]
+    return TaskScores({name: MeanMetric(v) for name, v in per_sample.items()}, [not p for p in predictions], rows)
 
 
 def _first_line(text: str) -> str:
@@ -182,9 +215,7 @@ class VQATask(_AnswersTask):
             a = answers_of(s)
             off.append(M.vqa_accuracy(p, a, "official"))
             len_.append(M.vqa_accuracy(p, a, "lenient"))
-        return TaskScores({"vqa_acc": MeanMetric(off), "vqa_acc_lenient": MeanMetric(len_)},
-                          [not p for p in predictions],
-                          [{"vqa_acc": a, "vqa_acc_lenient": b} for a, b in zip(off, len_)])
+        return mean_scores({"vqa_acc": off, "vqa_acc_lenient": len_}, predictions)
 
 
 class CaptionTask(Task):
@@ -202,7 +233,7 @@ class CaptionTask(Task):
     def score(self, samples, predictions):
         refs = [[M.ptb_tokenize(r) for r in need(s, self.refs_key)] for s in samples]
         _, per = M.cider_d([M.ptb_tokenize(p) for p in predictions], refs)
-        return TaskScores({"cider": MeanMetric(per)}, [not p for p in predictions], [{"cider": v} for v in per])
+        return mean_scores({"cider": per}, predictions)
 
 
 class GroundingTask(Task):
@@ -237,8 +268,7 @@ class REGTask(_AnswersTask):
         _, per = M.cider_d([M.ptb_tokenize(p) for p in predictions], refs)
         match = [float(any(M.normalize_vqa_answer(p) == M.normalize_vqa_answer(a) for a in answers_of(s)))
                  for s, p in zip(samples, predictions)]
-        return TaskScores({"cider": MeanMetric(per), "match": MeanMetric(match)}, [not p for p in predictions],
-                          [{"cider": c, "match": m} for c, m in zip(per, match)])
+        return mean_scores({"cider": per, "match": match}, predictions)
 
 
 class OCRTask(_AnswersTask):
@@ -253,9 +283,7 @@ class OCRTask(_AnswersTask):
             em.append(M.exact_match(p, a, case_sensitive=True))
             emi.append(M.exact_match(p, a, case_sensitive=False))
             cer.append(min(M.cer(p, x) for x in a))
-        return TaskScores({"exact_match": MeanMetric(em), "exact_match_nocase": MeanMetric(emi), "cer": MeanMetric(cer)},
-                          [not p for p in predictions],
-                          [{"exact_match": a, "exact_match_nocase": b, "cer": c} for a, b, c in zip(em, emi, cer)])
+        return mean_scores({"exact_match": em, "exact_match_nocase": emi, "cer": cer}, predictions)
 
 
 class ChartTask(_AnswersTask):
@@ -269,9 +297,7 @@ class ChartTask(_AnswersTask):
     def score(self, samples, predictions):
         ra = [M.relaxed_accuracy(p, answers_of(s)) for s, p in zip(samples, predictions)]
         ro = [M.relaxed_accuracy(p, answers_of(s), official=True) for s, p in zip(samples, predictions)]
-        return TaskScores({"relaxed_acc": MeanMetric(ra), "relaxed_acc_official": MeanMetric(ro)},
-                          [not p for p in predictions],
-                          [{"relaxed_acc": a, "relaxed_acc_official": b} for a, b in zip(ra, ro)])
+        return mean_scores({"relaxed_acc": ra, "relaxed_acc_official": ro}, predictions)
 
 
 class DocTask(_AnswersTask):
@@ -284,14 +310,35 @@ class DocTask(_AnswersTask):
 
     def score(self, samples, predictions):
         v = [M.anls(p, answers_of(s)) for s, p in zip(samples, predictions)]
-        return TaskScores({"anls": MeanMetric(v)}, [not p for p in predictions], [{"anls": x} for x in v])
+        return mean_scores({"anls": v}, predictions)
 
 
-class SegmentationTask(Task):
-    """Dense prediction: `pipe.segment(image, classes)`; the prediction is a mask PNG written by the runner."""
+class SegmentationTask(_ImageOutputTask):
+    """Dense prediction: `pipe.segment(image, classes)`; the prediction is a mask PNG (255: no class)."""
     name = "segmentation"
-    kind = "segment"
     metrics = ("miou",)
+    folder = "masks"
+
+    def unsupported(self, pipe):
+        able = getattr(pipe, "can_segment", getattr(pipe, "can_generate_images", False))
+        if not able or not callable(getattr(pipe, "segment", None)):
+            return "the model has no dense-prediction head (pipe.segment unavailable)"
+        return None
+
+    def inputs(self, sample):
+        images = load_inputs(sample)
+        if not images:
+            raise ImageError("segmentation sample has no image")
+        return images
+
+    def predict_image(self, pipe, job, images):
+        classes = job.settings["classes"]
+        mask = np.asarray(pipe.segment(images[0], classes)).astype(np.int64)
+        if mask.ndim != 2:
+            raise RuntimeError(f"pipe.segment returned shape {mask.shape}; expected HxW")
+        # labels outside the class list become 255 = "no class" (classes are far fewer than 255)
+        mask = np.where((mask >= 0) & (mask < len(classes)), mask, 255).astype(np.uint8)
+        return Image.fromarray(mask, "L")
 
     def settings(self, sample, max_new_tokens):
         return {"classes": list(need(sample, "classes"))}
@@ -301,8 +348,6 @@ class SegmentationTask(Task):
         need(sample, "classes")
 
     def score(self, samples, predictions):
-        from PIL import Image
-
         names: list[str] = []
         for s in samples:
             for c in need(s, "classes"):
@@ -333,22 +378,29 @@ class SegmentationTask(Task):
                           {"per_class_iou": metric.per_class()})
 
 
-class GenerationTask(Task):
+class GenerationTask(_ImageOutputTask):
     """Text-to-image: the image is judged by the synthetic world's verifier (shapes, colors, relation)."""
     name = "generation"
-    kind = "generate_image"
     metrics = ("gen_correct",)
+    input_images = False
+    folder = "generations"
+
+    def unsupported(self, pipe):
+        if not getattr(pipe, "can_generate_images", False):
+            return "the model cannot generate images (pipe.can_generate_images is false)"
+        return None
 
     def prompt(self, sample):
         p = meta(sample).get("prompt")
         if p:
             return str(p)
         text = first_human_turn(sample).strip()
-        return text[len("Draw:"):].strip() if text.startswith("Draw:") else text
+        return text[len(_DRAW):].strip() if text.startswith(_DRAW) else text
+
+    def predict_image(self, pipe, job, images):
+        return pipe.generate_image(self.prompt(job.sample), **job.settings)
 
     def settings(self, sample, max_new_tokens):
-        from vlkit.infer.generate import ImageGenerationConfig
-
         # the library's sampling defaults, with a stable per-sample seed: reruns reproduce the image, samples differ
         return {**asdict(ImageGenerationConfig()), "seed": stable_seed(sample.get("id"))}
 
@@ -356,12 +408,6 @@ class GenerationTask(Task):
         need(sample, "objects")
 
     def score(self, samples, predictions):
-        from PIL import Image
-
-        try:
-            from vlkit.data.synth.verify import check_generation
-        except ImportError as exc:
-            raise EvalError(f"generation scoring needs vlkit.data.synth.verify.check_generation ({exc})") from None
         correct, failed = [], []
         for s, p in zip(samples, predictions):
             if not p:
@@ -369,15 +415,16 @@ class GenerationTask(Task):
                 failed.append(True)
                 continue
             with Image.open(p) as im:
-                verdict = check_generation(im.convert("RGB"), need(s, "objects"), meta(s).get("relation"))
+                verdict = verify.check_generation(im.convert("RGB"), need(s, "objects"), meta(s).get("relation"))
             correct.append(float(bool(verdict.get("correct"))))
             failed.append(False)
         return TaskScores({"gen_correct": MeanMetric(correct)}, failed, [{"gen_correct": c} for c in correct])
 
 
-def stable_seed(key: Any) -> int:
-    import hashlib
+_DRAW = IMAGE_PROMPT.split("{}")[0].strip()  # "Draw:", the text-to-image prompt's prefix
 
+
+def stable_seed(key: Any) -> int:
     return int(hashlib.sha256(str(key).encode()).hexdigest()[:8], 16) % (2 ** 31)
 
 

@@ -6,11 +6,11 @@ from __future__ import annotations
 from typing import Any, Iterator, Optional, Sequence
 
 from vlkit.chat import IMAGE_PROMPT
+from vlkit.config import GenerationConfig, ImageGenerationConfig
 from vlkit.errors import UserError
 from vlkit.images import ImageLike
+from vlkit.infer.generate import TextStreamer, generate, generate_codes, generate_stream
 from vlkit.infer.segment import segment
-from vlkit.infer.generate import (GenerationConfig, ImageGenerationConfig, TextStreamer, generate, generate_codes,
-                                  generate_stream)
 from vlkit.models.bundle import Bundle
 from vlkit.models.vq import tensor_to_pil
 

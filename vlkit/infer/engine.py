@@ -24,7 +24,8 @@ from typing import Any, Callable, Optional, Sequence
 import torch
 
 from vlkit.errors import ImageTokenError, UserError
-from vlkit.infer.generate import GenerationConfig, left_pad, sample_tokens
+from vlkit.config import GenerationConfig
+from vlkit.infer.generate import left_pad, sample_tokens
 from vlkit.infer.request import (Answer, Completion, ContextLengthError, EngineEvent, EngineStoppedError,
                                  QueueFullError, RequestState, SamplingParams, TooManyImagesError)
 from vlkit.models.language import KVCache

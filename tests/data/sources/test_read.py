@@ -78,7 +78,7 @@ def test_vlkit_train_on_llava_layout_uses_every_image(tmp_path, caplog):
 
     import yaml
 
-    from vlkit.cli import main
+    from vlkit.apps.cli import main
     from vlkit.pipeline import load
     from vlkit.train.stage_data import load_examples
     from vlkit.train.trainer import Recipe
@@ -100,7 +100,7 @@ def test_vlkit_train_on_llava_layout_uses_every_image(tmp_path, caplog):
 
 
 def test_vlkit_train_stops_cleanly_when_a_source_is_mostly_skipped(tmp_path, capsys):
-    from vlkit.cli import main
+    from vlkit.apps.cli import main
 
     path, _ = llava_layout(tmp_path / "data")
     recipe = llava_recipe(tmp_path, {"path": str(path)})  # no image_folder: 12 of 16 images missing

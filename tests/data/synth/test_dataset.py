@@ -97,7 +97,7 @@ def test_heldout_flag_in_generated_test_split(tmp_path):
 
 
 def test_cli(tmp_path, capsys):
-    from vlkit.cli import main
+    from vlkit.apps.cli import main
 
     assert main(["data", "synth", "--out", str(tmp_path / "d"), "--n", "18", "--tasks", "vqa,ocr", "--seed", "4"]) == 0
     assert len((tmp_path / "d" / "data.jsonl").read_text().splitlines()) == 18

@@ -1,11 +1,14 @@
 """`vlkit chat`: streaming REPL with /image, /reset, /quit; a bad image path is reported, the chat goes on."""
 import io
 
+import pytest
 from PIL import Image
 
-from vlkit.infer.repl import repl
+from vlkit.apps.repl import repl
 
-from tests.serve import helpers
+from tests.apps.serve import helpers
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _run(pipe, lines, image=None):

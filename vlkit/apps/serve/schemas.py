@@ -1,7 +1,7 @@
 """Request bodies of the OpenAI-compatible API (pydantic) and the error shape.
 
 Unknown fields are ignored (OpenAI clients send many optional ones); known fields are checked strictly enough
-that every bad value becomes a 400 naming it (see app.py, which turns validation errors into OpenAI errors):
+that every bad value becomes a 400 naming it (see errors.py, which turns validation errors into OpenAI errors):
 types are strict (`true` is not an integer, `"yes"` is not a boolean), `null` means the field's default (as in
 OpenAI's API), and text must be valid Unicode (a lone UTF-16 surrogate such as `"\\ud800"` is refused).
 """
@@ -78,9 +78,3 @@ class ImageGenerationRequest(_Lenient):
     response_format: Literal["b64_json"] = "b64_json"
     seed: Optional[Annotated[int, Field(ge=SEED_RANGE[0], le=SEED_RANGE[1] - 3)]] = None  # image i uses seed + i
     guidance_scale: Optional[float] = Field(default=None, ge=0.0, le=50.0)
-
-
-def error_body(message: str, type_: str = "invalid_request_error", param: Optional[str] = None,
-               code: Optional[str] = None) -> dict:
-    """OpenAI's nested error shape."""
-    return {"error": {"message": message, "type": type_, "param": param, "code": code}}

@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from vlkit.pipeline import Pipeline
-from vlkit.serve.app import create_app
+from vlkit.apps.serve.app import create_app
 
-from tests.serve import helpers
-from tests.serve.helpers import data_url, vision_messages
+from tests.apps.serve import helpers
+from tests.apps.serve.helpers import data_url, vision_messages
 
 
 def test_openai_client_stream_equals_non_stream(box_server):
@@ -122,7 +122,7 @@ def test_api_key_and_loopback_default(random_pipe):
         assert r.status_code == 200
     import inspect
 
-    from vlkit.serve.app import serve
+    from vlkit.apps.serve.app import serve
 
     assert inspect.signature(serve).parameters["host"].default == "127.0.0.1"
 

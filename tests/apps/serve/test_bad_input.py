@@ -15,10 +15,10 @@ import httpx
 import pytest
 
 import vlkit.pipeline
-from vlkit.serve.app import create_app
+from vlkit.apps.serve.app import create_app
 
-from tests.serve import helpers
-from tests.serve.helpers import data_url, png_with_size, vision_messages
+from tests.apps.serve import helpers
+from tests.apps.serve.helpers import data_url, png_with_size, vision_messages
 
 GOOD = {"messages": vision_messages(data_url(helpers.image_png())), "temperature": 0, "max_tokens": 40}
 URL = "messages[0].content[0].image_url.url"

@@ -3,6 +3,11 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import Callable, Iterable, Iterator
+
+from vlkit.apps.quickstart import VISION_TARGETS
+from vlkit.data.sources import FORMATS
+from vlkit.config.synth import SPLITS
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -10,7 +15,7 @@ def _csv(text: str | None) -> list[str] | None:
 
 
 def cmd_quickstart(a: argparse.Namespace) -> None:
-    from vlkit.train.quickstart import quickstart
+    from vlkit.apps.quickstart import quickstart
 
     quickstart(out=a.out, fast=a.fast, seed=a.seed, vision_target=a.vision_target)
 
@@ -56,13 +61,13 @@ def cmd_inspect(a: argparse.Namespace) -> None:
 
 
 def cmd_chat(a: argparse.Namespace) -> None:
-    from vlkit.infer.repl import repl
+    from vlkit.apps.repl import repl
 
     repl(a.ckpt, image=a.image, max_new_tokens=a.max_new_tokens, temperature=a.temperature)
 
 
 def cmd_serve(a: argparse.Namespace) -> None:
-    from vlkit.serve.app import serve
+    from vlkit.apps.serve.app import serve
 
     serve(a.ckpt, host=a.host, port=a.port, api_key=a.api_key, allowed_local_media_path=a.allowed_local_media_path,
           allow_remote_media=a.allow_remote_media, max_batch_size=a.max_batch_size)
@@ -101,28 +106,62 @@ def cmd_build(a: argparse.Namespace) -> None:
     build_from_backbones(a.vision, a.lm, connector=a.connector, out=a.output)
 
 
+class _Keys:
+    """argparse choices read from a registry only when a value is checked or listed: the model registries import
+    torch, which `vlkit --help` need not wait for. The argument needs a metavar (argparse lists choices otherwise)."""
+
+    def __init__(self, registry: Callable[[], Iterable[str]]):
+        self._registry = registry
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(sorted(self._registry()))
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._registry()
+
+
+def _connectors() -> Iterable[str]:
+    from vlkit.models.connectors import CONNECTORS
+
+    return CONNECTORS
+
+
+def _exporters() -> Iterable[str]:
+    from vlkit.hf.export import EXPORTERS
+
+    return EXPORTERS
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="vlkit", description="Build, train, evaluate and serve vision-language models.")
     sub = p.add_subparsers(dest="command", required=True)
+    for add in (_add_quickstart, _add_data, _add_train, _add_eval, _add_inspect, _add_chat, _add_serve,
+                _add_generate_image, _add_segment, _add_export, _add_build):
+        add(sub)
+    return p
 
+
+def _add_quickstart(sub) -> None:
     q = sub.add_parser("quickstart", help="synthetic data -> tokenizer -> train -> eval -> report")
     q.add_argument("--out", default="runs/quickstart")
     q.add_argument("--fast", action="store_true", help="tiny settings (a smoke run of a minute or two)")
     q.add_argument("--seed", type=int, default=0)
-    q.add_argument("--vision-target", choices=["none", "codes"], default="none",
+    q.add_argument("--vision-target", choices=VISION_TARGETS, default="none",
                    help="codes: also train a visual tokenizer and a VLUAS model (text-to-image, segmentation)")
     q.set_defaults(func=cmd_quickstart)
 
+
+def _add_data(sub) -> None:
     d = sub.add_parser("data", help="synthetic data and data inspection")
     dsub = d.add_subparsers(dest="data_command", required=True)
     s = dsub.add_parser("synth", help="generate synthetic samples")
     s.add_argument("--out", required=True)
     s.add_argument("--n", type=int, default=1000)
     s.add_argument("--tasks", default=None, help="comma-separated, e.g. vqa,grounding,ocr (default: all)")
-    s.add_argument("--split", choices=["train", "test"], default="train")
+    s.add_argument("--split", choices=SPLITS, default="train")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--size", type=int, default=64)
-    s.add_argument("--format", choices=["jsonl", "webdataset", "hf"], default="jsonl")
+    s.add_argument("--format", choices=FORMATS, default="jsonl")
     s.add_argument("--heldout", default="default", help="held-out (color,shape) set: default | none")
     s.set_defaults(func=cmd_data_synth)
     i = dsub.add_parser("inspect", help="counts per task and a PNG grid of samples")
@@ -130,12 +169,16 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--out", default=None, help="PNG path (default DIR/inspect.png)")
     i.set_defaults(func=cmd_data_inspect)
 
+
+def _add_train(sub) -> None:
     t = sub.add_parser("train", help="train from a YAML recipe")
     t.add_argument("recipe")
     t.add_argument("overrides", nargs="*", help="key.sub=value overrides")
     t.add_argument("--resume", action="store_true")
     t.set_defaults(func=cmd_train)
 
+
+def _add_eval(sub) -> None:
     e = sub.add_parser("eval", help="evaluate a checkpoint")
     e.add_argument("ckpt")
     e.add_argument("--data", required=True)
@@ -148,6 +191,8 @@ def build_parser() -> argparse.ArgumentParser:
                         "images vs blind, the difference with a 95%% paired CI, and flag tasks not beating blind")
     e.set_defaults(func=cmd_eval)
 
+
+def _add_inspect(sub) -> None:
     n = sub.add_parser("inspect", help="does a checkpoint look at its images? image-token scale and "
                                        "image dependence, blind-baseline gap")
     n.add_argument("ckpt")
@@ -157,6 +202,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="also score this many samples per task with images and blind")
     n.set_defaults(func=cmd_inspect)
 
+
+def _add_chat(sub) -> None:
     c = sub.add_parser("chat", help="chat in the terminal")
     c.add_argument("ckpt")
     c.add_argument("--image", default=None)
@@ -164,6 +211,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--temperature", type=float, default=0.0)
     c.set_defaults(func=cmd_chat)
 
+
+def _add_serve(sub) -> None:
     v = sub.add_parser("serve", help="OpenAI-compatible server")
     v.add_argument("ckpt")
     v.add_argument("--host", default="127.0.0.1")
@@ -174,6 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--max-batch-size", type=int, default=16)
     v.set_defaults(func=cmd_serve)
 
+
+def _add_generate_image(sub) -> None:
     g = sub.add_parser("generate-image", help="text-to-image (VLUAS models)")
     g.add_argument("ckpt")
     g.add_argument("prompt")
@@ -183,6 +234,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--seed", type=int, default=0)
     g.set_defaults(func=cmd_generate_image)
 
+
+def _add_segment(sub) -> None:
     m = sub.add_parser("segment", help="dense prediction (NTP-M)")
     m.add_argument("ckpt")
     m.add_argument("image")
@@ -192,19 +245,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="skip the edge-aware refinement: plain bilinear upsampling of the per-patch scores")
     m.set_defaults(func=cmd_segment)
 
+
+def _add_export(sub) -> None:
     x = sub.add_parser("export", help="export a checkpoint")
     x.add_argument("ckpt")
-    x.add_argument("--format", default="llava-hf", choices=["llava-hf"])
+    x.add_argument("--format", default="llava-hf", choices=_Keys(_exporters), metavar="FORMAT",
+                   help="one of %(choices)s (default llava-hf)")
     x.add_argument("-o", "--output", required=True)
     x.set_defaults(func=cmd_export)
 
+
+def _add_build(sub) -> None:
     b = sub.add_parser("build", help="compose a VLM from real backbones")
     b.add_argument("--vision", required=True)
     b.add_argument("--lm", required=True)
-    b.add_argument("--connector", default="mlp", choices=["linear", "mlp", "resampler", "spatial_merge"])
+    b.add_argument("--connector", default="mlp", choices=_Keys(_connectors), metavar="CONNECTOR",
+                   help="one of %(choices)s (default mlp)")
     b.add_argument("-o", "--output", required=True)
     b.set_defaults(func=cmd_build)
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,7 +4,7 @@ import os
 
 import pytest
 
-from tests.serve import helpers
+from tests.apps.serve import helpers
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

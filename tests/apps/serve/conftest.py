@@ -1,9 +1,9 @@
 import pytest
 
 import vlkit.pipeline
-from vlkit.serve.app import create_app
+from vlkit.apps.serve.app import create_app
 
-from tests.serve import helpers
+from tests.apps.serve import helpers
 
 
 @pytest.fixture(scope="session")
@@ -27,11 +27,6 @@ def box_server(box_ckpt, media_dir):
         yield srv
 
 
-@pytest.fixture(scope="session")
-def random_pipe():
-    return helpers.random_pipeline()
-
-
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    yield from helpers.one_torch_thread()
+def _one_torch_thread(one_torch_thread):
+    yield

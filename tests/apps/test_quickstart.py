@@ -1,6 +1,10 @@
 import json
 
-from vlkit.train.quickstart import quickstart
+import vlkit
+from vlkit.apps.quickstart import EVAL_TASKS, quickstart
+from vlkit.eval.runner import load_samples
+from vlkit.eval.tasks import get_task
+from vlkit.io import read_records
 
 
 def test_fast_quickstart_end_to_end(tmp_path):
@@ -15,13 +19,40 @@ def test_fast_quickstart_end_to_end(tmp_path):
     assert [r["global_step"] for r in rows if "eval" in r] == [16]  # the learning curve (none in the vision stage)
     assert {r["stage"] for r in rows} == {"vision", "multitask"}
     report = (out / "report.md").read_text()
-    assert "vqa_acc" in report and "acc@0.5" in report and "With images vs blind" in report
-    scores = json.loads((out / "scores.json").read_text())
-    assert scores["timing"]["total_s"] > 0 and "blind" in scores["tasks"]["vqa"]
-    assert set(res["scores"]["tasks"]) >= {"vqa", "grounding", "ocr", "caption"}
-    import vlkit
+    scores, timing = res["scores"], res["timing"]
+    _check_report(report, scores, timing)
+    assert json.loads((out / "timing.json").read_text()) == timing
+    assert json.loads((out / "scores.json").read_text()) == json.loads(json.dumps({"timing": timing, **scores}))
+    # the checkpoint is the model the eval asked: the same weights and config, and the cached vqa answers again
+    pipe = vlkit.load(out / "final")
+    assert pipe.fingerprint() == scores["fingerprint"]
+    vqa = get_task("vqa")
+    samples = [s for s in load_samples(out / "data" / "test") if s["task"] == "vqa"]
+    answers = pipe.chat_batch([vqa.prompt(s) for s in samples], [vqa.inputs(s) for s in samples],
+                              max_new_tokens=vqa.max_new_tokens, temperature=0.0)
+    cached = {r["id"]: r["prediction"] for r in read_records(out / "eval" / "predictions.jsonl")
+              if r["task"] == "vqa" and not r["blind"]}
+    assert {s["id"]: a for s, a in zip(samples, answers)} == cached and len(cached) == 4
 
-    assert isinstance(vlkit.load(out / "final").chat("What color is the circle?", max_new_tokens=4), str)
+
+def _check_report(report, scores, timing):
+    """Every eval task's headline metric with its CI, every task with images vs blind, and the timing."""
+    assert set(scores["tasks"]) == set(EVAL_TASKS)
+    scores_part, blind_part = report.split("## With images vs blind")
+    for task in EVAL_TASKS:
+        t = scores["tasks"][task]
+        head = t["metrics"][t["primary"]]
+        lo, hi = head["ci95"]
+        assert head["n"] == 4 and lo <= head["value"] <= hi
+        assert f"| {task} | {t['primary']} * | {head['value']:.3f} | [{lo:.3f}, {hi:.3f}] | 4 |" in scores_part
+        b = t["blind"]
+        assert b["metric"] == t["primary"] and b["n"] == 4 and b["with_images"] == head["value"]
+        assert f"| {task} | {b['metric']} | {b['with_images']:.3f} | {b['blind']:.3f} |" in blind_part
+    assert scores["blind"]["not_beating_blind"] == [t for t in EVAL_TASKS if not scores["tasks"][t]["blind"]["beats_blind"]]
+    assert set(timing) == {"data_s", "train_s", "eval_s", "total_s"}
+    assert timing["train_s"] > 0 and timing["eval_s"] > 0
+    assert timing["total_s"] >= timing["data_s"] + timing["train_s"] + timing["eval_s"] - 0.2  # each part rounded
+    assert f"Wall-clock: {json.dumps(timing)}" in report
 
 
 def test_fast_vluas_quickstart_generates_images_and_segments(tmp_path):
@@ -72,7 +103,7 @@ def test_fast_vluas_quickstart_generates_images_and_segments(tmp_path):
 def test_prediction_grid_draws_a_predicted_box_with_swapped_corners(tmp_path):
     from vlkit.data.sources import read_samples
     from vlkit.data.synth import generate_dataset
-    from vlkit.train.quickstart import prediction_grid
+    from vlkit.apps.quickstart import prediction_grid
 
     generate_dataset(tmp_path / "test", n=2, tasks=["grounding"], split="test", seed=0)
     ids = [s["id"] for s in read_samples(tmp_path / "test", check_images=False)]

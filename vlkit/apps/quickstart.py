@@ -9,11 +9,14 @@ import json
 import logging
 import time
 from pathlib import Path
+from typing import get_args, get_type_hints
 
 from PIL import Image, ImageDraw
 
-from vlkit.config import load_yaml
+from vlkit.config import ModelConfig, load_yaml
 from vlkit.errors import UserError
+from vlkit.io import read_records, write_json
+from vlkit.tokenizer import IMAGE_PLACEHOLDER
 
 log = logging.getLogger("vlkit.quickstart")
 
@@ -21,6 +24,7 @@ EVAL_TASKS = ["vqa", "grounding", "ocr", "caption", "reg", "chart", "doc"]
 TEST_PER_TASK = 300  # a 95% CI about +-0.05 wide
 VAL_PER_TASK = 40  # the learning curve's validation split (train.eval_limit of it per point)
 VLUAS_TASKS = ["generation", "segmentation"]  # added with --vision-target codes
+VISION_TARGETS = get_args(get_type_hints(ModelConfig)["vision_target"])  # ("none", "codes")
 RECIPES = Path(__file__).resolve().parents[2] / "recipes"
 RECIPE = RECIPES / "quickstart.yaml"
 VLUAS_RECIPE = RECIPES / "quickstart-vluas.yaml"
@@ -77,8 +81,8 @@ def quickstart(out: str | Path = "runs/quickstart", fast: bool = False, seed: in
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    if vision_target not in ("none", "codes"):
-        raise UserError(f"vision_target={vision_target!r}: choose none or codes")
+    if vision_target not in VISION_TARGETS:
+        raise UserError(f"vision_target={vision_target!r}: choose one of {', '.join(VISION_TARGETS)}")
     vluas = vision_target == "codes"
     tasks = EVAL_TASKS + (VLUAS_TASKS if vluas else [])
     per_task = 4 if fast else TEST_PER_TASK
@@ -134,8 +138,8 @@ def write_report(out: Path, final: Path, scores: dict, timing: dict, per_task: i
         "blanked.\n\n" + scores_table(scores) + "\n\n"
         + (vq_section(vq_metrics, out) if vq_metrics else "") +
         f"## Learning curve\n\n![curves]({curves.name})\n\n## Test predictions\n\n![predictions]({grid.name})\n")
-    (out / "timing.json").write_text(json.dumps(timing, indent=2))
-    (out / "scores.json").write_text(json.dumps({"timing": timing, **scores}, indent=2))
+    write_json(out / "timing.json", timing)
+    write_json(out / "scores.json", {"timing": timing, **scores})
     return report
 
 
@@ -183,7 +187,7 @@ def _panel(d: ImageDraw.ImageDraw, box: tuple, series: dict, title: str, xlabel:
 def plot_curves(metrics: Path, png: Path, width: int = 760, panel: int = 200) -> Path:
     """The training loss against steps, and the validation scores of `train.eval_every` against steps and
     against seconds (PIL only)."""
-    rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()] if metrics.is_file() else []
+    rows = read_records(metrics) if metrics.is_file() else []
     losses = [r for r in rows if "loss" in r]
     evals = [r for r in rows if "eval" in r]
     tasks = sorted({t for r in evals for t, v in r["eval"].items() if v is not None})
@@ -208,7 +212,7 @@ def prediction_grid(per_sample: Path, data_dir: Path, png: Path, n: int = 16, ce
     from vlkit.grounding import from_bins, parse_first_box
 
     samples = {s["id"]: s for s in read_samples(data_dir, check_images=False)}
-    rows = [json.loads(line) for line in per_sample.read_text().splitlines() if line.strip()] if per_sample.is_file() else []
+    rows = read_records(per_sample) if per_sample.is_file() else []
     by_task: dict[str, list] = {}
     for r in rows:
         if r.get("id") in samples:
@@ -232,7 +236,7 @@ def prediction_grid(per_sample: Path, data_dir: Path, png: Path, n: int = 16, ce
                 di.rectangle([min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1)], outline=color, width=2)
         x, y = (k % cols) * cell, (k // cols) * (cell + 48)
         grid.paste(img, (x, y))
-        q = s["conversations"][0]["value"].replace("<image>", "").strip()
+        q = s["conversations"][0]["value"].replace(IMAGE_PLACEHOLDER, "").strip()
         d.text((x + 2, y + cell + 2), q[:34], fill="black")
         d.text((x + 2, y + cell + 16), ("-> " + pred)[:34], fill="blue")
         d.text((x + 2, y + cell + 30), f"{r.get('task')}", fill="gray")

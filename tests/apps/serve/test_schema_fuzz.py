@@ -8,9 +8,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from schemathesis import GenerationMode
 
-from vlkit.serve.app import create_app
+from vlkit.apps.serve.app import create_app
 
-from tests.serve import helpers
+from tests.apps.serve import helpers
 
 EXAMPLES = 300
 

@@ -116,7 +116,7 @@ class ServerThread:
 
         import uvicorn
 
-        from vlkit.serve.app import uvicorn_config
+        from vlkit.apps.serve.app import uvicorn_config
 
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
