@@ -13,7 +13,7 @@ from vlkit.config import SEED_RANGE, ConfigError, GenerationConfig, ImageGenerat
     (GenerationConfig, {"max_new_tokens": True}, "max_new_tokens=True must be an integer"),
     (ImageGenerationConfig, {"cfg_scale": 60}, "cfg_scale=60.0 must be in [0, 50]"),
     (ImageGenerationConfig, {"temperature": 101}, "temperature=101.0 must be in [0, 100]"),
-    (SamplingParams, {"max_tokens": -3}, "max_tokens=-3 must be > 0"),
+    (SamplingParams, {"max_new_tokens": -3}, "max_new_tokens=-3 must be > 0"),
     (SamplingParams, {"seed": -2 ** 64}, f"seed={-2 ** 64} must be in"),
 ])
 def test_bad_settings_name_the_argument(cls, kwargs, message):

@@ -129,7 +129,7 @@ def generate_codes(model, cond: Sequence[int], uncond: Sequence[int], num_codes:
         logits = model.code_logits(hidden)
         if guided:
             logits = logits[1:] + gen.cfg_scale * (logits[:1] - logits[1:])
-        first = pick.sample(logits, generator)[:, None]  # (1, 1): code 0
+        first = sample_tokens(logits, pick, generator)[:, None]  # (1, 1): code 0
         codes = model.sample_codes(hidden[:1], first, gen.temperature, gen.top_k, gen.top_p, generator)
         out.append(codes[0])
         if i + 1 == num_codes:
