@@ -197,6 +197,16 @@ def normalize_pixels(pixels: "torch.Tensor", mean: Sequence[float] = SIGNED,
     return ImageProcessor.default(0, mean, std).normalize(pixels)
 
 
+def pixels_to_pil(pixels: "torch.Tensor", mean: Sequence[float] = SIGNED, std: Sequence[float] = SIGNED) -> list:
+    """The inverse of `normalize_pixels`: float (B, 3, H, W) -> RGB PIL images (rounded, clamped to [0, 255])."""
+    import torch
+
+    m = torch.tensor(mean, dtype=torch.float32)[:, None, None]
+    s = torch.tensor(std, dtype=torch.float32)[:, None, None]
+    x = ((pixels.detach().float().cpu() * s + m) * 255).round().clamp(0, 255).byte()
+    return [Image.fromarray(np.ascontiguousarray(a), "RGB") for a in x.permute(0, 2, 3, 1).numpy()]
+
+
 def to_tensor(img: Image.Image, size: int | tuple[int, int], mean: Sequence[float], std: Sequence[float]):
     """Resize (bicubic) to `size` (int: square; (h, w)) and normalize -> float tensor 3xHxW (vlkit's own
     processor; the visual tokenizer's input)."""

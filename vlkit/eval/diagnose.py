@@ -23,7 +23,7 @@ def image_token_stats(pipe, images: list) -> dict:
     pixels = [pipe.image_tensor(im).to(pipe.device) for im in images]
     with torch.no_grad():
         feats = torch.stack([f.float() for f in model.encode_images(pixels)])  # B, N, D
-        text = model.language.embed_tokens.weight.float()
+        text = model.input_embeddings().weight.float()
     means = torch.nn.functional.normalize(feats.mean(1), dim=-1)
     cos = means @ means.T
     off = cos[~torch.eye(len(images), dtype=torch.bool, device=cos.device)]

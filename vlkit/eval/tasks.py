@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Optional
 import numpy as np
 from PIL import Image
 
-from vlkit.chat import IMAGE_PROMPT
+from vlkit.chat import IMAGE_PROMPT, USER_ROLES
 from vlkit.data.synth import verify
 from vlkit.eval import metrics as M
 from vlkit.eval.metrics import EvalError
@@ -25,7 +25,6 @@ from vlkit.eval.scoring import IoUMetric, MeanMetric, TaskScores
 from vlkit.images import ImageError, load_image
 from vlkit.config import ImageGenerationConfig
 
-HUMAN_ROLES = ("human", "user")
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -35,7 +34,7 @@ HUMAN_ROLES = ("human", "user")
 def first_human_turn(sample: dict) -> str:
     """The question as in the data: the first human/user turn (later turns are not evaluated)."""
     for turn in sample.get("conversations") or []:
-        if turn.get("from") in HUMAN_ROLES:
+        if turn.get("from") in USER_ROLES:
             return str(turn.get("value", ""))
     raise EvalError(f"sample {sample.get('id')!r} has no human turn to use as the prompt")
 

@@ -41,7 +41,7 @@ def build_from_backbones(vision_dir: str | Path, lm_dir: str | Path, connector: 
     text.vocab_size = max(old_vocab, len(tok))
     opts = {"num_heads": text.num_heads, **(connector_options or {})}
     cfg = ModelConfig(vision=vision, connector=ConnectorConfig(type=connector, **opts), text=text,
-                      image_token_id=tok.image_pad_id, pad_token_id=tok.pad_id)
+                      image_token_id=tok.image_pad_id)
     torch.manual_seed(seed)
     model = VisionLanguageModel(cfg)
 

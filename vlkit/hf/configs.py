@@ -156,8 +156,7 @@ def llava_model_config(c: dict, preprocessor: Optional[dict] = None) -> ModelCon
     # LLaVA reads hidden_states[layer], which never include post_layernorm
     return ModelConfig(vision=vision_config_from_hf(vision, layer, False, preprocessor),
                        connector=ConnectorConfig(type="mlp"), text=text_config_from_hf(text, tie),
-                       image_token_id=int(image_token), pad_token_id=int(text.get("pad_token_id") or 0),
-                       prompt_format="llava")
+                       image_token_id=int(image_token), prompt_format="llava")
 
 
 def idefics3_model_config(c: dict, preprocessor: Optional[dict] = None) -> ModelConfig:
@@ -170,6 +169,5 @@ def idefics3_model_config(c: dict, preprocessor: Optional[dict] = None) -> Model
     pre = dict(preprocessor or {})
     return ModelConfig(vision=vision_config_from_hf(vision, -1, True, pre), connector=connector,
                        text=text_config_from_hf(text, tie), image_token_id=int(c.get("image_token_id", 128257)),
-                       pad_token_id=int(text.get("pad_token_id") or c.get("pad_token_id") or 0),
                        prompt_format="idefics3")
 

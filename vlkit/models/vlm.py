@@ -56,6 +56,10 @@ class VisionLanguageModel(nn.Module):
         """Vocabulary id of visual code 0 (None unless vision_target is 'codes')."""
         return self.cfg.text_vocab_size if self.cfg.vision_target == "codes" else None
 
+    def input_embeddings(self) -> nn.Embedding:
+        """The token embedding table (text tokens, then visual codes for VLUAS models)."""
+        return self.language.embed_tokens
+
     def embed_codes(self, codes: torch.Tensor) -> torch.Tensor:
         """Visual codes (..., D) -> input embeddings (..., hidden): the sum of the D code-token embeddings."""
         return self.language.embed_tokens(codes + self.code_offset).sum(-2)

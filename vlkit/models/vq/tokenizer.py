@@ -5,8 +5,8 @@
       -> (residual) vector quantizer, EMA codebook        -> codes (B, H', W', D)
       -> conv decoder, upsampling by `cfg.downsample`    -> reconstruction (B, 3, H, W) in [-1, 1]
 
-Pixels are normalized to [-1, 1] (`x / 127.5 - 1`, what `preprocess` does); `psnr` is measured on that scale
-with a data range of 2, which equals the usual PSNR of the 0..255 image.
+Pixels are normalized to [-1, 1] (`vlkit.images.normalize_pixels`, what `preprocess` does); `psnr` is measured on
+that scale with a data range of 2, which equals the usual PSNR of the 0..255 image.
 
 The code grid: vlkit.models.vq.grid; the quantizer: .quantizer; the optional losses: .losses.
 """
@@ -17,13 +17,13 @@ import os
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from vlkit.config import VQConfig, from_dict, to_dict
 from vlkit.errors import UserError
+from vlkit.images import pixels_to_pil
 from vlkit.io import WEIGHTS_FILE, write_dir_atomically
 from vlkit.models.vq.autoencoder import Decoder, Encoder
 from vlkit.models.vq.grid import check_vq_config, code_grid_size
@@ -199,7 +199,4 @@ def _vq_config(d: dict) -> VQConfig:
 
 def tensor_to_pil(pixels: torch.Tensor) -> list:
     """(B, 3, H, W) in [-1, 1] -> list of RGB PIL images."""
-    from PIL import Image
-
-    arr = ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
-    return [Image.fromarray(np.ascontiguousarray(a), "RGB") for a in arr]
+    return pixels_to_pil(pixels)
