@@ -1,35 +1,10 @@
-"""The endless synthetic stream and the feeds: deterministic for a seed, disjoint across ranks, exact on resume."""
-import numpy as np
+"""The feeds (vlkit.data.feed): deterministic for a seed, disjoint across ranks, exact on resume; the synthetic
+stream (tested in tests/data/synth/test_stream.py) and file sources as their sources."""
 import pytest
 
 from vlkit.data.collate import Example
 from vlkit.data.feed import ListFeed, StreamFeed, mixture
-from vlkit.data.sources import DataError
 from vlkit.data.synth.stream import synth_stream
-
-
-def _key(sample: dict) -> tuple:
-    return (sample["id"], sample["image_objects"][0].tobytes(), str(sample["conversations"]))
-
-
-def test_stream_is_a_function_of_seed_and_index():
-    a, b = synth_stream({"tasks": ["vqa", "ocr"]}, 0), synth_stream({"tasks": ["vqa", "ocr"]}, 0)
-    assert [_key(a(g)) for g in (0, 5, 1234, 7)] == [_key(b(g)) for g in (0, 5, 1234, 7)]  # any order
-    other = synth_stream({"tasks": ["vqa", "ocr"], "seed": 1})
-    assert _key(a(3)) != _key(other(3))
-    ids = [a(g)["id"] for g in range(200)]
-    assert len(set(ids)) == 200  # no sample repeats
-    tasks = [a(g)["task"] for g in range(1000)]
-    assert tasks.count("vqa") == tasks.count("ocr") == 500  # exact proportions per block
-
-
-def test_stream_rejects_unknown_keys_and_tasks():
-    with pytest.raises(DataError, match="taks"):
-        synth_stream({"taks": ["vqa"]})
-    with pytest.raises(DataError, match="unknown synthetic task"):
-        synth_stream({"tasks": ["vqq"]})
-    with pytest.raises(DataError, match="split"):
-        synth_stream({"split": "val"})
 
 
 def _fake_encode(samples, stats):
@@ -79,53 +54,6 @@ def test_mixture_draws_by_weight_deterministically():
     draws = [mix(g)["src"] for g in range(2000)]
     assert draws == [mixture([a, b], [3.0, 1.0], seed=0)(g)["src"] for g in range(2000)]
     assert 0.7 < draws.count("a") / 2000 < 0.8
-
-
-def test_dense_labels_give_scene_samples_color_and_shape_targets(tokenizer):
-    from vlkit.chat import ChatProcessor
-    from vlkit.data.collate import TargetSpec, encode_samples
-    from vlkit.data.synth.world import LABEL_CLASSES
-
-    stream = synth_stream({"tasks": ["vqa", "ocr"], "dense_labels": True, "dense_text": True}, 0)
-    samples = [stream(g) for g in range(40)]
-    plain = synth_stream({"tasks": ["vqa", "ocr"], "dense_labels": True}, 0)
-    assert all(plain(g)["mask_object"] is None for g in range(40) if samples[g]["task"] == "ocr")  # scenes only
-    scene = [s for s in samples if s["task"] == "vqa"]
-    assert scene and all(s["meta"]["classes"] == LABEL_CLASSES and s["mask_object"] is not None for s in scene)
-    assert synth_stream({"tasks": ["vqa"]}, 0)(0)["mask_object"] is None  # off by default
-    ex = encode_samples(scene[:1], ChatProcessor(tokenizer), 64, lambda h, w: 16, 200, spec=TargetSpec(dense=True))[0]
-    objects = scene[0]["meta"]["objects"]
-    first = lambda w: tokenizer.encode(" " + w)[0]  # noqa: E731
-    targets = {t for _, pos in ex.dense for t in pos}
-    assert len(ex.dense) == 16  # one target set per image token
-    big = max(objects, key=lambda o: (o["bbox"][2] - o["bbox"][0]) * (o["bbox"][3] - o["bbox"][1]))
-    assert {first(big["color"]), first(big["shape"]), first(big["size"])} <= targets  # the largest object's words
-    assert tokenizer.encode(" background")[0] in targets
-    # text images: each text's ink box is labelled with the text, every token of it
-    ocr = [s for s in samples if s["task"] == "ocr"]
-    assert ocr and all(s["meta"]["classes"][1:] == [s["meta"]["answers"][0]] or s["meta"]["category"] == "box"
-                       for s in ocr)
-    one = next(s for s in ocr if s["meta"]["category"] != "box")
-    mask = np.asarray(one["mask_object"])
-    assert 0.02 < (mask == 1).mean() < 0.9 and set(np.unique(mask)) == {0, 1}
-    ex = encode_samples([one], ChatProcessor(tokenizer), 64, lambda h, w: 16, 200, spec=TargetSpec(dense=True))[0]
-    text = one["meta"]["answers"][0]
-    want = {t for word in text.split() for t in tokenizer.encode(" " + word)}
-    assert any(want <= set(pos) for _, pos in ex.dense)
-
-
-def test_question_first_puts_that_share_of_questions_before_the_image():
-    def prompts(share):
-        stream = synth_stream({"tasks": ["vqa", "caption"], "question_first": share, "seed": 4}, 0)
-        return [stream(g)["conversations"][0]["value"] for g in range(200)]
-
-    assert all(p.startswith("<image>\n") for p in prompts(0.0))
-    assert all(p.endswith("\n<image>") and p.count("<image>") == 1 for p in prompts(1.0))
-    half = sum(p.endswith("\n<image>") for p in prompts(0.5))
-    assert 70 < half < 130 and prompts(0.5) == prompts(0.5)  # about half, the same for a seed
-    assert [p.split("\n")[-1] for p in prompts(0.0)] == [p.split("\n")[0] for p in prompts(1.0)]  # same questions
-    with pytest.raises(DataError, match="question_first"):
-        synth_stream({"question_first": 1.5}, 0)
 
 
 # -- file sources, streamed: light records, epoch permutations, ranks and DataLoader workers -------------------

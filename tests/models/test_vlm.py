@@ -9,14 +9,7 @@ from vlkit.models.vlm import VisionLanguageModel
 from vlkit.pipeline import Pipeline, load
 
 from tests.conftest import CONNECTORS
-
-
-def _perturb(model, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.add_(torch.randn(p.shape, generator=g) * 0.05)
-    return model
+from tests.helpers import perturb
 
 
 def _prompt(tokenizer, model, n_images=1, text="What color is the circle?"):
@@ -26,7 +19,7 @@ def _prompt(tokenizer, model, n_images=1, text="What color is the circle?"):
 
 @pytest.mark.parametrize("connector", CONNECTORS)
 def test_cached_decoding_equals_full_forward(make_model, tokenizer, connector):
-    model = _perturb(make_model(connector))
+    model = perturb(make_model(connector))
     ids = torch.tensor([_prompt(tokenizer, model) + tokenizer.encode(" red green blue")])
     images = [torch.randn(3, 64, 64)]
     full = model(ids, images, return_logits=True)["logits"][0]
@@ -41,7 +34,7 @@ def test_cached_decoding_equals_full_forward(make_model, tokenizer, connector):
 
 
 def test_prefill_counts_positions_from_the_first_real_token(make_model, tokenizer):
-    model = _perturb(make_model("mlp"))
+    model = perturb(make_model("mlp"))
     ids = _prompt(tokenizer, model, 0, "What?")
     alone, pos = model.prefill(torch.tensor([ids]), model.new_cache())
     padded = torch.tensor([[tokenizer.pad_id] * 3 + ids])
@@ -55,7 +48,7 @@ def test_prefill_counts_positions_from_the_first_real_token(make_model, tokenize
 
 
 def test_patch_scores_are_the_head_at_image_tokens(make_model, tokenizer):
-    model = _perturb(make_model("spatial_merge"))
+    model = perturb(make_model("spatial_merge"))
     ids = torch.tensor([_prompt(tokenizer, model)])
     images = [torch.randn(3, 64, 64)]
     cols = [5, 17, 9]
@@ -93,7 +86,7 @@ def test_code_logits_and_sample_codes(make_model, tokenizer):
 
 @pytest.mark.parametrize("connector", ["mlp", "spatial_merge"])
 def test_batched_greedy_equals_one_by_one(make_model, tokenizer, connector):
-    model = _perturb(make_model(connector), seed=3)
+    model = perturb(make_model(connector), seed=3)
     prompts = [_prompt(tokenizer, model, 1, "What?"), _prompt(tokenizer, model, 2, "How many objects are there in it?"),
                _prompt(tokenizer, model, 0, "Describe the image in a few words please."), _prompt(tokenizer, model, 1, "x")]
     g = torch.Generator().manual_seed(0)
@@ -132,7 +125,7 @@ def test_several_images_land_in_their_slots(make_model, tokenizer):
 
 
 def test_save_load_round_trip_bit_identical(make_model, tokenizer, tmp_path):
-    model = _perturb(make_model("spatial_merge"))
+    model = perturb(make_model("spatial_merge"))
     pipe = Pipeline(model, tokenizer)
     pipe.save_pretrained(tmp_path / "ckpt")
     again = load(tmp_path / "ckpt")
@@ -203,10 +196,3 @@ def test_tiny_vlm_overfits_and_answers(make_model, tokenizer):
     model.eval()
     answers = pipe.chat_batch([q for _, q, _ in samples], [[img] for img, _, _ in samples], max_new_tokens=8)
     assert answers == [a for _, _, a in samples]
-
-
-def test_streamed_text_equals_batch_text(make_model, tokenizer):
-    pipe = Pipeline(_perturb(make_model("mlp"), seed=5), tokenizer)
-    img = Image.new("RGB", (64, 64), (200, 40, 40))
-    streamed = "".join(pipe.chat_stream("What color?", images=[img], max_new_tokens=12))
-    assert streamed.strip() == pipe.chat("What color?", images=[img], max_new_tokens=12)

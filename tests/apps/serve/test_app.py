@@ -159,9 +159,9 @@ def test_image_generation_endpoint(random_pipe):
 def test_image_generation_endpoint_serves_a_real_vluas_model(tokenizer):
     from fastapi.testclient import TestClient
 
-    from tests.models.test_vluas import _pipe
+    from tests.helpers import vluas_pipe
 
-    pipe = _pipe(tokenizer, seed=5)
+    pipe = vluas_pipe(tokenizer, seed=5)
     with TestClient(create_app(pipe)) as client:
         r = client.post("/v1/images/generations", json={"prompt": "a red circle", "seed": 3, "guidance_scale": 2.0,
                                                         "n": 2})
