@@ -37,9 +37,27 @@ class ImageProcessorConfig(_Checked):
     rescale_factor: Optional[float] = positive(1 / 255)  # None: no rescale (do_rescale: false)
     normalize: bool = True  # (x - vision.image_mean) / vision.image_std
     image_splitting: bool = False  # Idefics3/SmolVLM tiling: not implemented; true makes every image an error
+    # native resolution (Qwen2-VL's smart_resize, docs/native_resolution.md): max_pixels > 0 keeps each image's
+    # aspect ratio, its sides rounded to multiples of vision.patch_size * merge_size, its area within
+    # [min_pixels, max_pixels]; it replaces the resize steps above. 0: off (a fixed size, as before)
+    min_pixels: int = non_negative(0)
+    max_pixels: int = non_negative(0)
+    merge_size: int = positive(1)  # the sides are multiples of patch_size * merge_size (connector.merge_size)
+
+    @property
+    def native(self) -> bool:
+        return self.max_pixels > 0
 
     def validate(self) -> None:
         check_fields(self, "vision.processor")
+        if self.min_pixels and not self.max_pixels:
+            raise ConfigError("vision.processor.min_pixels needs vision.processor.max_pixels (native resolution)")
+        if self.min_pixels > self.max_pixels:
+            raise ConfigError(f"vision.processor.min_pixels={self.min_pixels} > max_pixels={self.max_pixels}")
+        if self.native and (self.pad_to_square or self.square is not None or self.crop_height is not None
+                            or self.image_splitting or self.resize != "exact" or self.height is not None):
+            raise ConfigError("vision.processor.max_pixels (native resolution) sizes each image itself: leave "
+                              "pad_to_square, resize, height/width, square, crop and image_splitting at their defaults")
         if self.resize in ("shortest_edge", "longest_edge") and self.edge is None:
             raise ConfigError(f"vision.processor.resize={self.resize!r} needs vision.processor.edge")
         if (self.height is None) != (self.width is None) or (self.crop_height is None) != (self.crop_width is None):
@@ -188,6 +206,10 @@ class ModelConfig(_Checked):
         self.vision.validate()
         self.connector.validate()
         self.text.validate()
+        proc = self.vision.processor
+        if proc.native and self.connector.type == "spatial_merge" and proc.merge_size != self.connector.merge_size:
+            raise ConfigError(f"vision.processor.merge_size={proc.merge_size} must equal connector.merge_size="
+                              f"{self.connector.merge_size}: native sizes are multiples of patch_size * merge_size")
         if self.vision_target == "codes":
             if self.vq is None:
                 raise ConfigError("vision_target='codes' needs a `vq` config (the visual tokenizer)")
