@@ -85,6 +85,11 @@ class VisionConfig(_Checked):
     feature_layer: int = -1  # hidden state feeding the connector (LLaVA uses -2, the penultimate layer)
     image_mean: tuple = (0.5, 0.5, 0.5)
     image_std: tuple = positive((0.5, 0.5, 0.5))
+    # patch positions: learned (SigLIP/CLIP: a table for the image_size grid, interpolated to others) | rope2d
+    # (Qwen2-VL: 2D rotary embeddings in every attention layer, any grid, no table; native resolution packs the
+    # images of a batch into one sequence, docs/native_resolution.md)
+    position: Literal["learned", "rope2d"] = "learned"
+    rope_theta: float = positive(10000.0)  # rope2d
     processor: ImageProcessorConfig = field(default_factory=ImageProcessorConfig)  # resize, crop, rescale ...
 
     def validate(self) -> None:
@@ -94,6 +99,11 @@ class VisionConfig(_Checked):
             raise ConfigError(f"vision.hidden_size={self.hidden_size} must be divisible by vision.num_heads={self.num_heads}")
         if self.image_size % self.patch_size:
             raise ConfigError(f"vision.image_size={self.image_size} must be a multiple of vision.patch_size={self.patch_size}")
+        if self.position == "rope2d" and (self.hidden_size // self.num_heads) % 4:
+            raise ConfigError(f"vision.position=rope2d needs a head dim (hidden_size / num_heads = "
+                              f"{self.hidden_size // self.num_heads}) divisible by 4")
+        if self.position == "rope2d" and self.class_token:
+            raise ConfigError("vision.position=rope2d has no position for a class token; set vision.class_token: false")
         if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
             raise ConfigError(f"vision.stem=conv needs a power-of-two vision.patch_size, got {self.patch_size}")
         # indexes hidden states as transformers does: 0 = embeddings, i = after layer i, -1 = last
@@ -133,9 +143,20 @@ class TextConfig(_Checked):
     tie_word_embeddings: bool = True
     attention_bias: bool = False  # Qwen2 has biases on q/k/v
     rope_scaling: Optional[dict] = None  # as in HF configs: {"rope_type": "linear" | "llama3", "factor": ..., ...}
+    # mrope: Qwen2-VL's M-RoPE, (temporal, height, width) position ids for image tokens (docs/native_resolution.md);
+    # text alone gets the same positions and logits as default
+    rope: Literal["default", "mrope"] = "default"
+    # M-RoPE: how many of the head's dim_per_head / 2 rotary frequencies follow the temporal, height and width
+    # position (Qwen2-VL: [16, 24, 24] for 128-dim heads); None: in those proportions
+    mrope_section: Optional[list] = None
 
     def validate(self) -> None:
         check_fields(self, "text")
+        if self.rope == "mrope" and self.mrope_section is not None:
+            sec, half = list(self.mrope_section), self.dim_per_head // 2
+            if len(sec) != 3 or any(not isinstance(x, int) or x < 0 for x in sec) or sum(sec) != half:
+                raise ConfigError(f"text.mrope_section={self.mrope_section} must be 3 non-negative integers summing "
+                                  f"to dim_per_head / 2 = {half}")
         if self.rope_scaling is not None:
             kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
             if kind not in ("default", "linear", "llama3"):
@@ -148,6 +169,15 @@ class TextConfig(_Checked):
     @property
     def dim_per_head(self) -> int:
         return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def mrope_sections(self) -> list[int]:
+        """M-RoPE's (temporal, height, width) split of the dim_per_head / 2 frequencies."""
+        if self.mrope_section is not None:
+            return list(self.mrope_section)
+        half = self.dim_per_head // 2
+        t = half // 4
+        return [t, (half - t) // 2, half - t - (half - t) // 2]
 
 
 @dataclass
