@@ -114,14 +114,3 @@ def test_native_processor_config_errors_name_the_field():
         ImageProcessorConfig(max_pixels=100, pad_to_square=True).validate()
     with pytest.raises(ValueError, match="patch_size"):
         ImageProcessor(ImageProcessorConfig(max_pixels=100), 64, (0.5,) * 3, (0.5,) * 3)
-
-
-def test_native_processor_merge_size_must_match_the_connector():
-    from vlkit.config import ConfigError, ImageProcessorConfig, tiny_model_config
-
-    cfg = tiny_model_config("spatial_merge")
-    cfg.vision.processor = ImageProcessorConfig(max_pixels=64 * 64, merge_size=1)
-    with pytest.raises(ConfigError, match="merge_size=1 must equal connector.merge_size=2"):
-        cfg.validate()
-    cfg.vision.processor.merge_size = 2
-    cfg.validate()

@@ -279,3 +279,14 @@ def test_mrope_cached_decoding_and_greedy_generation_equal_full_forward(tokenize
     other_img = [torch.randn(3, 16, 16, generator=g)]
     batched = generate(model, [prompt, other], [images, other_img], gen, tokenizer.pad_id)
     assert batched == [out, generate(model, [other], [other_img], gen, tokenizer.pad_id)[0]]
+
+
+def test_native_model_round_trips_through_a_checkpoint(tokenizer, tmp_path):
+    model = _native_model(tokenizer)
+    model.save_pretrained(tmp_path)
+    again = VisionLanguageModel.from_pretrained(tmp_path)
+    assert again.cfg.vision.position == "rope2d" and again.cfg.text.rope == "mrope"
+    assert again.cfg.vision.processor.max_pixels == 64 * 64
+    ids = torch.tensor([_native_prompt(tokenizer, model, [(16, 48)])])
+    img = [torch.randn(3, 16, 48)]
+    torch.testing.assert_close(again(ids, img, return_logits=True)["logits"], model(ids, img, return_logits=True)["logits"])

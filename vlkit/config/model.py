@@ -240,6 +240,9 @@ class ModelConfig(_Checked):
         if proc.native and self.connector.type == "spatial_merge" and proc.merge_size != self.connector.merge_size:
             raise ConfigError(f"vision.processor.merge_size={proc.merge_size} must equal connector.merge_size="
                               f"{self.connector.merge_size}: native sizes are multiples of patch_size * merge_size")
+        if proc.native and (self.vision_target == "codes" or self.dense_prediction):
+            raise ConfigError("native resolution (vision.processor.max_pixels) does not yet combine with "
+                              "vision_target: codes or dense_prediction, which need one fixed image size")
         if self.vision_target == "codes":
             if self.vq is None:
                 raise ConfigError("vision_target='codes' needs a `vq` config (the visual tokenizer)")
