@@ -14,7 +14,7 @@ from torch import nn
 
 from vlkit.config import TextConfig
 from vlkit.models.attention import sdpa
-from vlkit.models.rope import RotaryEmbedding, apply_rope, scale_inv_freq  # noqa: F401 (re-exported)
+from vlkit.models.rope import RotaryEmbedding, apply_rope
 
 
 class RMSNorm(nn.Module):
