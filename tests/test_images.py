@@ -60,3 +60,57 @@ def test_default_processor_resizes_then_normalizes_like_to_tensor():
     assert pixels.dtype == torch.uint8 and pixels.shape == (3, 16, 16)
     assert torch.equal(proc(img), to_tensor(img, 16, SIGNED, SIGNED))
     assert torch.equal(proc(img), normalize_pixels(pixels))
+
+
+# -- native resolution (Qwen2-VL's smart_resize) -----------------------------------------------------------
+SIZES = [(64, 64), (96, 256), (256, 96), (33, 47), (1000, 30), (7, 900), (4000, 3000), (14, 14), (27, 41)]
+
+
+@pytest.mark.parametrize("factor,min_pixels,max_pixels", [(28, 56 * 56, 28 * 28 * 1280), (16, 32 * 32, 64 * 64),
+                                                          (8, 64, 128 * 96)])
+def test_smart_resize_equals_transformers(factor, min_pixels, max_pixels):
+    from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize as reference
+
+    from vlkit.images import smart_resize
+
+    for h, w in SIZES:
+        assert smart_resize(h, w, factor, min_pixels, max_pixels) == reference(h, w, factor, min_pixels,
+                                                                               max_pixels), (h, w)
+
+
+def test_smart_resize_refuses_extreme_aspect_ratios():
+    from vlkit.images import smart_resize
+
+    with pytest.raises(ImageError, match="aspect ratio above 200"):
+        smart_resize(2, 500, 8, 0, 64 * 64)
+
+
+@pytest.mark.parametrize("size", [(64, 64), (256, 96), (96, 256)])  # PIL's (width, height): square, wide, tall
+def test_native_processor_keeps_the_aspect_ratio_on_the_factor_grid(size):
+    from vlkit.config import ImageProcessorConfig, VisionConfig
+
+    v = VisionConfig(patch_size=8, processor=ImageProcessorConfig(min_pixels=32 * 32, max_pixels=256 * 128,
+                                                                  merge_size=2))
+    v.validate()
+    proc = ImageProcessor.from_vision(v)
+    img = Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8))
+    x = proc(img)
+    w, h = size
+    assert x.shape == (3, h, w)  # these sizes are already multiples of 16 within the budget: kept as they are
+    small = proc(img.resize((w // 3, h // 3)))
+    assert small.shape[1] % 16 == 0 and small.shape[2] % 16 == 0
+    assert small.shape[1] * small.shape[2] >= 32 * 32
+    assert (small.shape[2] > small.shape[1]) == (w > h) and (small.shape[2] < small.shape[1]) == (w < h)
+
+
+def test_native_processor_config_errors_name_the_field():
+    from vlkit.config import ConfigError, ImageProcessorConfig
+
+    with pytest.raises(ConfigError, match="min_pixels needs vision.processor.max_pixels"):
+        ImageProcessorConfig(min_pixels=100).validate()
+    with pytest.raises(ConfigError, match="min_pixels=200 > max_pixels=100"):
+        ImageProcessorConfig(min_pixels=200, max_pixels=100).validate()
+    with pytest.raises(ConfigError, match="native resolution"):
+        ImageProcessorConfig(max_pixels=100, pad_to_square=True).validate()
+    with pytest.raises(ValueError, match="patch_size"):
+        ImageProcessor(ImageProcessorConfig(max_pixels=100), 64, (0.5,) * 3, (0.5,) * 3)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import binascii
 import io
+import math
 import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence, Union
@@ -101,20 +102,54 @@ MAX_SIDE = 4096  # Idefics3's longest_edge rule never goes beyond 4k
 SIGNED = (0.5, 0.5, 0.5)  # mean = std = 0.5 maps [0, 1] to [-1, 1]: vlkit's own towers and the visual tokenizer
 
 
+MAX_ASPECT = 200  # Qwen2-VL refuses images more elongated than this
+
+
+def smart_resize(height: int, width: int, factor: int, min_pixels: int, max_pixels: int) -> tuple[int, int]:
+    """Qwen2-VL's native-resolution size for a height x width image: each side rounded to the nearest multiple of
+    `factor` (Python's round, so halves go to the even multiple); if that area exceeds `max_pixels`, both sides
+    are scaled by sqrt(area / max_pixels) and rounded down; if it is below `min_pixels`, scaled up by
+    sqrt(min_pixels / area) and rounded up. Sides are at least `factor`. -> (new_height, new_width)."""
+    if height < 1 or width < 1:
+        raise ImageError(f"image size {height}x{width} is empty")
+    if max(height, width) / min(height, width) > MAX_ASPECT:
+        raise ImageError(f"image size {height}x{width} has an aspect ratio above {MAX_ASPECT}, which native "
+                         f"resolution refuses (as Qwen2-VL does)")
+    h, w = round(height / factor) * factor, round(width / factor) * factor
+    if h * w > max_pixels:
+        scale = math.sqrt(height * width / max_pixels)
+        h, w = math.floor(height / scale / factor) * factor, math.floor(width / scale / factor) * factor
+    elif h * w < min_pixels:
+        scale = math.sqrt(min_pixels / (height * width))
+        h, w = math.ceil(height * scale / factor) * factor, math.ceil(width * scale / factor) * factor
+    return max(factor, h), max(factor, w)
+
+
 class ImageProcessor:
     """RGB image -> the tower's input, step by step as transformers' slow (PIL) image processors do it (CLIP,
     SigLIP, LLaVA, Idefics3/SmolVLM without image splitting): pad to square, resize, resize to a square, centre
-    crop (all on uint8 pixels, `pixels`), then rescale and normalize (`normalize`). `__call__` does both."""
+    crop (all on uint8 pixels, `pixels`), then rescale and normalize (`normalize`). `__call__` does both.
+    With native resolution (cfg.max_pixels > 0) the one geometric step is `smart_resize`, with
+    factor = patch_size * cfg.merge_size."""
 
-    def __init__(self, cfg: "ImageProcessorConfig", image_size: int, mean: Sequence[float], std: Sequence[float]):
+    def __init__(self, cfg: "ImageProcessorConfig", image_size: int, mean: Sequence[float], std: Sequence[float],
+                 patch_size: int = 0):
+        if cfg.native and patch_size < 1:
+            raise ValueError("a native-resolution image processor needs the tower's patch_size")
         self.cfg = cfg
         self.image_size = image_size
+        self.patch_size = patch_size
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
 
     @classmethod
     def from_vision(cls, v: "VisionConfig") -> "ImageProcessor":
-        return cls(v.processor, v.image_size, v.image_mean, v.image_std)
+        return cls(v.processor, v.image_size, v.image_mean, v.image_std, v.patch_size)
+
+    def native_size(self, height: int, width: int) -> tuple[int, int]:
+        """The (height, width) a native-resolution processor resizes a height x width image to."""
+        c = self.cfg
+        return smart_resize(height, width, self.patch_size * c.merge_size, c.min_pixels, c.max_pixels)
 
     @classmethod
     def default(cls, image_size: int = 0, mean: Sequence[float] = SIGNED,
@@ -137,6 +172,8 @@ class ImageProcessor:
                              "preprocessor_config.json / processor_config.json to use one image per picture")
         img = to_rgb(img)
         w, h = img.size
+        if c.native:
+            return self._resize(img, *self.native_size(h, w))
         if c.pad_to_square and w != h:
             side = max(w, h)
             fill = tuple(int(x * 255) for x in self.mean)

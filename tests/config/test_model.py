@@ -43,3 +43,19 @@ def test_cross_field_rules_are_checked():
         C.VisionConfig(hidden_size=60, num_heads=8).validate()
     with pytest.raises(C.ConfigError, match="needs a `vq` config"):
         C.model_config_from_dict({"vision_target": "codes"})
+
+
+def test_native_resolution_rules():
+    cfg = C.tiny_model_config("spatial_merge")
+    cfg.vision.processor = C.ImageProcessorConfig(max_pixels=64 * 64, merge_size=1)
+    with pytest.raises(C.ConfigError, match="merge_size=1 must equal connector.merge_size=2"):
+        cfg.validate()
+    cfg.vision.processor.merge_size = 2
+    cfg.validate()
+    cfg.dense_prediction = True
+    with pytest.raises(C.ConfigError, match="does not yet combine"):
+        cfg.validate()
+    with pytest.raises(C.ConfigError, match=r"mrope_section=\[4, 4, 4\] must be 3 non-negative integers summing"):
+        C.TextConfig(rope="mrope", mrope_section=[4, 4, 4]).validate()
+    assert C.TextConfig(rope="mrope").mrope_sections == [2, 3, 3]  # head dim 16: Qwen2-VL's 1/4, 3/8, 3/8
+    assert C.TextConfig(hidden_size=1536, num_heads=12, rope="mrope").mrope_sections == [16, 24, 24]

@@ -72,6 +72,10 @@ def test_export_refuses_what_llava_cannot_express(tmp_path):
         vlkit.export(tiny, tmp_path / "x")
     with pytest.raises(ExportError, match="format 'gguf' is unknown"):
         vlkit.export(pipe, tmp_path / "x", format="gguf")
+    native = _vlkit_pipeline("siglip")
+    native.model.cfg.text.rope = "mrope"  # would load in transformers and give other logits: refused
+    with pytest.raises(ExportError, match="text.rope='mrope'"):
+        vlkit.export(native, tmp_path / "x")
     assert not (tmp_path / "x").exists()
 
 

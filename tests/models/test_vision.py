@@ -53,3 +53,60 @@ def test_fan_in_init_keeps_activations_order_one_in_narrow_models():
             0.02 if scheme == "normal" else model.cfg.text.hidden_size ** -0.5, rel=0.1)
     assert stds["normal"] == pytest.approx(0.02, rel=0.1)
     assert stds["fan_in"] == pytest.approx(64 ** -0.5, rel=0.1)
+
+
+def _rope2d_encoder(**kw):
+    torch.manual_seed(0)
+    enc = VisionEncoder(VisionConfig(position="rope2d", **kw))
+    init_weights(enc, "fan_in")
+    return enc.eval()
+
+
+SIZES = [(32, 32), (16, 48), (48, 16), (64, 32)]
+
+
+@pytest.mark.parametrize("stem", ["patch", "conv"])
+def test_packed_images_get_what_each_gets_alone(stem):
+    enc = _rope2d_encoder(stem=stem)
+    g = torch.Generator().manual_seed(1)
+    images = [torch.randn(3, h, w, generator=g) for h, w in SIZES]
+    packed = enc.forward_packed(images)
+    for img, feats in zip(images, packed):
+        alone = enc(img[None])[0]
+        assert feats.shape == alone.shape == ((img.shape[1] // 8) * (img.shape[2] // 8), 64)
+        torch.testing.assert_close(feats, alone, atol=1e-5, rtol=0)
+    # the block-diagonal mask matters: without it the images would see each other
+    rope = [enc.rotary(h // 8, w // 8) for h, w in SIZES]
+    seq = torch.cat([enc.embeddings(im[None])[0] for im in images])[None]
+    leaky = enc._layers(seq, (torch.cat([c for c, _ in rope]), torch.cat([s for _, s in rope])), None)[0]
+    assert not torch.allclose(leaky[:16], packed[0], atol=1e-3)
+
+
+def test_rope2d_has_no_position_table_and_sees_patch_positions():
+    enc = _rope2d_encoder()
+    assert enc.embeddings.position_embedding is None
+    assert not any("position_embedding" in k for k in enc.state_dict())
+    img = torch.randn(1, 3, 16, 32)  # a 2 x 4 patch grid
+    swapped = torch.cat([img[..., 16:], img[..., :16]], -1)  # the left and right halves trade places
+    a, b = enc(img)[0], enc(swapped)[0]
+    moved = torch.tensor([r * 4 + (c + 2) % 4 for r in range(2) for c in range(4)])
+    enc.rotary = None  # position-blind: the same features, moved with their patches
+    torch.testing.assert_close(enc(swapped)[0], enc(img)[0][moved], atol=1e-5, rtol=0)
+    assert not torch.allclose(b, a[moved], atol=1e-3)  # with 2D RoPE each patch's place changes its features
+
+
+def test_learned_positions_also_pack_exactly():
+    torch.manual_seed(0)
+    enc = VisionEncoder(VisionConfig(class_token=True, pre_norm=True)).eval()
+    images = [torch.randn(3, h, w) for h, w in SIZES[:3]]
+    for img, feats in zip(images, enc.forward_packed(images)):
+        torch.testing.assert_close(feats, enc(img[None])[0], atol=1e-5, rtol=0)
+
+
+def test_rope2d_config_errors():
+    from vlkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="divisible by 4"):
+        VisionConfig(position="rope2d", hidden_size=24, num_heads=4).validate()
+    with pytest.raises(ConfigError, match="class token"):
+        VisionConfig(position="rope2d", class_token=True).validate()

@@ -196,3 +196,83 @@ def test_tiny_vlm_overfits_and_answers(make_model, tokenizer):
     model.eval()
     answers = pipe.chat_batch([q for _, q, _ in samples], [[img] for img, _, _ in samples], max_new_tokens=8)
     assert answers == [a for _, _, a in samples]
+
+
+# -- native resolution: packed rope2d encoder, M-RoPE ------------------------------------------------------
+NATIVE_SIZES = [(32, 32), (16, 48), (48, 16), (64, 32)]  # (H, W): square, wide, tall, wide
+
+
+def _native_model(tokenizer, rope="mrope", seed=0):
+    from vlkit.config import ImageProcessorConfig, TextConfig, VisionConfig, tiny_model_config
+
+    torch.manual_seed(seed)
+    vision = VisionConfig(position="rope2d", processor=ImageProcessorConfig(min_pixels=16 * 16, max_pixels=64 * 64,
+                                                                            merge_size=2))
+    cfg = tiny_model_config("spatial_merge", vision=vision, text=TextConfig(vocab_size=len(tokenizer), rope=rope),
+                            init="fan_in")
+    cfg.image_token_id = tokenizer.image_pad_id
+    return VisionLanguageModel(cfg).eval()
+
+
+def _native_prompt(tokenizer, model, sizes, text="What is in the pictures?"):
+    return ChatProcessor(tokenizer).encode_prompt(text, len(sizes), [model.tokens_per_image(h, w) for h, w in sizes])
+
+
+def test_native_images_encode_packed_as_each_alone(tokenizer):
+    model = _native_model(tokenizer)
+    g = torch.Generator().manual_seed(0)
+    images = [torch.randn(3, h, w, generator=g) for h, w in NATIVE_SIZES]
+    feats = model.encode_images(images)
+    for (h, w), img, f in zip(NATIVE_SIZES, images, feats):
+        assert f.shape == (model.tokens_per_image(h, w), 64) and model.tokens_per_image(h, w) == (h // 16) * (w // 16)
+        torch.testing.assert_close(f, model.encode_images([img])[0], atol=1e-5, rtol=0)
+
+
+def test_mrope_text_only_equals_default_rope(tokenizer):
+    mrope, default = _native_model(tokenizer, "mrope"), _native_model(tokenizer, "default")
+    default.load_state_dict(mrope.state_dict())
+    ids = torch.tensor([_native_prompt(tokenizer, mrope, [], "Describe a red circle.")])
+    torch.testing.assert_close(mrope(ids, [], return_logits=True)["logits"],
+                               default(ids, [], return_logits=True)["logits"], atol=0, rtol=0)
+    # with an image the positions differ (a 2 x 3 token grid spans 3 positions, not 6)
+    ids = torch.tensor([_native_prompt(tokenizer, mrope, [(32, 48)])])
+    img = [torch.randn(3, 32, 48)]
+    a, b = (m(ids, img, return_logits=True)["logits"][0, -1] for m in (mrope, default))
+    assert not torch.allclose(a, b, atol=1e-4)
+
+
+def test_mrope_cached_decoding_and_greedy_generation_equal_full_forward(tokenizer):
+    model = perturb(_native_model(tokenizer), seed=2)
+    g = torch.Generator().manual_seed(1)
+    sizes = [(48, 16), (32, 64)]
+    images = [torch.randn(3, h, w, generator=g) for h, w in sizes]
+    prompt = _native_prompt(tokenizer, model, sizes)
+    gen = GenerationConfig(max_new_tokens=10, stop_token_ids=())
+    out = generate(model, [prompt], [images], gen, tokenizer.pad_id)[0]
+    assert len(out) == 10
+    ids = torch.tensor([prompt + out])
+    full = model(ids, images, return_logits=True)["logits"][0]
+    assert full[len(prompt) - 1:-1].argmax(-1).tolist() == out  # each greedy token is the full forward's argmax
+    cache = model.new_cache()
+    logits, next_pos = model.prefill(torch.tensor([prompt]), cache, images=images)
+    assert next_pos.item() == int(model.rope_positions(ids, images).max()) + 1 - len(out)
+    steps = [logits]
+    for i, t in enumerate(out[:-1]):
+        steps.append(model.decode(torch.tensor([t]), cache, next_pos + i))
+    torch.testing.assert_close(torch.stack([s[0] for s in steps]), full[len(prompt) - 1:-1].float(), atol=1e-5, rtol=0)
+    # batched with left padding (another prompt, another image) == alone
+    other = _native_prompt(tokenizer, model, [(16, 16)], "x")
+    other_img = [torch.randn(3, 16, 16, generator=g)]
+    batched = generate(model, [prompt, other], [images, other_img], gen, tokenizer.pad_id)
+    assert batched == [out, generate(model, [other], [other_img], gen, tokenizer.pad_id)[0]]
+
+
+def test_native_model_round_trips_through_a_checkpoint(tokenizer, tmp_path):
+    model = _native_model(tokenizer)
+    model.save_pretrained(tmp_path)
+    again = VisionLanguageModel.from_pretrained(tmp_path)
+    assert again.cfg.vision.position == "rope2d" and again.cfg.text.rope == "mrope"
+    assert again.cfg.vision.processor.max_pixels == 64 * 64
+    ids = torch.tensor([_native_prompt(tokenizer, model, [(16, 48)])])
+    img = [torch.randn(3, 16, 48)]
+    torch.testing.assert_close(again(ids, img, return_logits=True)["logits"], model(ids, img, return_logits=True)["logits"])

@@ -37,9 +37,27 @@ class ImageProcessorConfig(_Checked):
     rescale_factor: Optional[float] = positive(1 / 255)  # None: no rescale (do_rescale: false)
     normalize: bool = True  # (x - vision.image_mean) / vision.image_std
     image_splitting: bool = False  # Idefics3/SmolVLM tiling: not implemented; true makes every image an error
+    # native resolution (Qwen2-VL's smart_resize, docs/native_resolution.md): max_pixels > 0 keeps each image's
+    # aspect ratio, its sides rounded to multiples of vision.patch_size * merge_size, its area within
+    # [min_pixels, max_pixels]; it replaces the resize steps above. 0: off (a fixed size, as before)
+    min_pixels: int = non_negative(0)
+    max_pixels: int = non_negative(0)
+    merge_size: int = positive(1)  # the sides are multiples of patch_size * merge_size (connector.merge_size)
+
+    @property
+    def native(self) -> bool:
+        return self.max_pixels > 0
 
     def validate(self) -> None:
         check_fields(self, "vision.processor")
+        if self.min_pixels and not self.max_pixels:
+            raise ConfigError("vision.processor.min_pixels needs vision.processor.max_pixels (native resolution)")
+        if self.min_pixels > self.max_pixels:
+            raise ConfigError(f"vision.processor.min_pixels={self.min_pixels} > max_pixels={self.max_pixels}")
+        if self.native and (self.pad_to_square or self.square is not None or self.crop_height is not None
+                            or self.image_splitting or self.resize != "exact" or self.height is not None):
+            raise ConfigError("vision.processor.max_pixels (native resolution) sizes each image itself: leave "
+                              "pad_to_square, resize, height/width, square, crop and image_splitting at their defaults")
         if self.resize in ("shortest_edge", "longest_edge") and self.edge is None:
             raise ConfigError(f"vision.processor.resize={self.resize!r} needs vision.processor.edge")
         if (self.height is None) != (self.width is None) or (self.crop_height is None) != (self.crop_width is None):
@@ -67,6 +85,11 @@ class VisionConfig(_Checked):
     feature_layer: int = -1  # hidden state feeding the connector (LLaVA uses -2, the penultimate layer)
     image_mean: tuple = (0.5, 0.5, 0.5)
     image_std: tuple = positive((0.5, 0.5, 0.5))
+    # patch positions: learned (SigLIP/CLIP: a table for the image_size grid, interpolated to others) | rope2d
+    # (Qwen2-VL: 2D rotary embeddings in every attention layer, any grid, no table; native resolution packs the
+    # images of a batch into one sequence, docs/native_resolution.md)
+    position: Literal["learned", "rope2d"] = "learned"
+    rope_theta: float = positive(10000.0)  # rope2d
     processor: ImageProcessorConfig = field(default_factory=ImageProcessorConfig)  # resize, crop, rescale ...
 
     def validate(self) -> None:
@@ -76,6 +99,11 @@ class VisionConfig(_Checked):
             raise ConfigError(f"vision.hidden_size={self.hidden_size} must be divisible by vision.num_heads={self.num_heads}")
         if self.image_size % self.patch_size:
             raise ConfigError(f"vision.image_size={self.image_size} must be a multiple of vision.patch_size={self.patch_size}")
+        if self.position == "rope2d" and (self.hidden_size // self.num_heads) % 4:
+            raise ConfigError(f"vision.position=rope2d needs a head dim (hidden_size / num_heads = "
+                              f"{self.hidden_size // self.num_heads}) divisible by 4")
+        if self.position == "rope2d" and self.class_token:
+            raise ConfigError("vision.position=rope2d has no position for a class token; set vision.class_token: false")
         if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
             raise ConfigError(f"vision.stem=conv needs a power-of-two vision.patch_size, got {self.patch_size}")
         # indexes hidden states as transformers does: 0 = embeddings, i = after layer i, -1 = last
@@ -115,9 +143,20 @@ class TextConfig(_Checked):
     tie_word_embeddings: bool = True
     attention_bias: bool = False  # Qwen2 has biases on q/k/v
     rope_scaling: Optional[dict] = None  # as in HF configs: {"rope_type": "linear" | "llama3", "factor": ..., ...}
+    # mrope: Qwen2-VL's M-RoPE, (temporal, height, width) position ids for image tokens (docs/native_resolution.md);
+    # text alone gets the same positions and logits as default
+    rope: Literal["default", "mrope"] = "default"
+    # M-RoPE: how many of the head's dim_per_head / 2 rotary frequencies follow the temporal, height and width
+    # position (Qwen2-VL: [16, 24, 24] for 128-dim heads); None: in those proportions
+    mrope_section: Optional[list] = None
 
     def validate(self) -> None:
         check_fields(self, "text")
+        if self.rope == "mrope" and self.mrope_section is not None:
+            sec, half = list(self.mrope_section), self.dim_per_head // 2
+            if len(sec) != 3 or any(not isinstance(x, int) or x < 0 for x in sec) or sum(sec) != half:
+                raise ConfigError(f"text.mrope_section={self.mrope_section} must be 3 non-negative integers summing "
+                                  f"to dim_per_head / 2 = {half}")
         if self.rope_scaling is not None:
             kind = self.rope_scaling.get("rope_type", self.rope_scaling.get("type"))
             if kind not in ("default", "linear", "llama3"):
@@ -130,6 +169,15 @@ class TextConfig(_Checked):
     @property
     def dim_per_head(self) -> int:
         return self.head_dim or self.hidden_size // self.num_heads
+
+    @property
+    def mrope_sections(self) -> list[int]:
+        """M-RoPE's (temporal, height, width) split of the dim_per_head / 2 frequencies."""
+        if self.mrope_section is not None:
+            return list(self.mrope_section)
+        half = self.dim_per_head // 2
+        t = half // 4
+        return [t, (half - t) // 2, half - t - (half - t) // 2]
 
 
 @dataclass
@@ -188,6 +236,13 @@ class ModelConfig(_Checked):
         self.vision.validate()
         self.connector.validate()
         self.text.validate()
+        proc = self.vision.processor
+        if proc.native and self.connector.type == "spatial_merge" and proc.merge_size != self.connector.merge_size:
+            raise ConfigError(f"vision.processor.merge_size={proc.merge_size} must equal connector.merge_size="
+                              f"{self.connector.merge_size}: native sizes are multiples of patch_size * merge_size")
+        if proc.native and (self.vision_target == "codes" or self.dense_prediction):
+            raise ConfigError("native resolution (vision.processor.max_pixels) does not yet combine with "
+                              "vision_target: codes or dense_prediction, which need one fixed image size")
         if self.vision_target == "codes":
             if self.vq is None:
                 raise ConfigError("vision_target='codes' needs a `vq` config (the visual tokenizer)")

@@ -55,6 +55,10 @@ def check_llava(model: Any) -> None:
     if cfg.prompt_format not in (None, "llava"):
         raise ExportError(f"llava-hf export: this model's prompts use the {cfg.prompt_format!r} image layout, "
                           f"which LlavaProcessor cannot write")
+    if v.position != "learned" or v.processor.native or cfg.text.rope != "default":
+        raise ExportError("llava-hf export: LLaVA has learned vision positions, one square image size and 1D RoPE; "
+                          f"this model has vision.position={v.position!r}, native image sizes={v.processor.native}, "
+                          f"text.rope={cfg.text.rope!r} (native-resolution models: docs/native_resolution.md)")
 
 
 def llava_token_ids(cfg: ModelConfig, tok: Any) -> dict:

@@ -21,8 +21,14 @@ class Connector(nn.Module):
         super().__init__()
         self.cfg = cfg
 
+    def token_grid(self, gh: int, gw: int) -> tuple[int, int]:
+        """The (rows, cols) grid of LM tokens made from a gh x gw patch grid, in row-major token order (the
+        height and width position ids of M-RoPE)."""
+        return gh, gw
+
     def num_tokens(self, gh: int, gw: int) -> int:
-        return gh * gw
+        rows, cols = self.token_grid(gh, gw)
+        return rows * cols
 
     @classmethod
     def pixels_per_token(cls, cfg: ConnectorConfig, vision: VisionConfig) -> int:
@@ -72,8 +78,8 @@ class ResamplerConnector(Connector):
         self.proj = nn.Linear(text_dim, text_dim)
         self.register_buffer("query_pos", sincos_2d(text_dim, self.query_grid, self.query_grid), persistent=False)
 
-    def num_tokens(self, gh, gw):
-        return self.cfg.num_queries
+    def token_grid(self, gh, gw):
+        return self.query_grid, self.query_grid
 
     @classmethod
     def pixels_per_token(cls, cfg, vision):
@@ -120,16 +126,16 @@ class SpatialMergeConnector(Connector):
     def pixels_per_token(cls, cfg, vision):
         return vision.patch_size * cfg.merge_size
 
-    def num_tokens(self, gh, gw):
+    def token_grid(self, gh, gw):
         m = self.cfg.merge_size
         if gh % m or gw % m:
             raise ValueError(f"spatial_merge needs a patch grid divisible by merge_size={m}, got {gh}x{gw}")
-        return (gh // m) * (gw // m)
+        return gh // m, gw // m
 
     def forward(self, x, grid):
         gh, gw = grid
         m = self.cfg.merge_size
-        self.num_tokens(gh, gw)
+        self.token_grid(gh, gw)
         b, _, d = x.shape
         x = self.ln_q(x).view(b, gh // m, m, gw // m, m, d).permute(0, 1, 3, 2, 4, 5)  # blocks contiguous
         x = x.reshape(b, (gh // m) * (gw // m), m * m * d)

@@ -6,7 +6,6 @@ Positions are explicit (`position_ids`), so left-padded batches get padding-awar
 """
 from __future__ import annotations
 
-import math
 from typing import Optional
 
 import torch
@@ -15,6 +14,7 @@ from torch import nn
 
 from vlkit.config import TextConfig
 from vlkit.models.attention import sdpa
+from vlkit.models.rope import RotaryEmbedding, apply_rope
 
 
 class RMSNorm(nn.Module):
@@ -28,47 +28,6 @@ class RMSNorm(nn.Module):
         x = x.float()
         x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x.to(dtype)
-
-
-class RotaryEmbedding(nn.Module):
-    def __init__(self, head_dim: int, theta: float, scaling: Optional[dict] = None):
-        super().__init__()
-        inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.float32) / head_dim))
-        if scaling is not None:
-            inv_freq = scale_inv_freq(inv_freq, scaling)
-        self.register_buffer("inv_freq", inv_freq, persistent=False)
-
-    def forward(self, position_ids: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        """cos, sin (B, 1, T, D/2): computed once per forward and shared by all layers. HF's tables repeat
-        these halves ([f, f]); `apply_rope` uses each half once, which gives the same numbers."""
-        freqs = position_ids.float()[..., None] * self.inv_freq  # B, T, D/2
-        return freqs.cos().to(dtype)[:, None], freqs.sin().to(dtype)[:, None]
-
-
-def scale_inv_freq(inv_freq: torch.Tensor, scaling: dict) -> torch.Tensor:
-    """RoPE scaling of HF configs: `linear` divides all frequencies by `factor`; `llama3` (Llama 3.1+) divides
-    only the low frequencies and interpolates smoothly in a band between them and the high ones."""
-    kind = scaling.get("rope_type", scaling.get("type", "default"))
-    if kind == "default":
-        return inv_freq
-    factor = float(scaling["factor"])
-    if kind == "linear":
-        return inv_freq / factor
-    low, high = float(scaling.get("low_freq_factor", 1.0)), float(scaling.get("high_freq_factor", 4.0))
-    old_len = float(scaling.get("original_max_position_embeddings", 8192))
-    wavelen = 2 * math.pi / inv_freq
-    scaled = torch.where(wavelen > old_len / low, inv_freq / factor, inv_freq)
-    smooth = (old_len / wavelen - low) / (high - low)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = (wavelen >= old_len / high) & (wavelen <= old_len / low)
-    return torch.where(medium, smoothed, scaled)
-
-
-def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """HF's x * cos + rotate_half(x) * sin, bit for bit, from half-width tables and without materialising
-    rotate_half(x) = [-x2, x1]."""
-    a, b = x.chunk(2, -1)
-    return torch.cat([a * cos - b * sin, b * cos + a * sin], -1)
 
 
 class KVCache:
@@ -184,7 +143,8 @@ class LanguageModel(nn.Module):
         self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
         self.layers = nn.ModuleList(DecoderLayer(cfg, i) for i in range(cfg.num_layers))
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
-        self.rotary = RotaryEmbedding(cfg.dim_per_head, cfg.rope_theta, cfg.rope_scaling)
+        self.rotary = RotaryEmbedding(cfg.dim_per_head, cfg.rope_theta, cfg.rope_scaling,
+                                      cfg.mrope_sections if cfg.rope == "mrope" else None)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight

@@ -2,10 +2,19 @@
 
 Position embeddings are learned for the config's grid and bicubically interpolated for other resolutions, so
 one encoder serves any image size (the pixels beyond the last whole patch are not seen, as in transformers).
+With `position: rope2d` (Qwen2-VL) there is no table: every attention layer rotates queries and keys by the
+patch's row and column (vlkit.models.rope.VisionRotaryEmbedding), and `forward_packed` runs images of any mix
+of sizes as one sequence with block-diagonal attention, each image seeing only itself.
+
+Patch order is row-major here; transformers' Qwen2-VL feeds patches block-major (each merge_size x merge_size
+block contiguous). Attention and MLPs act per token and the positions travel with the tokens, so the features
+are the same up to that permutation, which the spatial_merge connector undoes (it concatenates each block's
+patches in the same (i, j) -> i * m + j order as Qwen2-VL's PatchMerger).
 """
 from __future__ import annotations
 
 import math
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -13,6 +22,9 @@ from torch import nn
 
 from vlkit.config import VisionConfig
 from vlkit.models.attention import sdpa
+from vlkit.models.rope import VisionRotaryEmbedding, apply_rope
+
+Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin (N, head_dim / 2), float32
 
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
@@ -67,7 +79,7 @@ class VisionEmbeddings(nn.Module):
         self.patch_embedding = STEMS[cfg.stem](cfg)
         n = self.grid * self.grid + (1 if cfg.class_token else 0)
         self.class_embedding = nn.Parameter(torch.randn(cfg.hidden_size) * 0.02) if cfg.class_token else None
-        self.position_embedding = nn.Embedding(n, cfg.hidden_size)
+        self.position_embedding = nn.Embedding(n, cfg.hidden_size) if cfg.position == "learned" else None
 
     def positions(self, gh: int, gw: int) -> torch.Tensor:
         pos = self.position_embedding.weight
@@ -79,12 +91,13 @@ class VisionEmbeddings(nn.Module):
         return torch.cat([cls_pos, grid_pos], 0)
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
-        x = self.patch_embedding(pixels.to(self.position_embedding.weight.dtype))  # B, D, gh, gw
+        dtype = next(self.patch_embedding.parameters()).dtype
+        x = self.patch_embedding(pixels.to(dtype))  # B, D, gh, gw
         gh, gw = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)  # row-major patch order
         if self.class_embedding is not None:
             x = torch.cat([self.class_embedding.expand(x.shape[0], 1, -1).to(x.dtype), x], 1)
-        return x + self.positions(gh, gw)
+        return x if self.position_embedding is None else x + self.positions(gh, gw)
 
 
 class VisionAttention(nn.Module):
@@ -94,10 +107,12 @@ class VisionAttention(nn.Module):
         d = cfg.hidden_size
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Optional[Rope] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         b, n, d = x.shape
         q, k, v = (p(x).view(b, n, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        y = sdpa(q, k, v)
+        if rope is not None:  # in float32, as transformers' Qwen2-VL
+            q, k = (apply_rope(t.float(), *rope).to(v.dtype) for t in (q, k))
+        y = sdpa(q, k, v, attn_mask=mask)
         return self.out_proj(y.transpose(1, 2).reshape(b, n, d))
 
 
@@ -122,8 +137,8 @@ class VisionLayer(nn.Module):
         self.layer_norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.mlp = VisionMLP(cfg)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x))
+    def forward(self, x: torch.Tensor, rope: Optional[Rope] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x), rope, mask)
         return x + self.mlp(self.layer_norm2(x))
 
 
@@ -139,6 +154,8 @@ class VisionEncoder(nn.Module):
         self.encoder.layers = nn.ModuleList(VisionLayer(cfg) for _ in range(n_used))
         use_post = cfg.post_norm and n_used == cfg.num_layers
         self.post_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps) if use_post else None
+        self.rotary = (VisionRotaryEmbedding(cfg.hidden_size // cfg.num_heads, cfg.rope_theta)
+                       if cfg.position == "rope2d" else None)
 
     def grid_size(self, height: int, width: int) -> tuple[int, int]:
         """Patches per side. Like transformers' patch conv, the last height % p rows and width % p columns are
@@ -150,14 +167,35 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, gh*gw, D) patch features in row-major order (class token dropped)."""
-        x = self.embeddings(pixels)
+        rope = self.rotary(*self.grid_size(*pixels.shape[-2:])) if self.rotary is not None else None
+        x = self._layers(self.embeddings(pixels), rope, None)
+        return x[:, 1:] if self.cfg.class_token else x
+
+    def forward_packed(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Images (3, H_i, W_i) of any sizes -> [(gh_i*gw_i, D)], run as ONE sequence of all their patches with
+        block-diagonal attention (each image attends only to its own patches): no padding, and each image's
+        features are what encoding it alone gives."""
+        parts = [self.embeddings(img[None])[0] for img in images]  # (n_i, D), class token and learned positions in
+        lengths = [p.shape[0] for p in parts]
+        rope = None
+        if self.rotary is not None:
+            tables = [self.rotary(*self.grid_size(*img.shape[-2:])) for img in images]
+            rope = (torch.cat([c for c, _ in tables]), torch.cat([s for _, s in tables]))
+        mask = None
+        if len(parts) > 1:
+            seg = torch.repeat_interleave(torch.arange(len(parts), device=parts[0].device),
+                                          torch.tensor(lengths, device=parts[0].device))
+            mask = (seg[:, None] == seg[None])[None, None]  # (1, 1, S, S) block-diagonal
+        x = self._layers(torch.cat(parts)[None], rope, mask)[0]
+        skip = 1 if self.cfg.class_token else 0
+        return [f[skip:] for f in x.split(lengths)]
+
+    def _layers(self, x: torch.Tensor, rope: Optional[Rope], mask: Optional[torch.Tensor]) -> torch.Tensor:
         if self.pre_layrnorm is not None:
             x = self.pre_layrnorm(x)
         for layer in self.encoder.layers:
-            x = layer(x)
-        if self.post_layernorm is not None:
-            x = self.post_layernorm(x)
-        return x[:, 1:] if self.cfg.class_token else x
+            x = layer(x, rope, mask)
+        return x if self.post_layernorm is None else self.post_layernorm(x)
 
 
 def init_weights(module: nn.Module, scheme: str = "normal", std: float = 0.02) -> None:

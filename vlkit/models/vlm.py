@@ -31,6 +31,7 @@ from vlkit.io import WEIGHTS_FILE
 from vlkit.models.connectors import build_connector
 from vlkit.models.depth import DepthTransformer
 from vlkit.models.language import KVCache, LanguageModel, padding_positions
+from vlkit.models.rope import mrope_positions
 from vlkit.models.vision import VisionEncoder, init_weights
 from vlkit.models.weights import check_state, checkpoint_dtype, load_state, read_weights, save_weights
 
@@ -68,10 +69,34 @@ class VisionLanguageModel(nn.Module):
     def tokens_per_image(self, height: int, width: int) -> int:
         return self.connector.num_tokens(*self.vision.grid_size(height, width))
 
+    def token_grid(self, height: int, width: int) -> tuple[int, int]:
+        """The (rows, cols) grid of the LM tokens of a height x width image (M-RoPE's height/width ids)."""
+        return self.connector.token_grid(*self.vision.grid_size(height, width))
+
+    def rope_positions(self, input_ids: torch.Tensor, images: Optional[Sequence[torch.Tensor]],
+                       position_ids: Optional[torch.Tensor] = None,
+                       attention_mask: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
+        """The LM's position ids: `position_ids` (B, T) as given (None: from the padding mask, or 0..T-1); with
+        M-RoPE (text.rope: mrope) (3, B, T), image tokens on their token grid (vlkit.models.rope.mrope_positions)."""
+        if self.cfg.text.rope != "mrope":
+            return position_ids
+        if position_ids is None:
+            position_ids = (padding_positions(attention_mask) if attention_mask is not None else
+                            torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape))
+        grids = [self.token_grid(int(im.shape[-2]), int(im.shape[-1])) for im in images or ()]
+        return mrope_positions(input_ids, self.cfg.image_token_id, grids, position_ids)
+
     # -- embeddings ------------------------------------------------------------------------------------
     def encode_images(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
-        """Images (3, H, W), any mix of sizes -> one (N_i, D_text) tensor each, in order.
-        Images of the same size are encoded together."""
+        """Images (3, H, W), any mix of sizes -> one (N_i, D_text) tensor each, in order. With a native encoder
+        (vision.position: rope2d) all images run as one packed sequence with per-image attention; otherwise images
+        of the same size are encoded together."""
+        if self.cfg.vision.position == "rope2d":
+            if not images:
+                return []
+            feats = self.vision.forward_packed(images)
+            return [self.connector(f[None], self.vision.grid_size(*img.shape[-2:]))[0]
+                    for f, img in zip(feats, images)]
         out: list[Optional[torch.Tensor]] = [None] * len(images)
         groups: dict[tuple, list[int]] = {}
         for i, img in enumerate(images):
@@ -129,6 +154,7 @@ class VisionLanguageModel(nn.Module):
                 raise ValueError("run_language=False needs dense_from: connector and dense_targets")
             loss, n = self.dense_loss(embeds, dense_targets)
             return {"loss": loss / max(n, 1), "num_tokens": n, "dense_loss": loss.detach() / max(n, 1)}
+        position_ids = self.rope_positions(input_ids, images, position_ids, attention_mask)
         hidden = self.language(embeds, position_ids=position_ids, attention_mask=attention_mask,
                                attn_mask_4d=attn_mask_4d)
         out: dict = {}
@@ -200,10 +226,11 @@ class VisionLanguageModel(nn.Module):
         the position of each row's next token (B,))."""
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        positions = padding_positions(attention_mask)
+        positions = self.rope_positions(input_ids, images, padding_positions(attention_mask))
         step = self.step_hidden if hidden else self.forward_step
         out = step(self.embed(input_ids, images), cache, positions, attention_mask=attention_mask)
-        return out, positions[:, -1] + 1
+        # the next token's position: the largest so far + 1 (M-RoPE: text after an image continues from there)
+        return out, (positions.amax(0).amax(-1) if positions.dim() == 3 else positions[:, -1]) + 1
 
     def decode(self, tokens: torch.Tensor, cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
         """Feed one token per row (B,) at `positions` (B,) -> logits of the next token (B, V)."""
@@ -234,7 +261,7 @@ class VisionLanguageModel(nn.Module):
                      token_ids: Sequence[int]) -> torch.Tensor:
         """NTP-M dense prediction for one prompt (1, T): the LM head's scores of `token_ids` at each image token
         -> (N, len(token_ids)) float, in image-token order."""
-        hidden = self.language(self.embed(input_ids, images))[0]
+        hidden = self.language(self.embed(input_ids, images), self.rope_positions(input_ids, images))[0]
         at = input_ids[0] == self.cfg.image_token_id
         tokens = torch.as_tensor(list(token_ids), device=input_ids.device)
         return self.logits(hidden[at]).float()[:, tokens]
