@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from vlkit.data.sources import DataError, read_samples
+from vlkit.config import ConfigError
+from vlkit.data.sources import DataError, load_sample_images, read_samples
 from vlkit.data.synth import TASKS, corpus_text, generate_dataset, inspect_dataset, task_plan, task_weights
 
 
@@ -113,3 +114,12 @@ def test_identical_to_itself_rerun(tmp_path):
     before = tree(a)
     generate_dataset(a, n=20, seed=9, progress=False)
     assert tree(a) == before
+
+
+def test_wide_text_images_on_disk(tmp_path):
+    out = generate_dataset(tmp_path / "wide", n=9, tasks=["ocr", "doc", "chart"], size=256, aspect="wide",
+                           progress=False)
+    samples = list(read_samples(out))
+    assert len(samples) == 9 and all(load_sample_images(s)[0].size == (256, 96) for s in samples)
+    with pytest.raises(ConfigError, match="synth.aspect='sideways'"):
+        generate_dataset(tmp_path / "x", n=2, progress=False, aspect="sideways")

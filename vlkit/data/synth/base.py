@@ -59,6 +59,23 @@ class Retry(Exception):
     """The scene does not support the question asked; draw another scene."""
 
 
+def canvas(rng: np.random.Generator, cfg: SynthConfig) -> tuple[int, int]:
+    """(width, height) of a text image: size x size for aspect "square" (no random draw: today's samples), wide
+    (size x short side) or tall (short side x size), or one of the three per sample for "mixed"."""
+    aspect = cfg.aspect
+    if aspect == "square":
+        return cfg.size, cfg.size
+    if aspect == "mixed":
+        aspect = pick(rng, ("square", "wide", "tall"))
+    return {"square": (cfg.size, cfg.size), "wide": (cfg.size, cfg.short_side),
+            "tall": (cfg.short_side, cfg.size)}[aspect]
+
+
+def canvas_meta(cfg: SynthConfig, width: int, height: int) -> dict:
+    """The canvas size in meta (only off the square default, whose samples stay as they were)."""
+    return {} if cfg.aspect == "square" else {"width": width, "height": height}
+
+
 def pick(rng: np.random.Generator, seq: Sequence):
     return seq[int(rng.integers(len(seq)))]
 

@@ -92,13 +92,16 @@ def _pool_context():
 
 def generate_dataset(out, n: int = 1000, tasks: TaskSpec = None, split: str = "train", seed: int = 0,
                      size: int = 64, fmt: str = "jsonl", heldout="default", progress: bool = True,
-                     workers: Optional[int] = None, shard_size: int = 1000, max_iou: float = 0.0) -> Path:
+                     workers: Optional[int] = None, shard_size: int = 1000, max_iou: float = 0.0,
+                     aspect: str = "square", aspect_ratio: float = 8 / 3, video_frames: int = 8) -> Path:
     """Write `n` synthetic samples under `out` and return `out` as a Path.
 
     fmt="jsonl": `out/data.jsonl` + `out/images/` (+ `out/masks/` for segmentation); "webdataset": tar
     shards of `shard_size` samples; "hf": a saved HF dataset. `tasks`: None (all tasks, equal weights), a
     list (repeat a name to weight it), a {task: weight} dict or a comma-separated string. The output is a
-    function of (n, tasks, split, seed, size, heldout, max_iou) only: byte-identical for every `workers`.
+    function of (n, tasks, split, seed, size, heldout, max_iou, aspect, aspect_ratio, video_frames) only:
+    byte-identical for every `workers`. `aspect`: "square" text images (default), or "wide", "tall", "mixed" ones
+    at native resolution (SynthConfig); `video_frames`: frames per video_qa clip.
     `heldout`: "default" keeps the held-out compositions out of the train split (see tasks.py), "none"
     keeps nothing out, or a list of (color, shape) pairs."""
     if split not in SPLITS:
@@ -114,7 +117,8 @@ def generate_dataset(out, n: int = 1000, tasks: TaskSpec = None, split: str = "t
     if not 0.0 <= max_iou < 1.0:
         raise DataError(f"max_iou={max_iou!r} must be in [0, 1)")
     pairs, phrases = parse_heldout(heldout)
-    cfg = SynthConfig(size=size, split=split, heldout_pairs=pairs, heldout_phrases=phrases, max_iou=max_iou)
+    cfg = SynthConfig(size=size, split=split, heldout_pairs=pairs, heldout_phrases=phrases, max_iou=max_iou,
+                      aspect=aspect, aspect_ratio=aspect_ratio, video_frames=video_frames)
     plan = task_plan(task_weights(tasks), n, seed, split)
     jobs = list(zip(plan, range(n)))
     if workers is None:
