@@ -20,7 +20,7 @@ def test_defaults_and_split():
     ({"aspect_ratio": 0.5}, "synth.aspect_ratio=0.5 must be in [1, 16]"),
     ({"aspect": "tall", "aspect_ratio": 5}, "synth.aspect_ratio=5 with size=64 makes the short side 13 px; it must "
                                             "be >= 16 (lower aspect_ratio or raise size)"),
-    ({"video_frames": 1}, "synth.video_frames=1 must be in [2, 64]"),
+    ({"video_frames": 1}, "synth.video_frames=1 must be in [4, 64]"),
 ])
 def test_bad_values_name_the_key(kwargs, message):
     with pytest.raises(ConfigError) as err:

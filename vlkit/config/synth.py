@@ -38,7 +38,7 @@ class SynthConfig(_Checked):
     # "tall" its transpose, "mixed" draws square, wide or tall per sample; "square" (default) is size x size
     aspect: Literal[ASPECTS] = "square"
     aspect_ratio: float = ranged(8 / 3, 1, 16)  # long side / short side of a wide or tall canvas
-    video_frames: int = ranged(8, 2, 64)  # frames per video_qa clip
+    video_frames: int = ranged(8, 4, 64)  # frames per video_qa clip
 
     def __post_init__(self) -> None:
         super().__post_init__()

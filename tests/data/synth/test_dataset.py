@@ -7,7 +7,7 @@ import pytest
 
 from vlkit.config import ConfigError
 from vlkit.data.sources import DataError, load_sample_images, read_samples
-from vlkit.data.synth import TASKS, corpus_text, generate_dataset, inspect_dataset, task_plan, task_weights
+from vlkit.data.synth import DEFAULT_TASKS, TASKS, corpus_text, generate_dataset, inspect_dataset, task_plan, task_weights
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -37,7 +37,8 @@ def test_seed_and_split_change_the_data(tmp_path):
 
 
 def test_task_mixture():
-    assert task_weights(None) == {t: 1.0 for t in TASKS}
+    assert task_weights(None) == {t: 1.0 for t in DEFAULT_TASKS}  # multi-image and video tasks by name only
+    assert set(TASKS) - set(DEFAULT_TASKS) == {"multi_count", "change", "video_qa"}
     assert task_weights(["vqa", "vqa", "ocr"]) == {"vqa": 2.0, "ocr": 1.0}
     assert task_weights("vqa,grounding") == {"vqa": 1.0, "grounding": 1.0}
     assert task_weights({"vqa": 3, "chart": 1}) == {"vqa": 3.0, "chart": 1.0}
@@ -53,7 +54,7 @@ def test_layout_counts_and_inspect(small_dataset, tmp_path, capsys):
     samples = list(read_samples(small_dataset))
     assert len(samples) == 90
     counts = Counter(s["task"] for s in samples)
-    assert set(counts) == set(TASKS) and all(v == 10 for v in counts.values())
+    assert set(counts) == set(DEFAULT_TASKS) and all(v == 10 for v in counts.values())
     png = tmp_path / "grid.png"
     report = inspect_dataset(small_dataset, out_png=png)
     out = capsys.readouterr().out

@@ -43,7 +43,7 @@ def _allowed_pairs(heldout: tuple) -> list[tuple[str, str]]:
 
 @dataclass
 class Made:
-    image: Image.Image
+    image: Optional[Image.Image]  # the input image (the first of `images`; None for a video task)
     question: str  # the human turn, without the `<image>` placeholder
     answer: str  # the gpt turn ("<image>" for generation)
     meta: dict
@@ -53,6 +53,8 @@ class Made:
     image_is_target: bool = False  # generation: the image is what the assistant produces
     scene: Optional[Scene] = None  # the scene behind a scene task's image (dense labels)
     texts: Optional[list[tuple[str, tuple]]] = None  # a text image's (text, ink box in pixels) (dense labels)
+    images: Optional[list[Image.Image]] = None  # multi-image tasks: every input image, in prompt order
+    video: Optional[list[Image.Image]] = None  # video tasks: the clip's frames, in order (the sample's one video)
 
 
 class Retry(Exception):

@@ -13,7 +13,7 @@ import numpy as np
 from vlkit.chat import ROLES
 from vlkit.data.sources import WRITE_FORMATS, DataError, open_sink
 from vlkit.config.synth import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES, SPLITS, SynthConfig
-from vlkit.data.synth.tasks import TASKS, make_sample
+from vlkit.data.synth.tasks import DEFAULT_TASKS, TASKS, make_sample
 from vlkit.data.synth.world import COLOR_NAMES, SHAPES
 from vlkit.tokenizer import IMAGE_PLACEHOLDER
 
@@ -21,9 +21,10 @@ TaskSpec = Union[None, str, Sequence[str], Mapping[str, float]]
 
 
 def task_weights(tasks: TaskSpec) -> dict[str, float]:
-    """None: every task once; a list (repeats add weight) or a {task: weight} dict; a comma-separated string."""
+    """None: every task of DEFAULT_TASKS once; a list (repeats add weight) or a {task: weight} dict; a
+    comma-separated string."""
     if tasks is None:
-        return {t: 1.0 for t in TASKS}
+        return {t: 1.0 for t in DEFAULT_TASKS}
     if isinstance(tasks, str):
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
     if isinstance(tasks, Mapping):
@@ -98,7 +99,8 @@ def generate_dataset(out, n: int = 1000, tasks: TaskSpec = None, split: str = "t
 
     fmt="jsonl": `out/data.jsonl` + `out/images/` (+ `out/masks/` for segmentation); "webdataset": tar
     shards of `shard_size` samples; "hf": a saved HF dataset. `tasks`: None (all tasks, equal weights), a
-    list (repeat a name to weight it), a {task: weight} dict or a comma-separated string. The output is a
+    list (repeat a name to weight it), a {task: weight} dict or a comma-separated string; None: DEFAULT_TASKS (the
+    multi-image and video tasks only by name). The output is a
     function of (n, tasks, split, seed, size, heldout, max_iou, aspect, aspect_ratio, video_frames) only:
     byte-identical for every `workers`. `aspect`: "square" text images (default), or "wide", "tall", "mixed" ones
     at native resolution (SynthConfig); `video_frames`: frames per video_qa clip.

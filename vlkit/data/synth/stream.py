@@ -24,7 +24,7 @@ KEYS = ("tasks", "size", "heldout", "seed", "split", "max_iou", "dense_labels", 
 
 def synth_stream(spec: dict, default_seed: int = 0) -> Callable[[int], dict]:
     """`spec` is a recipe's `synth:` mapping: tasks (list, {task: weight} or comma string; default every
-    task), size (pixels, 64), heldout ('default' keeps the held-out compositions out of the train split), seed
+    task of DEFAULT_TASKS), size (pixels, 64), heldout ('default' keeps the held-out compositions out of the train split), seed
     (default: the run's seed), split (train), max_iou (0), dense_labels (false; true gives scene samples a
     "size color shape" label mask, the NTP-M targets of a model with `dense_prediction: true`), dense_text (false;
     with dense_labels, OCR samples get their texts' ink boxes labelled with the text), question_first (0: the
