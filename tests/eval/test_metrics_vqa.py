@@ -73,3 +73,14 @@ def test_vqa_errors():
         vqa_accuracy("x", [])
     with pytest.raises(EvalError, match="mode"):
         vqa_accuracy("x", ["x"], mode="strict")
+
+
+@pytest.mark.parametrize("text,choice", [
+    ("first", "first"), ("The first image.", "first"), ("the first one", "first"), ("image 1", "first"),
+    ("2nd", "second"), ("Second", "second"), ("the second picture", "second"),
+    ("first or second", "first or second"), ("neither", "neither"), ("", ""),
+])
+def test_ordinal_choice(text, choice):
+    from vlkit.eval.metrics import ordinal_choice
+
+    assert ordinal_choice(text) == choice

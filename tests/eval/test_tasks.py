@@ -120,7 +120,8 @@ def test_ground_truth_is_checked_before_any_model_call(tmp_path):
         get_task("grounding").validate(_sample("grounding", tmp_path, boxes=[[1, 2, 3]]))
     with pytest.raises(EvalError, match="known tasks: .*vqa"):
         get_task("nope")
-    assert {"vqa", "caption", "grounding", "reg", "ocr", "chart", "doc", "segmentation", "generation"} == set(TASKS)
+    assert {"vqa", "caption", "grounding", "reg", "ocr", "chart", "doc", "segmentation", "generation",
+            "multi_count", "change", "video_qa"} == set(TASKS)
 
 
 def test_text_task_scores_keep_per_sample_values_in_metric_order():

@@ -126,13 +126,17 @@ class Task:
         return json.dumps(settings, sort_keys=True)
 
     def predict(self, pipe: Any, jobs: list[Job], images: list[list], out_dir: Path) -> list[Any]:
-        """The raw predictions of `jobs` (as cached), whose input images are `images`."""
+        """The raw predictions of `jobs` (as cached), whose inputs (`inputs`) are `images`."""
         settings = jobs[0].settings
-        texts = pipe.chat_batch([self.prompt(j.sample) for j in jobs], images,
+        texts = pipe.chat_batch([self.prompt(j.sample) for j in jobs], **self.media(images),
                                 max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"])
         if len(texts) != len(jobs):
             raise RuntimeError(f"pipe.chat_batch returned {len(texts)} answers for {len(jobs)} prompts")
         return [str(t) for t in texts]
+
+    def media(self, inputs: list[list]) -> dict:
+        """The keyword arguments of `pipe.chat_batch` that carry each job's `inputs`."""
+        return {"images": inputs}
 
     def prediction(self, raw: Any, out_dir: Path) -> Any:
         """What `score` gets for a cached raw prediction."""
@@ -187,7 +191,7 @@ def mean_scores(per_sample: dict[str, list[float]], predictions: list[str]) -> T
     return TaskScores({name: MeanMetric(v) for name, v in per_sample.items()}, [not p for p in predictions], rows)
 
 
-def _first_line(text: str) -> str:
+def first_line(text: str) -> str:
     for line in text.strip().splitlines():
         if line.strip():
             return line.strip()
@@ -206,7 +210,7 @@ class VQATask(_AnswersTask):
     breakdowns = ("question_type", "heldout", "category")
 
     def extract(self, text: str) -> str:
-        return _first_line(text)
+        return first_line(text)
 
     def score(self, samples, predictions):
         off, len_ = [], []
@@ -291,7 +295,7 @@ class ChartTask(_AnswersTask):
     max_new_tokens = 16
 
     def extract(self, text):
-        return _first_line(text)
+        return first_line(text)
 
     def score(self, samples, predictions):
         ra = [M.relaxed_accuracy(p, answers_of(s)) for s, p in zip(samples, predictions)]
@@ -305,7 +309,7 @@ class DocTask(_AnswersTask):
     max_new_tokens = 32
 
     def extract(self, text):
-        return _first_line(text)
+        return first_line(text)
 
     def score(self, samples, predictions):
         v = [M.anls(p, answers_of(s)) for s, p in zip(samples, predictions)]
@@ -439,8 +443,10 @@ def register(cls: type[Task]) -> type[Task]:
     return cls
 
 
+from vlkit.eval.multi_tasks import ChangeTask, MultiCountTask, VideoQATask  # noqa: E402 (they build on VQATask)
+
 for _cls in (VQATask, CaptionTask, GroundingTask, REGTask, OCRTask, ChartTask, DocTask, SegmentationTask,
-             GenerationTask):
+             GenerationTask, MultiCountTask, ChangeTask, VideoQATask):
     register(_cls)
 
 

@@ -124,3 +124,13 @@ def test_wide_text_images_on_disk(tmp_path):
     assert len(samples) == 9 and all(load_sample_images(s)[0].size == (256, 96) for s in samples)
     with pytest.raises(ConfigError, match="synth.aspect='sideways'"):
         generate_dataset(tmp_path / "x", n=2, progress=False, aspect="sideways")
+
+
+def test_video_clips_on_disk(tmp_path):
+    out = generate_dataset(tmp_path / "v", n=4, tasks=["video_qa", "change"], video_frames=6, progress=False)
+    samples = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+    clips = [s["videos"][0] for s in samples if s["task"] == "video_qa"]
+    assert len(clips) == 2 and all(len(c) == 6 and all((out / p).is_file() for p in c) for c in clips)
+    assert all(len(s["images"]) == 2 for s in samples if s["task"] == "change")
+    with pytest.raises(DataError, match="video_qa clips .* format='jsonl' only"):
+        generate_dataset(tmp_path / "w", n=2, tasks=["video_qa"], fmt="webdataset", progress=False)

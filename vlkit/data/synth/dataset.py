@@ -121,7 +121,10 @@ def generate_dataset(out, n: int = 1000, tasks: TaskSpec = None, split: str = "t
     pairs, phrases = parse_heldout(heldout)
     cfg = SynthConfig(size=size, split=split, heldout_pairs=pairs, heldout_phrases=phrases, max_iou=max_iou,
                       aspect=aspect, aspect_ratio=aspect_ratio, video_frames=video_frames)
-    plan = task_plan(task_weights(tasks), n, seed, split)
+    weights = task_weights(tasks)
+    if fmt != "jsonl" and "video_qa" in weights:
+        raise DataError(f"video_qa clips (frame files under videos/) are written with format='jsonl' only, not {fmt!r}")
+    plan = task_plan(weights, n, seed, split)
     jobs = list(zip(plan, range(n)))
     if workers is None:
         workers = min(os.cpu_count() or 1, 8) if n >= 500 else 1
