@@ -1,5 +1,6 @@
 """Evaluation tasks for several images and for videos: multi_count and change (two images), video_qa (a clip of
-frames). All are scored like VQA (vqa_acc) and broken down by `meta.question_type`; registered in tasks.py."""
+frames). All are scored like VQA (vqa_acc) and broken down by `meta.question_type`; registered in
+tasks.py."""
 from __future__ import annotations
 
 import hashlib
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from vlkit.eval import metrics as M
 from vlkit.eval.metrics import EvalError
-from vlkit.eval.tasks import VQATask, first_line, resolve
+from vlkit.eval.task_base import VQATask, first_line, resolve
 from vlkit.images import load_image
 
 
