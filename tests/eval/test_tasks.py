@@ -121,7 +121,7 @@ def test_ground_truth_is_checked_before_any_model_call(tmp_path):
     with pytest.raises(EvalError, match="known tasks: .*vqa"):
         get_task("nope")
     assert {"vqa", "caption", "grounding", "reg", "ocr", "chart", "doc", "segmentation", "generation",
-            "multi_count", "change", "video_qa"} == set(TASKS)
+            "receipt", "multi_count", "change", "video_qa"} == set(TASKS)
 
 
 def test_text_task_scores_keep_per_sample_values_in_metric_order():

@@ -119,6 +119,11 @@ class DocTask(AnswersTask):
         return mean_scores({"anls": v}, predictions)
 
 
+class ReceiptTask(DocTask):
+    """Receipts (a price, the total, the number of items), scored like documents."""
+    name = "receipt"
+
+
 class SegmentationTask(ImageOutputTask):
     """Dense prediction: `pipe.segment(image, classes)`; the prediction is a mask PNG (255: no class)."""
     name = "segmentation"
@@ -247,7 +252,7 @@ def register(cls: type[Task]) -> type[Task]:
 
 
 for _cls in (VQATask, CaptionTask, GroundingTask, REGTask, OCRTask, ChartTask, DocTask, SegmentationTask,
-             GenerationTask, MultiCountTask, ChangeTask, VideoQATask):
+             GenerationTask, ReceiptTask, MultiCountTask, ChangeTask, VideoQATask):
     register(_cls)
 
 

@@ -38,7 +38,7 @@ def test_seed_and_split_change_the_data(tmp_path):
 
 def test_task_mixture():
     assert task_weights(None) == {t: 1.0 for t in DEFAULT_TASKS}  # multi-image and video tasks by name only
-    assert set(TASKS) - set(DEFAULT_TASKS) == {"multi_count", "change", "video_qa"}
+    assert set(TASKS) - set(DEFAULT_TASKS) == {"receipt", "multi_count", "change", "video_qa"}
     assert task_weights(["vqa", "vqa", "ocr"]) == {"vqa": 2.0, "ocr": 1.0}
     assert task_weights("vqa,grounding") == {"vqa": 1.0, "grounding": 1.0}
     assert task_weights({"vqa": 3, "chart": 1}) == {"vqa": 3.0, "chart": 1.0}

@@ -94,3 +94,20 @@ def test_wide_and_tall_documents_read_back(tmp_path, aspect):
             total += 1
             lines_ok += any(same_text(ln, f"{key}: {value}") for ln in read_lines)
     assert lines_ok >= 0.9 * total, (lines_ok, total)
+
+
+def test_receipt_lines_read_back(tmp_path):
+    cfg = SynthConfig(size=256, clean_text=True, aspect="tall")
+    jobs = []
+    for i in range(6):
+        sample, files = make_sample("receipt", i, 0, cfg)
+        jobs.append((sample, Image.open(io.BytesIO(files[sample["images"][0]])).convert("RGB")))
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda j: read(j[1], 6, tmp_path, j[0]["id"]), jobs))
+    ok = total = 0
+    for (sample, _), text in zip(jobs, got):
+        lines = {ln.strip() for ln in text.splitlines() if ln.strip()}
+        expect = [f"{k}: {v}" for k, v in sample["meta"]["items"].items()] + [f"Total: {sample['meta']['total']}"]
+        total += len(expect)
+        ok += sum(any(same_text(ln, e) for ln in lines) for e in expect)
+    assert ok >= 0.9 * total, (ok, total)

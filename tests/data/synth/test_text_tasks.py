@@ -1,5 +1,6 @@
 """Text tasks on wide and tall canvases (SynthConfig.aspect): sizes, determinism, ground truth in meta."""
 import io
+import re
 
 import numpy as np
 import pytest
@@ -73,3 +74,22 @@ def test_ocr_boxes_hold_the_ink(cfg):
         arr = np.asarray(img.convert("L"), dtype=np.int16)
         inside = arr[int(y1):int(y2), int(x1):int(x2)]
         assert np.abs(inside - np.median(arr)).max() > 60, s["id"]
+
+
+@pytest.mark.parametrize("cfg", [TALL, SynthConfig()])
+def test_receipt_answers_add_up(cfg):
+    kinds = set()
+    for i in range(30):
+        s, _, img = make("receipt", i, cfg)
+        m, q, a = s["meta"], s["conversations"][0]["value"], s["conversations"][1]["value"]
+        kinds.add(m["category"])
+        assert m["total"] == sum(m["items"].values()) and a in m["answers"]
+        if m["category"] == "total":
+            assert a == str(m["total"])
+        elif m["category"] == "price":
+            item = next(k for k in m["items"] if re.search(rf"\bthe {k}\b", q))
+            assert a == str(m["items"][item])
+        else:
+            assert a == str(len(m["items"]))
+        assert img.size == ((96, 256) if cfg is TALL else (64, 64))
+    assert kinds == {"total", "price", "count"}

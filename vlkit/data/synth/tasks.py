@@ -1,7 +1,7 @@
 """The task registry (`TASKS`): one generator per task, each turning a random generator into one sample.
 
 Generators live by family in scene_tasks.py (caption, vqa, grounding, reg, segmentation, generation),
-text_tasks.py (ocr, chart, doc), multi_tasks.py (multi_count, change: two images) and video_tasks.py (video_qa:
+text_tasks.py (ocr, chart, doc, receipt), multi_tasks.py (multi_count, change: two images) and video_tasks.py (video_qa:
 a clip of frames). A generator returns a `Made` (base.py: image, question, answer, meta, held-out
 flag, optional mask); `make_memory_sample` wraps it into the sample format of DESIGN.md, `make_sample` also
 into the PNG bytes to write. Every sample's randomness comes
@@ -27,7 +27,7 @@ from vlkit.data.synth.base import Made, Retry
 from vlkit.data.synth.scene_tasks import (task_caption, task_generation, task_grounding, task_reg, task_segmentation,
                                           task_vqa)
 from vlkit.data.synth.multi_tasks import task_change, task_multi_count
-from vlkit.data.synth.text_tasks import task_chart, task_doc, task_ocr
+from vlkit.data.synth.text_tasks import task_chart, task_doc, task_ocr, task_receipt
 from vlkit.data.synth.video_tasks import VIDEO_PLACEHOLDER, task_video_qa
 from vlkit.data.synth.world import LABEL_CLASSES
 from vlkit.tokenizer import IMAGE_PLACEHOLDER
@@ -42,12 +42,13 @@ TASKS: dict[str, Callable[[np.random.Generator, SynthConfig], Made]] = {
     "doc": task_doc,
     "segmentation": task_segmentation,
     "generation": task_generation,
+    "receipt": task_receipt,
     "multi_count": task_multi_count,
     "change": task_change,
     "video_qa": task_video_qa,
 }
-# What `tasks=None` means (generate_dataset, a synth stream): the single-image tasks; the multi-image and video
-# tasks are asked for by name, so default data sets stay what they were.
+# What `tasks=None` means (generate_dataset, a synth stream): today's single-image tasks; receipt, the multi-image
+# and video tasks are asked for by name, so default data sets stay what they were.
 DEFAULT_TASKS = ("caption", "vqa", "grounding", "reg", "ocr", "chart", "doc", "segmentation", "generation")
 
 

@@ -1,4 +1,4 @@
-"""Text tasks: OCR (words, numbers, lines, text in a box), bar charts and form-like documents, on a square canvas
+"""Text tasks: OCR (words, numbers, lines, text in a box), bar charts, form-like documents and receipts, on a square canvas
 or, with `SynthConfig.aspect`, a wide or tall one at native resolution (base.canvas)."""
 from __future__ import annotations
 
@@ -88,3 +88,26 @@ def task_doc(rng: np.random.Generator, cfg: SynthConfig) -> Made:
     meta = {"answers": _answers(value), "fields": {k: v for k, v in pairs}, **canvas_meta(cfg, w, h)}
     return Made(img, question, value, meta, category=key.lower())
 
+
+
+def task_receipt(rng: np.random.Generator, cfg: SynthConfig) -> Made:
+    """A receipt: one `item: price` line per item and a `Total:` line that is their sum (tall canvases suit it)."""
+    w, h = canvas(rng, cfg)
+    n = int(rng.integers(2, 4)) if h < 128 else int(rng.integers(3, 6))
+    pool = [t for t in T.WORDS if len(t) <= 5]
+    items = [pool[int(k)] for k in rng.choice(len(pool), size=n, replace=False)]
+    prices = [int(p) for p in rng.integers(1, 20, size=n)]
+    total = sum(prices)
+    img = T.render_document(list(zip(items, map(str, prices))) + [("Total", str(total))], (w, h), rng,
+                            clean=cfg.clean_text)
+    kind = pick(rng, ["total", "price", "price", "count"])
+    if kind == "total":
+        question, answer = pick(rng, ["What is the total?", "What is the total on the receipt?"]), str(total)
+    elif kind == "price":
+        k = int(rng.integers(n))
+        question, answer = pick(rng, ["How much is the {i}?", "What does the {i} cost?"]).format(i=items[k]), \
+            str(prices[k])
+    else:
+        question, answer = pick(rng, ["How many items are on the receipt?", "How many items were bought?"]), str(n)
+    meta = {"answers": [answer], "items": dict(zip(items, prices)), "total": total, **canvas_meta(cfg, w, h)}
+    return Made(img, question, answer, meta, category=kind)
