@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from vlkit.errors import UserError
-from vlkit.eval.diagnose import image_token_stats, inspect_checkpoint
+from vlkit.eval.diagnose import image_token_stats
 from vlkit.pipeline import Pipeline
 
 

@@ -391,3 +391,14 @@ def test_bootstrap_ci_properties():
     # wider with fewer samples
     small = summarize([1.0] * 3 + [0.0] * 7, resamples=500, seed=3)["ci95"]
     assert small[1] - small[0] > hi - lo
+
+
+@pytest.mark.parametrize("text,choice", [
+    ("first", "first"), ("The first image.", "first"), ("the first one", "first"), ("image 1", "first"),
+    ("2nd", "second"), ("Second", "second"), ("the second picture", "second"),
+    ("first or second", "first or second"), ("neither", "neither"), ("", ""),
+])
+def test_ordinal_choice(text, choice):
+    from vlkit.eval.metrics import ordinal_choice
+
+    assert ordinal_choice(text) == choice

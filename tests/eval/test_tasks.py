@@ -5,7 +5,8 @@ from PIL import Image
 
 from vlkit.chat import IMAGE_PROMPT
 from vlkit.eval.metrics import EvalError
-from vlkit.eval.tasks import TASKS, Job, get_task
+from vlkit.eval.task_base import Job
+from vlkit.eval.tasks import TASKS, get_task
 from vlkit.images import ImageError
 
 
@@ -120,11 +121,12 @@ def test_ground_truth_is_checked_before_any_model_call(tmp_path):
         get_task("grounding").validate(_sample("grounding", tmp_path, boxes=[[1, 2, 3]]))
     with pytest.raises(EvalError, match="known tasks: .*vqa"):
         get_task("nope")
-    assert {"vqa", "caption", "grounding", "reg", "ocr", "chart", "doc", "segmentation", "generation"} == set(TASKS)
+    assert {"vqa", "caption", "grounding", "reg", "ocr", "chart", "doc", "segmentation", "generation",
+            "receipt", "multi_count", "change", "video_qa"} == set(TASKS)
 
 
 def test_text_task_scores_keep_per_sample_values_in_metric_order():
-    from vlkit.eval.tasks import mean_scores
+    from vlkit.eval.task_base import mean_scores
 
     ts = mean_scores({"acc": [1.0, 0.0], "cer": [0.0, 0.5]}, ["red", ""])
     assert list(ts.metrics) == ["acc", "cer"] and ts.metrics["cer"].values == [0.0, 0.5]

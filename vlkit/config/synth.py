@@ -8,9 +8,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from vlkit.config.base import _Checked, ranged
+from vlkit.config.base import ConfigError, _Checked, ranged
 
 SPLITS = ("train", "test")
+ASPECTS = ("square", "wide", "tall", "mixed")  # the canvas of text images (ocr, chart, doc); "mixed": one per sample
+MIN_SHORT_SIDE = 16  # pixels: the short side of a wide or tall canvas
 DEFAULT_HELDOUT_PAIRS = (("red", "star"), ("blue", "triangle"), ("yellow", "circle"), ("purple", "square"))
 DEFAULT_HELDOUT_PHRASES = ("left of", "right of")  # the short forms: every word of them is seen in training
 
@@ -32,6 +34,22 @@ class SynthConfig(_Checked):
     dense_labels: bool = False
     dense_text: bool = False  # with dense_labels: OCR samples too (their texts' ink boxes; docs/training.md row 16)
     question_first: float = ranged(0.0, 0, 1)  # the share of understanding samples whose question comes before the <image>
+    # text images (ocr, chart, doc) at native resolution: "wide" is size x size/aspect_ratio (256 x 96 at size 256),
+    # "tall" its transpose, "mixed" draws square, wide or tall per sample; "square" (default) is size x size
+    aspect: Literal[ASPECTS] = "square"
+    aspect_ratio: float = ranged(8 / 3, 1, 16)  # long side / short side of a wide or tall canvas
+    video_frames: int = ranged(8, 4, 64)  # frames per video_qa clip
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.aspect != "square" and self.short_side < MIN_SHORT_SIDE:
+            raise ConfigError(f"synth.aspect_ratio={self.aspect_ratio:g} with size={self.size} makes the short side "
+                              f"{self.short_side} px; it must be >= {MIN_SHORT_SIDE} (lower aspect_ratio or raise size)")
+
+    @property
+    def short_side(self) -> int:
+        """The short side (pixels) of a wide or tall canvas."""
+        return round(self.size / self.aspect_ratio)
 
     @property
     def train(self) -> bool:

@@ -94,6 +94,18 @@ def normalize_vqa_answer(text: str) -> str:
     return vqa_process_digit_article(vqa_process_punctuation(_vqa_whitespace(text)))
 
 
+ORDINALS = {"first": ("first", "1st", "1"), "second": ("second", "2nd", "2")}
+
+
+def ordinal_choice(text: str) -> str:
+    """"first" or "second" for an answer naming one of two images ("The first image.", "image 2", "2nd"), else the
+    normalized text (which matches neither)."""
+    norm = normalize_vqa_answer(text)
+    words = set(norm.split())
+    named = [k for k, forms in ORDINALS.items() if words & set(forms)]
+    return named[0] if len(named) == 1 else norm
+
+
 def vqa_accuracy(prediction: str, answers: Sequence[str], mode: str = "official") -> float:
     """VQAv2 accuracy: for each GT answer, min(1, #matches among the *other* answers / 3); the mean of these.
 

@@ -27,7 +27,8 @@ from vlkit.data.sources import read_samples
 from vlkit.eval.metrics import EvalError
 from vlkit.eval.report import scores_table
 from vlkit.eval.scoring import paired_difference
-from vlkit.eval.tasks import TASKS, Job, Task, get_task, sample_images
+from vlkit.eval.task_base import Job, Task, sample_images
+from vlkit.eval.tasks import TASKS, get_task
 from vlkit.images import ImageError
 from vlkit.io import read_records, write_json
 

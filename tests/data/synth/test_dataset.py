@@ -5,8 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from vlkit.data.sources import DataError, read_samples
-from vlkit.data.synth import TASKS, corpus_text, generate_dataset, inspect_dataset, task_plan, task_weights
+from vlkit.config import ConfigError
+from vlkit.data.sources import DataError, load_sample_images, read_samples
+from vlkit.data.synth import DEFAULT_TASKS, TASKS, corpus_text, generate_dataset, inspect_dataset, task_plan, task_weights
 
 
 def tree(root: Path) -> dict[str, bytes]:
@@ -36,7 +37,8 @@ def test_seed_and_split_change_the_data(tmp_path):
 
 
 def test_task_mixture():
-    assert task_weights(None) == {t: 1.0 for t in TASKS}
+    assert task_weights(None) == {t: 1.0 for t in DEFAULT_TASKS}  # multi-image and video tasks by name only
+    assert set(TASKS) - set(DEFAULT_TASKS) == {"receipt", "multi_count", "change", "video_qa"}
     assert task_weights(["vqa", "vqa", "ocr"]) == {"vqa": 2.0, "ocr": 1.0}
     assert task_weights("vqa,grounding") == {"vqa": 1.0, "grounding": 1.0}
     assert task_weights({"vqa": 3, "chart": 1}) == {"vqa": 3.0, "chart": 1.0}
@@ -52,7 +54,7 @@ def test_layout_counts_and_inspect(small_dataset, tmp_path, capsys):
     samples = list(read_samples(small_dataset))
     assert len(samples) == 90
     counts = Counter(s["task"] for s in samples)
-    assert set(counts) == set(TASKS) and all(v == 10 for v in counts.values())
+    assert set(counts) == set(DEFAULT_TASKS) and all(v == 10 for v in counts.values())
     png = tmp_path / "grid.png"
     report = inspect_dataset(small_dataset, out_png=png)
     out = capsys.readouterr().out
@@ -113,3 +115,22 @@ def test_identical_to_itself_rerun(tmp_path):
     before = tree(a)
     generate_dataset(a, n=20, seed=9, progress=False)
     assert tree(a) == before
+
+
+def test_wide_text_images_on_disk(tmp_path):
+    out = generate_dataset(tmp_path / "wide", n=9, tasks=["ocr", "doc", "chart"], size=256, aspect="wide",
+                           progress=False)
+    samples = list(read_samples(out))
+    assert len(samples) == 9 and all(load_sample_images(s)[0].size == (256, 96) for s in samples)
+    with pytest.raises(ConfigError, match="synth.aspect='sideways'"):
+        generate_dataset(tmp_path / "x", n=2, progress=False, aspect="sideways")
+
+
+def test_video_clips_on_disk(tmp_path):
+    out = generate_dataset(tmp_path / "v", n=4, tasks=["video_qa", "change"], video_frames=6, progress=False)
+    samples = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
+    clips = [s["videos"][0] for s in samples if s["task"] == "video_qa"]
+    assert len(clips) == 2 and all(len(c) == 6 and all((out / p).is_file() for p in c) for c in clips)
+    assert all(len(s["images"]) == 2 for s in samples if s["task"] == "change")
+    with pytest.raises(DataError, match="video_qa clips .* format='jsonl' only"):
+        generate_dataset(tmp_path / "w", n=2, tasks=["video_qa"], fmt="webdataset", progress=False)

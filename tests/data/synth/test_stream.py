@@ -3,6 +3,7 @@ labels and question-first prompts."""
 import numpy as np
 import pytest
 
+from vlkit.config import ConfigError
 from vlkit.data.sources import DataError
 from vlkit.data.synth.stream import synth_stream
 
@@ -76,3 +77,17 @@ def test_question_first_puts_that_share_of_questions_before_the_image():
     assert [p.split("\n")[-1] for p in prompts(0.0)] == [p.split("\n")[0] for p in prompts(1.0)]  # same questions
     with pytest.raises(DataError, match="question_first"):
         synth_stream({"question_first": 1.5}, 0)
+
+
+def test_canvas_keys_reach_the_samples():
+    sample = synth_stream({"tasks": ["doc"], "size": 256, "aspect": "tall"}, 0)
+    assert all(sample(g)["image_objects"][0].size == (96, 256) for g in range(4))
+    square = synth_stream({"tasks": ["doc"], "size": 256}, 0)
+    assert square(0)["image_objects"][0].size == (256, 256)
+
+
+def test_bad_keys_and_values_are_named():
+    with pytest.raises(DataError, match="unknown key"):
+        synth_stream({"aspects": "wide"}, 0)
+    with pytest.raises(ConfigError, match="synth.video_frames=0"):
+        synth_stream({"video_frames": 0}, 0)

@@ -75,3 +75,39 @@ def test_chart_labels_are_what_is_recorded(tmp_path):
         words = text.split()
         for label in sample["meta"]["labels"]:
             assert label in words, (sample["meta"]["labels"], words)
+
+
+@pytest.mark.parametrize("aspect", ["wide", "tall"])
+def test_wide_and_tall_documents_read_back(tmp_path, aspect):
+    """Native-resolution documents (256 x 96, 96 x 256) carry the text their meta records."""
+    cfg = SynthConfig(size=256, clean_text=True, aspect=aspect)
+    jobs = []
+    for i in range(6):
+        sample, files = make_sample("doc", i, 0, cfg)
+        jobs.append((sample, Image.open(io.BytesIO(files[sample["images"][0]])).convert("RGB")))
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda j: read(j[1], 6, tmp_path, j[0]["id"]), jobs))
+    lines_ok = total = 0
+    for (sample, _), text in zip(jobs, got):
+        read_lines = {ln.strip() for ln in text.splitlines() if ln.strip()}
+        for key, value in sample["meta"]["fields"].items():
+            total += 1
+            lines_ok += any(same_text(ln, f"{key}: {value}") for ln in read_lines)
+    assert lines_ok >= 0.9 * total, (lines_ok, total)
+
+
+def test_receipt_lines_read_back(tmp_path):
+    cfg = SynthConfig(size=256, clean_text=True, aspect="tall")
+    jobs = []
+    for i in range(6):
+        sample, files = make_sample("receipt", i, 0, cfg)
+        jobs.append((sample, Image.open(io.BytesIO(files[sample["images"][0]])).convert("RGB")))
+    with ThreadPoolExecutor(2) as pool:
+        got = list(pool.map(lambda j: read(j[1], 6, tmp_path, j[0]["id"]), jobs))
+    ok = total = 0
+    for (sample, _), text in zip(jobs, got):
+        lines = {ln.strip() for ln in text.splitlines() if ln.strip()}
+        expect = [f"{k}: {v}" for k, v in sample["meta"]["items"].items()] + [f"Total: {sample['meta']['total']}"]
+        total += len(expect)
+        ok += sum(any(same_text(ln, e) for ln in lines) for e in expect)
+    assert ok >= 0.9 * total, (ok, total)

@@ -43,7 +43,7 @@ def _allowed_pairs(heldout: tuple) -> list[tuple[str, str]]:
 
 @dataclass
 class Made:
-    image: Image.Image
+    image: Optional[Image.Image]  # the input image (the first of `images`; None for a video task)
     question: str  # the human turn, without the `<image>` placeholder
     answer: str  # the gpt turn ("<image>" for generation)
     meta: dict
@@ -53,10 +53,29 @@ class Made:
     image_is_target: bool = False  # generation: the image is what the assistant produces
     scene: Optional[Scene] = None  # the scene behind a scene task's image (dense labels)
     texts: Optional[list[tuple[str, tuple]]] = None  # a text image's (text, ink box in pixels) (dense labels)
+    images: Optional[list[Image.Image]] = None  # multi-image tasks: every input image, in prompt order
+    video: Optional[list[Image.Image]] = None  # video tasks: the clip's frames, in order (the sample's one video)
 
 
 class Retry(Exception):
     """The scene does not support the question asked; draw another scene."""
+
+
+def canvas(rng: np.random.Generator, cfg: SynthConfig) -> tuple[int, int]:
+    """(width, height) of a text image: size x size for aspect "square" (no random draw: today's samples), wide
+    (size x short side) or tall (short side x size), or one of the three per sample for "mixed"."""
+    aspect = cfg.aspect
+    if aspect == "square":
+        return cfg.size, cfg.size
+    if aspect == "mixed":
+        aspect = pick(rng, ("square", "wide", "tall"))
+    return {"square": (cfg.size, cfg.size), "wide": (cfg.size, cfg.short_side),
+            "tall": (cfg.short_side, cfg.size)}[aspect]
+
+
+def canvas_meta(cfg: SynthConfig, width: int, height: int) -> dict:
+    """The canvas size in meta (only off the square default, whose samples stay as they were)."""
+    return {} if cfg.aspect == "square" else {"width": width, "height": height}
 
 
 def pick(rng: np.random.Generator, seq: Sequence):

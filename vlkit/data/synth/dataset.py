@@ -13,7 +13,7 @@ import numpy as np
 from vlkit.chat import ROLES
 from vlkit.data.sources import WRITE_FORMATS, DataError, open_sink
 from vlkit.config.synth import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES, SPLITS, SynthConfig
-from vlkit.data.synth.tasks import TASKS, make_sample
+from vlkit.data.synth.tasks import DEFAULT_TASKS, TASKS, make_sample
 from vlkit.data.synth.world import COLOR_NAMES, SHAPES
 from vlkit.tokenizer import IMAGE_PLACEHOLDER
 
@@ -21,9 +21,10 @@ TaskSpec = Union[None, str, Sequence[str], Mapping[str, float]]
 
 
 def task_weights(tasks: TaskSpec) -> dict[str, float]:
-    """None: every task once; a list (repeats add weight) or a {task: weight} dict; a comma-separated string."""
+    """None: every task of DEFAULT_TASKS once; a list (repeats add weight) or a {task: weight} dict; a
+    comma-separated string."""
     if tasks is None:
-        return {t: 1.0 for t in TASKS}
+        return {t: 1.0 for t in DEFAULT_TASKS}
     if isinstance(tasks, str):
         tasks = [t.strip() for t in tasks.split(",") if t.strip()]
     if isinstance(tasks, Mapping):
@@ -92,13 +93,17 @@ def _pool_context():
 
 def generate_dataset(out, n: int = 1000, tasks: TaskSpec = None, split: str = "train", seed: int = 0,
                      size: int = 64, fmt: str = "jsonl", heldout="default", progress: bool = True,
-                     workers: Optional[int] = None, shard_size: int = 1000, max_iou: float = 0.0) -> Path:
+                     workers: Optional[int] = None, shard_size: int = 1000, max_iou: float = 0.0,
+                     aspect: str = "square", aspect_ratio: float = 8 / 3, video_frames: int = 8) -> Path:
     """Write `n` synthetic samples under `out` and return `out` as a Path.
 
     fmt="jsonl": `out/data.jsonl` + `out/images/` (+ `out/masks/` for segmentation); "webdataset": tar
     shards of `shard_size` samples; "hf": a saved HF dataset. `tasks`: None (all tasks, equal weights), a
-    list (repeat a name to weight it), a {task: weight} dict or a comma-separated string. The output is a
-    function of (n, tasks, split, seed, size, heldout, max_iou) only: byte-identical for every `workers`.
+    list (repeat a name to weight it), a {task: weight} dict or a comma-separated string; None: DEFAULT_TASKS (the
+    multi-image and video tasks only by name). The output is a
+    function of (n, tasks, split, seed, size, heldout, max_iou, aspect, aspect_ratio, video_frames) only:
+    byte-identical for every `workers`. `aspect`: "square" text images (default), or "wide", "tall", "mixed" ones
+    at native resolution (SynthConfig); `video_frames`: frames per video_qa clip.
     `heldout`: "default" keeps the held-out compositions out of the train split (see tasks.py), "none"
     keeps nothing out, or a list of (color, shape) pairs."""
     if split not in SPLITS:
@@ -114,8 +119,12 @@ def generate_dataset(out, n: int = 1000, tasks: TaskSpec = None, split: str = "t
     if not 0.0 <= max_iou < 1.0:
         raise DataError(f"max_iou={max_iou!r} must be in [0, 1)")
     pairs, phrases = parse_heldout(heldout)
-    cfg = SynthConfig(size=size, split=split, heldout_pairs=pairs, heldout_phrases=phrases, max_iou=max_iou)
-    plan = task_plan(task_weights(tasks), n, seed, split)
+    cfg = SynthConfig(size=size, split=split, heldout_pairs=pairs, heldout_phrases=phrases, max_iou=max_iou,
+                      aspect=aspect, aspect_ratio=aspect_ratio, video_frames=video_frames)
+    weights = task_weights(tasks)
+    if fmt != "jsonl" and "video_qa" in weights:
+        raise DataError(f"video_qa clips (frame files under videos/) are written with format='jsonl' only, not {fmt!r}")
+    plan = task_plan(weights, n, seed, split)
     jobs = list(zip(plan, range(n)))
     if workers is None:
         workers = min(os.cpu_count() or 1, 8) if n >= 500 else 1

@@ -17,16 +17,19 @@ from vlkit.data.synth.dataset import parse_heldout, task_plan, task_weights
 from vlkit.data.synth.tasks import make_memory_sample
 
 BLOCK = 1000
-KEYS = ("tasks", "size", "heldout", "seed", "split", "max_iou", "dense_labels", "dense_text", "question_first")
+CANVAS_KEYS = ("aspect", "aspect_ratio", "video_frames")  # passed to SynthConfig as given (it checks them)
+KEYS = ("tasks", "size", "heldout", "seed", "split", "max_iou", "dense_labels", "dense_text", "question_first",
+        "aspect", "aspect_ratio", "video_frames")
 
 
 def synth_stream(spec: dict, default_seed: int = 0) -> Callable[[int], dict]:
     """`spec` is a recipe's `synth:` mapping: tasks (list, {task: weight} or comma string; default every
-    task), size (pixels, 64), heldout ('default' keeps the held-out compositions out of the train split), seed
+    task of DEFAULT_TASKS), size (pixels, 64), heldout ('default' keeps the held-out compositions out of the train split), seed
     (default: the run's seed), split (train), max_iou (0), dense_labels (false; true gives scene samples a
     "size color shape" label mask, the NTP-M targets of a model with `dense_prediction: true`), dense_text (false;
     with dense_labels, OCR samples get their texts' ink boxes labelled with the text), question_first (0: the
-    share of understanding samples that ask their question before the image)."""
+    share of understanding samples that ask their question before the image), aspect ("square"; "wide", "tall" or
+    "mixed" text images at native resolution) with aspect_ratio (8/3), video_frames (8: frames per video_qa clip)."""
     if not isinstance(spec, dict):
         raise DataError(f"synth: expected a mapping with keys {list(KEYS)}, got {spec!r}")
     unknown = sorted(set(spec) - set(KEYS))
@@ -47,7 +50,7 @@ def synth_stream(spec: dict, default_seed: int = 0) -> Callable[[int], dict]:
     cfg = SynthConfig(size=size, split=split, heldout_pairs=pairs, heldout_phrases=phrases,
                       max_iou=float(spec.get("max_iou", 0.0)), dense_labels=bool(spec.get("dense_labels", False)),
                       dense_text=bool(spec.get("dense_text", False)),
-                      question_first=float(question_first))
+                      question_first=float(question_first), **{k: spec[k] for k in CANVAS_KEYS if k in spec})
     seed = int(spec.get("seed", default_seed))
     names = tuple(sorted(weights.items()))
 

@@ -1,7 +1,8 @@
 """The task registry (`TASKS`): one generator per task, each turning a random generator into one sample.
 
-Generators live by family in scene_tasks.py (caption, vqa, grounding, reg, segmentation, generation) and
-text_tasks.py (ocr, chart, doc). A generator returns a `Made` (base.py: image, question, answer, meta, held-out
+Generators live by family in scene_tasks.py (caption, vqa, grounding, reg, segmentation, generation),
+text_tasks.py (ocr, chart, doc, receipt), multi_tasks.py (multi_count, change: two images) and video_tasks.py (video_qa:
+a clip of frames). A generator returns a `Made` (base.py: image, question, answer, meta, held-out
 flag, optional mask); `make_memory_sample` wraps it into the sample format of DESIGN.md, `make_sample` also
 into the PNG bytes to write. Every sample's randomness comes
 from `np.random.default_rng([seed, split, index])`, so samples are independent of each other, of the
@@ -25,7 +26,9 @@ from vlkit.config.synth import SPLITS, SynthConfig
 from vlkit.data.synth.base import Made, Retry
 from vlkit.data.synth.scene_tasks import (task_caption, task_generation, task_grounding, task_reg, task_segmentation,
                                           task_vqa)
-from vlkit.data.synth.text_tasks import task_chart, task_doc, task_ocr
+from vlkit.data.synth.multi_tasks import task_change, task_multi_count
+from vlkit.data.synth.text_tasks import task_chart, task_doc, task_ocr, task_receipt
+from vlkit.data.synth.video_tasks import VIDEO_PLACEHOLDER, task_video_qa
 from vlkit.data.synth.world import LABEL_CLASSES
 from vlkit.tokenizer import IMAGE_PLACEHOLDER
 
@@ -39,7 +42,14 @@ TASKS: dict[str, Callable[[np.random.Generator, SynthConfig], Made]] = {
     "doc": task_doc,
     "segmentation": task_segmentation,
     "generation": task_generation,
+    "receipt": task_receipt,
+    "multi_count": task_multi_count,
+    "change": task_change,
+    "video_qa": task_video_qa,
 }
+# What `tasks=None` means (generate_dataset, a synth stream): today's single-image tasks; receipt, the multi-image
+# and video tasks are asked for by name, so default data sets stay what they were.
+DEFAULT_TASKS = ("caption", "vqa", "grounding", "reg", "ocr", "chart", "doc", "segmentation", "generation")
 
 
 def _chunk(kind: bytes, data: bytes) -> bytes:
@@ -74,13 +84,19 @@ def make_sample(task: str, index: int, seed: int, cfg: SynthConfig) -> tuple[dic
     files to write ({relative path: PNG bytes})."""
     mem = make_memory_sample(task, index, seed, cfg)
     sid, mask, meta = mem["id"], mem["mask_object"], dict(mem["meta"])
-    image_path = f"images/{sid}.png"
-    files = {image_path: encode_png(mem["image_objects"][0])}
+    images = mem["image_objects"]
+    paths = [f"images/{sid}.png"] if len(images) == 1 else [f"images/{sid}-{k}.png" for k in range(len(images))]
+    files = {p: encode_png(im) for p, im in zip(paths, images)}
+    videos = [[f"videos/{sid}/{t:03d}.png" for t in range(len(clip))] for clip in mem.get("video_objects", [])]
+    for frame_paths, clip in zip(videos, mem.get("video_objects", [])):
+        files.update({p: encode_png(im) for p, im in zip(frame_paths, clip)})
     if mask is not None:
         files[f"masks/{sid}.png"] = encode_png(mask)
         meta = {**{k: v for k, v in meta.items() if k not in ("heldout", "category")}, "mask": f"masks/{sid}.png",
                 "heldout": meta["heldout"], "category": meta["category"]}
-    sample = {"id": sid, "images": [image_path], "conversations": mem["conversations"], "task": task, "meta": meta}
+    sample = {"id": sid, "images": paths, "conversations": mem["conversations"], "task": task, "meta": meta}
+    if videos:
+        sample = {"id": sid, "videos": videos, **{k: v for k, v in sample.items() if k not in ("id", "images")}}
     return sample, files
 
 
@@ -104,11 +120,13 @@ def make_memory_sample(task: str, index: int, seed: int, cfg: SynthConfig) -> di
             continue
     else:  # pragma: no cover
         raise RuntimeError(f"could not make a {task} sample")
+    images = made.images or ([made.image] if made.image is not None else [])
     if made.image_is_target:
         conversations = [{"from": "human", "value": made.question}, {"from": "gpt", "value": IMAGE_PLACEHOLDER}]
     else:
+        marks = VIDEO_PLACEHOLDER if made.video is not None else "\n".join([IMAGE_PLACEHOLDER] * len(images))
         first = cfg.question_first > 0 and rng.random() < cfg.question_first
-        prompt = f"{made.question}\n{IMAGE_PLACEHOLDER}" if first else f"{IMAGE_PLACEHOLDER}\n{made.question}"
+        prompt = f"{made.question}\n{marks}" if first else f"{marks}\n{made.question}"
         conversations = [{"from": "human", "value": prompt}, {"from": "gpt", "value": made.answer}]
     meta = dict(made.meta, heldout=bool(made.heldout), category=made.category)
     mask = made.mask
@@ -116,5 +134,8 @@ def make_memory_sample(task: str, index: int, seed: int, cfg: SynthConfig) -> di
         mask, meta["classes"] = made.scene.label_mask(), list(LABEL_CLASSES)
     elif cfg.dense_labels and cfg.dense_text and mask is None and made.texts:
         mask, meta["classes"] = text_mask(made.texts, made.image.size), ["background"] + [t for t, _ in made.texts]
-    return {"id": sample_id(task, cfg.split, seed, index), "image_objects": [made.image], "mask_object": mask,
-            "conversations": conversations, "task": task, "meta": meta}
+    out = {"id": sample_id(task, cfg.split, seed, index), "image_objects": images, "mask_object": mask,
+           "conversations": conversations, "task": task, "meta": meta}
+    if made.video is not None:  # a clip as frames: vlkit.data.sources' `videos` (one list of frames per <video>)
+        out["video_objects"] = [made.video]
+    return out

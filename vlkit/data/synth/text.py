@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
-from typing import Optional, Sequence
+from typing import Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
@@ -107,11 +107,20 @@ def _style(rng: np.random.Generator, clean: bool) -> tuple[tuple, tuple, str]:
     return bg, ink, ("noise" if rng.random() < 0.3 else "plain")
 
 
-def _ground(size: int, bg: Sequence[int], texture: str, rng: np.random.Generator) -> Image.Image:
+Size = Union[int, tuple[int, int]]  # a square side, or (width, height)
+
+
+def wh(size: Size) -> tuple[int, int]:
+    """(width, height) of a canvas given as a side (square) or as (width, height)."""
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+def _ground(size: Size, bg: Sequence[int], texture: str, rng: np.random.Generator) -> Image.Image:
+    w, h = wh(size)
     if texture == "noise":
-        arr = np.asarray(bg, dtype=np.int16) + rng.integers(-6, 7, size=(size, size, 1), dtype=np.int16)
+        arr = np.asarray(bg, dtype=np.int16) + rng.integers(-6, 7, size=(h, w, 1), dtype=np.int16)
         return Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8), "RGB")
-    return Image.new("RGB", (size, size), tuple(bg))
+    return Image.new("RGB", (w, h), tuple(bg))
 
 
 def random_word(rng: np.random.Generator, max_len: int = 6) -> str:
@@ -129,26 +138,27 @@ def random_number(rng: np.random.Generator, max_digits: int = 4) -> str:
     return str(int(rng.integers(lo, 10 ** digits)))
 
 
-def render_texts(texts: Sequence[str], size: int, rng: np.random.Generator, clean: bool = False
+def render_texts(texts: Sequence[str], size: Size, rng: np.random.Generator, clean: bool = False
                  ) -> tuple[Image.Image, list[tuple[int, int, int, int]]]:
     """One or more texts, each in its own horizontal band, fitted as large as possible; returns the image
     and each text's tight ink box (pixels, exclusive x2/y2). Non-clean renders vary font, colors,
-    texture and rotation (up to 8 degrees, only for a single text)."""
+    texture and rotation (up to 8 degrees, only for a single text). `size`: a side or (width, height)."""
+    w, h = wh(size)
     bg, ink, texture = _style(rng, clean)
     img = _ground(size, bg, texture, rng)
     font_path = _FONTS[0] if clean else _FONTS[int(rng.integers(len(_FONTS)))]
     n = len(texts)
-    band = size / n
+    band = h / n
     boxes = []
     for k, text in enumerate(texts):
         angle = 0.0 if (clean or n > 1) else float(rng.uniform(-8, 8))
-        max_w, max_h = 0.9 * size, (0.45 * size if n == 1 else 0.7 * band)
-        font = fit_font(text, font_path, max_w, max_h, max_size=int(0.5 * size))
+        max_w, max_h = 0.9 * w, (0.45 * h if n == 1 else 0.7 * band)
+        font = fit_font(text, font_path, max_w, max_h, max_size=int(0.5 * min(w, h)))
         layer = text_layer(text, font, angle)
-        while (layer.width > 0.94 * size or layer.height > band * 0.94) and font.size > 6:  # rotation grew it
+        while (layer.width > 0.94 * w or layer.height > band * 0.94) and font.size > 6:  # rotation grew it
             font = get_font(font_path, font.size - 1)
             layer = text_layer(text, font, angle)
-        x_room = max(0, size - layer.width)
+        x_room = max(0, w - layer.width)
         y_room = max(0, int(band) - layer.height)
         x = int(rng.integers(x_room // 4, x_room - x_room // 4 + 1)) if x_room else 0
         y = int(k * band) + (int(rng.integers(y_room // 4, y_room - y_room // 4 + 1)) if y_room else 0)
@@ -157,9 +167,9 @@ def render_texts(texts: Sequence[str], size: int, rng: np.random.Generator, clea
     return img, boxes
 
 
-def chart_labels(n: int, size: int, rng: np.random.Generator) -> list[str]:
-    """Bar labels: consecutive capital letters at small sizes, short words when there is room."""
-    if size < 160:
+def chart_labels(n: int, width: int, rng: np.random.Generator) -> list[str]:
+    """Bar labels: consecutive capital letters in narrow charts, short words when there is room."""
+    if width < 160:
         start = int(rng.integers(0, 26 - n + 1)) if rng.random() < 0.3 else 0
         return [chr(ord("A") + start + k) for k in range(n)]
     pool = [w for w in WORDS if len(w) <= 4]
@@ -167,24 +177,25 @@ def chart_labels(n: int, size: int, rng: np.random.Generator) -> list[str]:
     return [pool[int(i)] for i in idx]
 
 
-def render_bar_chart(labels: Sequence[str], values: Sequence[int], size: int, rng: np.random.Generator,
+def render_bar_chart(labels: Sequence[str], values: Sequence[int], size: Size, rng: np.random.Generator,
                      clean: bool = False) -> Image.Image:
     """A vertical bar chart: each bar's value printed above it, its label below the axis."""
+    w, h = wh(size)
     bg = (255, 255, 255) if clean else LIGHT_GROUNDS[int(rng.integers(len(LIGHT_GROUNDS)))]
-    img = Image.new("RGB", (size, size), bg)
+    img = Image.new("RGB", (w, h), bg)
     draw = ImageDraw.Draw(img)
     font_path = _FONTS[0]
     n = len(labels)
-    margin = 0.04 * size
-    slot = (size - 2 * margin) / n
-    fs_max = max(7, int(0.15 * size))
+    margin = 0.04 * min(w, h)
+    slot = (w - 2 * margin) / n
+    fs_max = max(7, int(0.15 * min(w, h)))
     widest_label = max(labels, key=lambda t: _ink_size(t, font_path, 100)[0])
     widest_value = max((str(v) for v in values), key=lambda t: _ink_size(t, font_path, 100)[0])
     font = fit_font(widest_label, font_path, 0.95 * slot, fs_max, fs_max)
     vfont = fit_font(widest_value, font_path, 0.95 * slot, fs_max, fs_max)
     line_h = 2 + max(_ink_size("0123456789Ag", font_path, font.size)[1],
                      _ink_size("0123456789", font_path, vfont.size)[1])
-    top, bottom = margin + line_h, size - margin - line_h
+    top, bottom = margin + line_h, h - margin - line_h
     axis_y = int(bottom)
     vmax = max(values)
     single = rng.random() < 0.5
@@ -199,7 +210,7 @@ def render_bar_chart(labels: Sequence[str], values: Sequence[int], size: int, rn
         cx = (x0 + x1) / 2
         draw.text((cx, axis_y - h - 1), str(value), font=vfont, fill=(0, 0, 0), anchor="md")
         draw.text((cx, axis_y + 2), label, font=font, fill=(0, 0, 0), anchor="ma")
-    draw.line((round(margin), axis_y, round(size - margin), axis_y), fill=(60, 60, 60), width=1)
+    draw.line((round(margin), axis_y, round(w - margin), axis_y), fill=(60, 60, 60), width=1)
     return img
 
 
@@ -232,21 +243,22 @@ def doc_value(key: str, rng: np.random.Generator) -> str:
     return str(int(rng.integers(1, 20)))  # Qty
 
 
-def render_document(pairs: Sequence[tuple[str, str]], size: int, rng: np.random.Generator,
+def render_document(pairs: Sequence[tuple[str, str]], size: Size, rng: np.random.Generator,
                     clean: bool = False) -> Image.Image:
     """A form: one `Key: value` line per field, left-aligned on light paper, with a thin frame."""
+    w, h = wh(size)
     bg = (255, 255, 255) if clean else LIGHT_GROUNDS[int(rng.integers(len(LIGHT_GROUNDS)))]
     ink = (0, 0, 0) if clean else DARK_INKS[int(rng.integers(len(DARK_INKS)))]
-    img = Image.new("RGB", (size, size), bg)
+    img = Image.new("RGB", (w, h), bg)
     draw = ImageDraw.Draw(img)
     font_path = _FONTS[0] if clean else _FONTS[int(rng.integers(len(_FONTS)))]
     lines = [f"{k}: {v}" for k, v in pairs]
-    margin = max(2, round(0.05 * size))
-    band = (size - 2 * margin) / len(lines)
+    margin = max(2, round(0.05 * min(w, h)))
+    band = (h - 2 * margin) / len(lines)
     widest = max(lines, key=lambda t: _ink_size(t, font_path, 100)[0])
-    font = fit_font(widest, font_path, size - 2 * margin - 2, 0.62 * band, int(0.3 * size))
+    font = fit_font(widest, font_path, w - 2 * margin - 2, 0.62 * band, int(0.3 * min(w, h)))
     if not clean:
-        draw.rectangle((0, 0, size - 1, size - 1), outline=(150, 150, 150))
+        draw.rectangle((0, 0, w - 1, h - 1), outline=(150, 150, 150))
     for k, line in enumerate(lines):
         y = margin + (k + 0.5) * band
         draw.text((margin + 1, y), line, font=font, fill=ink, anchor="lm")

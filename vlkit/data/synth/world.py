@@ -247,6 +247,11 @@ def _box_conflict(a: Sequence[float], b: Sequence[float], max_iou: float, gap: f
     return union > 0 and inter / union > max_iou
 
 
+def box_is_free(box: Sequence[float], boxes: Sequence[Sequence[float]], gap: float = 1) -> bool:
+    """Whether `box` keeps `gap` px of background to every box in `boxes` (no overlap)."""
+    return not any(_box_conflict(box, b, 0.0, gap) for b in boxes)
+
+
 def _outline_box(shape: str) -> tuple[float, float, float, float]:
     pts = _OUTLINES[shape]
     if pts is None:
