@@ -58,3 +58,24 @@ def test_save_load_round_trip(tokenizer, tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="cannot be read"):
         Tokenizer.from_file(tmp_path / "bad.json")
+
+
+def test_a_tokenizer_saved_before_video_pad_keeps_its_size(tokenizer, tmp_path):
+    """Old vlkit checkpoints: their model has no embedding row for <|video_pad|>, so it is not added."""
+    import json
+
+    from vlkit.tokenizer import VIDEO_PAD
+
+    assert tokenizer.video_pad_id is not None and tokenizer.video_pad_id in tokenizer.special_ids()
+    data = json.loads(tokenizer.hf.to_str())
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != VIDEO_PAD]
+    del data["model"]["vocab"][VIDEO_PAD]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = Tokenizer.from_file(tmp_path / "old.json")
+    assert len(old) == len(tokenizer) - 1 and old.video_pad_id is None
+    assert old.decode(old.encode("a <|video_pad|> b")) == "a <|video_pad|> b"  # text, as in any tokenizer
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != "<|gen_start|>"]
+    del data["model"]["vocab"]["<|gen_start|>"]
+    (tmp_path / "foreign.json").write_text(json.dumps(data))
+    foreign = Tokenizer.from_file(tmp_path / "foreign.json")  # lacks others too: all of vlkit's are added
+    assert foreign.video_pad_id is not None and foreign.gen_start_id is not None
