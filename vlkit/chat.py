@@ -151,6 +151,8 @@ class ChatProcessor:
             labels += [t.im_end_id] if train else [IGNORE]
             ids += self._nl
             labels += [IGNORE] * len(self._nl)
+        if targets and seen[VIDEO_PLACEHOLDER]:  # generated images are counted among images only (collate)
+            raise ChatFormatError(f"a conversation with a {VIDEO_PLACEHOLDER} cannot ask for an image to generate")
         for ph, n in seen.items():
             if n != len(given[ph]):
                 raise ChatFormatError(
