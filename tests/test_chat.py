@@ -111,3 +111,11 @@ def test_openai_video_parts(tokenizer):
     videos = []
     turns, images = normalize_messages(msgs, videos=videos)
     assert images == [] and videos == [{"url": "data:v"}] and turns == [("user", "<video>\nWhat moves?")]
+
+
+def test_media_in_sequence_order():
+    from vlkit.chat import in_sequence_order
+
+    turns = [("user", "<video> a <image> b <video>")]
+    assert in_sequence_order(turns, ["i"], [["a1", "a2"], ["b1"]]) == ["a1", "a2", "i", "b1"]
+    assert in_sequence_order([("user", "x")], ["i"], [["a1"]]) == ["i", "a1"]  # no placeholders: images first

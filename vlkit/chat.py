@@ -212,6 +212,17 @@ def media_order(turns: Sequence[tuple[str, str]], num_images: int, num_videos: i
     return [_NOUN[m] for _, text in turns for m in PLACEHOLDERS.findall(text)]
 
 
+def in_sequence_order(turns: Sequence[tuple[str, str]], images: Sequence[Any], videos: Sequence[Sequence[Any]]) -> list:
+    """Images and the frames of each video as one list in the order the sequence holds them (`media_order`): the
+    order in which the model fills their slots. When the counts do not match the placeholders, images then frames
+    (encoding the conversation reports the mismatch)."""
+    order = media_order(turns, len(images), len(videos))
+    if order.count("image") != len(images) or order.count("video") != len(videos):
+        return list(images) + [f for clip in videos for f in clip]
+    it_img, it_vid = iter(images), iter(videos)
+    return [x for kind in order for x in ([next(it_img)] if kind == "image" else next(it_vid))]
+
+
 def class_word_tokens(tok: Tokenizer, names: Sequence[str]) -> list[list[int]]:
     """NTP-M targets of multi-word class names ("red circle"): the tokens of each word (" red", " circle"; every
     piece of a word the tokenizer splits, " app" "le"), so a patch of a red circle is positive for both words and

@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
-from vlkit.chat import ChatProcessor, media_order, normalize_messages
+from vlkit.chat import ChatProcessor, in_sequence_order, normalize_messages
 from vlkit.config.video import VideoConfig
 from vlkit.data.sources import load_sample_images, load_sample_videos
 from vlkit.errors import UserError
@@ -42,13 +42,4 @@ def sample_visuals(sample: dict, processor, image_processor: ImageProcessor,
     clips = [[image_processor.pixels(f) for f in frames] for frames in load_sample_videos(sample, video)]
     n_vid = [sum(tokens_per_image(int(f.shape[1]), int(f.shape[2])) for f in clip) for clip in clips]
     turns, _ = normalize_messages(sample["conversations"])
-    order = media_order(turns, len(images), len(clips))
-    if order.count("image") != len(images) or order.count("video") != len(clips):
-        return Visuals(images + [f for clip in clips for f in clip], n_img, n_vid)  # encode_sample says what is wrong
-    pixels, it_img, it_vid = [], iter(images), iter(clips)
-    for kind in order:
-        if kind == "image":
-            pixels.append(next(it_img))
-        else:
-            pixels += next(it_vid)
-    return Visuals(pixels, n_img, n_vid)
+    return Visuals(in_sequence_order(turns, images, clips), n_img, n_vid)
