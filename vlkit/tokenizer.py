@@ -69,9 +69,10 @@ class Tokenizer:
             [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                      special_tokens=SPECIAL_TOKENS,
+                                      special_tokens=[t for t in SPECIAL_TOKENS if t not in LATE_TOKENS],
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
         tok.train_from_iterator(texts, trainer=trainer)
+        tok.add_special_tokens(LATE_TOKENS)  # after the BPE: its merges and every other id stay as they were
         return cls(tok)
 
     @classmethod
