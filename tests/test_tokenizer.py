@@ -69,7 +69,7 @@ def test_a_tokenizer_saved_before_video_pad_keeps_its_size(tokenizer, tmp_path):
     assert tokenizer.video_pad_id is not None and tokenizer.video_pad_id in tokenizer.special_ids()
     data = json.loads(tokenizer.hf.to_str())
     data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != VIDEO_PAD]
-    del data["model"]["vocab"][VIDEO_PAD]
+    data["model"]["vocab"].pop(VIDEO_PAD, None)  # an added token after the BPE (Tokenizer.train)
     (tmp_path / "old.json").write_text(json.dumps(data))
     old = Tokenizer.from_file(tmp_path / "old.json")
     assert len(old) == len(tokenizer) - 1 and old.video_pad_id is None
