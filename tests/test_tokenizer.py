@@ -60,22 +60,20 @@ def test_save_load_round_trip(tokenizer, tmp_path):
         Tokenizer.from_file(tmp_path / "bad.json")
 
 
-def test_a_tokenizer_saved_before_video_pad_keeps_its_size(tokenizer, tmp_path):
-    """Old vlkit checkpoints: their model has no embedding row for <|video_pad|>, so it is not added."""
+def test_the_reserved_video_pad_is_no_token_yet_and_text_when_written(tokenizer, tmp_path):
+    """No tokenizer gains <|video_pad|> (one more token would change every BPE and embedding table); a tokenizer
+    file that has it as a special token gives its id, and text writing it stays text."""
     import json
 
     from vlkit.tokenizer import VIDEO_PAD
 
-    assert tokenizer.video_pad_id is not None and tokenizer.video_pad_id in tokenizer.special_ids()
+    assert tokenizer.video_pad_id is None and tokenizer.hf.token_to_id(VIDEO_PAD) is None
+    assert tokenizer.decode(tokenizer.encode("a <|video_pad|> b")) == "a <|video_pad|> b"
     data = json.loads(tokenizer.hf.to_str())
-    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != VIDEO_PAD]
-    data["model"]["vocab"].pop(VIDEO_PAD, None)  # an added token after the BPE (Tokenizer.train)
-    (tmp_path / "old.json").write_text(json.dumps(data))
-    old = Tokenizer.from_file(tmp_path / "old.json")
-    assert len(old) == len(tokenizer) - 1 and old.video_pad_id is None
-    assert old.decode(old.encode("a <|video_pad|> b")) == "a <|video_pad|> b"  # text, as in any tokenizer
-    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != "<|gen_start|>"]
-    del data["model"]["vocab"]["<|gen_start|>"]
-    (tmp_path / "foreign.json").write_text(json.dumps(data))
-    foreign = Tokenizer.from_file(tmp_path / "foreign.json")  # lacks others too: all of vlkit's are added
-    assert foreign.video_pad_id is not None and foreign.gen_start_id is not None
+    data["added_tokens"].append({"id": len(tokenizer), "content": VIDEO_PAD, "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False, "special": True})
+    (tmp_path / "with.json").write_text(json.dumps(data))
+    tok = Tokenizer.from_file(tmp_path / "with.json")
+    assert tok.video_pad_id == len(tokenizer) and tok.video_pad_id in tok.special_ids()
+    ids = tok.encode("<|video_pad|>")
+    assert tok.video_pad_id not in ids and tok.decode(ids) == VIDEO_PAD

@@ -12,7 +12,7 @@ from tests.hf.hf_fixtures import LLAVA_TEMPLATE, write_tokenizer
 from vlkit.chat import IGNORE, ChatFormatError, ChatProcessor
 from vlkit.hf.template import PROMPT_FORMATS, HFChatProcessor, render_template
 from vlkit.hf.tokenizer import load_hf_tokenizer
-from vlkit.tokenizer import IMAGE_PLACEHOLDER, SPECIAL_TOKENS, VIDEO_PLACEHOLDER
+from vlkit.tokenizer import IMAGE_PLACEHOLDER, RESERVED_TOKENS, SPECIAL_TOKENS, VIDEO_PLACEHOLDER
 
 PROPERTY = settings(max_examples=150, derandomize=True, database=None, deadline=None)
 HF_SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
@@ -33,7 +33,7 @@ def control(ids, protected) -> list[int]:
 
 # -- vlkit's tokenizer and ChatML template --------------------------------------------------------------------
 @PROPERTY
-@given(text=user_strings(SPECIAL_TOKENS))
+@given(text=user_strings(SPECIAL_TOKENS + RESERVED_TOKENS))
 def test_vlkit_user_text_never_becomes_a_special_token(tokenizer, text):
     special = tokenizer.special_ids()
     ids = tokenizer.encode(text)

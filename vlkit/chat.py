@@ -106,7 +106,7 @@ class ChatProcessor:
         self._nl = tokenizer.encode("\n")
         self._role_ids = {r: tokenizer.encode(r + "\n") for r in ("system", "user", "assistant")}
         # a video's slots: image pads while clips are encoded frame by frame by the image path; the tokenizer's
-        # video_pad_id once the model has a video path (a temporal-patch encoder): the one line to change
+        # video_pad_id (vlkit.tokenizer.RESERVED_TOKENS) once the model has a video path: the one line to change
         self.video_slot_id = tokenizer.image_pad_id
 
     def image_tokens(self, n: int, target: bool = False) -> list[int]:

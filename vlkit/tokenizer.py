@@ -20,29 +20,31 @@ IM_START, IM_END = "<|im_start|>", "<|im_end|>"
 VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vision_end|>"
 REF_START, REF_END, BOX_START, BOX_END = "<ref>", "</ref>", "<box>", "</box>"
 GEN_START = "<|gen_start|>"
-VIDEO_PAD = "<|video_pad|>"  # a video's slots once the model has a video (temporal-patch) path; see vlkit/chat.py
 IMAGE_PLACEHOLDER = "<image>"  # in sample text only; the processor expands it (never a token)
 VIDEO_PLACEHOLDER = "<video>"  # likewise for a video clip
 
 SPECIAL_TOKENS = [PAD, IM_START, IM_END, VISION_START, IMAGE_PAD, VISION_END, REF_START, REF_END, BOX_START,
-                  BOX_END, GEN_START, VIDEO_PAD]  # every vlkit token outside the BPE vocabulary, in id order
-# tokens added after tokenizers were saved: a vlkit tokenizer.json that lacks only these keeps its size (its
-# model's embedding table has no row for them) and the tokenizer's id for them is None
-LATE_TOKENS = [VIDEO_PAD]
+                  BOX_END, GEN_START]  # every vlkit token outside the BPE vocabulary, in id order
 GROUNDING_TOKENS = [REF_START, REF_END, BOX_START, BOX_END]  # text-level: single ids, also in user text
 CONTROL_TOKENS = [t for t in SPECIAL_TOKENS if t not in GROUNDING_TOKENS]  # only the template inserts these
+# Reserved control tokens, for a model path that does not exist yet: the slots of a video once a temporal-patch
+# video encoder fills them (vlkit/chat.py encodes a clip's frames as images for now). No tokenizer gains them:
+# one more token changes every fresh tokenizer's BPE and every model's embedding table. A tokenizer whose file
+# has one gives its id (else None); as text they are characters like every control token.
+VIDEO_PAD = "<|video_pad|>"
+RESERVED_TOKENS = [VIDEO_PAD]
 
 
 class Tokenizer:
     """A thin wrapper giving vlkit's special-token ids by name."""
 
     bos_token: Optional[str] = None  # vlkit's prompts have no BOS
-    video_pad_id: Optional[int] = None  # None: a tokenizer saved before <|video_pad|> existed (LATE_TOKENS)
+    video_pad_id: Optional[int] = None  # RESERVED_TOKENS: None unless the tokenizer file has <|video_pad|>
 
     def __init__(self, hf_tokenizer, chat_template: Optional[str] = None):
         self.chat_template = chat_template  # a Jinja template for HF models; None: vlkit's ChatML
         missing = [t for t in SPECIAL_TOKENS if hf_tokenizer.token_to_id(t) is None]
-        if set(missing) - set(LATE_TOKENS):  # HF tokenizers of real LMs lack ours; add them (new ids at the end)
+        if missing:  # HF tokenizers of real LMs lack some of ours; add them (they get new ids at the end)
             hf_tokenizer.add_special_tokens(missing)
         self.hf = not_special(hf_tokenizer, GROUNDING_TOKENS)
         self.text_hf = text_encoder(self.hf)
@@ -69,10 +71,9 @@ class Tokenizer:
             [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
         tok.decoder = decoders.ByteLevel()
         trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency,
-                                      special_tokens=[t for t in SPECIAL_TOKENS if t not in LATE_TOKENS],
+                                      special_tokens=SPECIAL_TOKENS,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
         tok.train_from_iterator(texts, trainer=trainer)
-        tok.add_special_tokens(LATE_TOKENS)  # after the BPE: its merges and every other id stay as they were
         return cls(tok)
 
     @classmethod
