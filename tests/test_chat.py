@@ -56,3 +56,66 @@ def test_the_image_prompt_reads_back():
     assert text == "Draw: a red circle" and image_prompt_subject(text) == "a red circle"
     assert image_prompt_subject("What is drawn?") is None
 
+
+
+# -- videos ------------------------------------------------------------------------------------------------------
+def _conv(user: str, answer: str = "ok") -> dict:
+    return {"conversations": [{"from": "human", "value": user}, {"from": "gpt", "value": answer}]}
+
+
+def test_a_video_is_one_block_of_its_tokens_between_images_in_placeholder_order(tokenizer):
+    proc = ChatProcessor(tokenizer)
+    enc = proc.encode_sample(_conv("<image> then <video> then <image>"), [2, 3], tokens_per_video=[7])
+    t = tokenizer
+    starts = [i for i, x in enumerate(enc.input_ids) if x == t.vision_start_id]
+    ends = [i for i, x in enumerate(enc.input_ids) if x == t.vision_end_id]
+    assert [e - s - 1 for s, e in zip(starts, ends)] == [2, 7, 3]  # one block per placeholder, in text order
+    assert all(x == proc.video_slot_id for x in enc.input_ids[starts[1] + 1:ends[1]])
+    assert (enc.num_images, enc.num_videos) == (2, 1)
+    assert all(enc.labels[i] == IGNORE for i in range(starts[1], ends[1] + 1))  # a video in a user turn: no loss
+
+
+def test_video_slots_are_image_pads_until_the_model_has_a_video_path(tokenizer):
+    """The model fills image-pad positions with embeddings in order; a clip's frames go through the image path."""
+    assert ChatProcessor(tokenizer).video_slot_id == tokenizer.image_pad_id != tokenizer.video_pad_id
+
+
+def test_video_counts_must_match(tokenizer):
+    proc = ChatProcessor(tokenizer)
+    with pytest.raises(ChatFormatError, match="1 <video> placeholder.* but 2 video"):
+        proc.encode_sample(_conv("<video> what happens?"), [], tokens_per_video=[4, 4])
+    with pytest.raises(ChatFormatError, match="more <video> placeholders than videos"):
+        proc.encode_sample(_conv("<video><video>"), [], tokens_per_video=[4])
+    with pytest.raises(ChatFormatError, match=r"more <video> placeholders than videos \(0\)"):
+        proc.encode_sample(_conv("what is <video>?"), [])  # the placeholder is not text
+    with pytest.raises(ChatFormatError, match="assistant turn"):
+        proc.encode_sample(_conv("make a clip", "<video>"), [], tokens_per_video=[4])
+
+
+def test_videos_without_placeholders_go_first_after_images(tokenizer):
+    from vlkit.chat import media_order
+
+    proc = ChatProcessor(tokenizer)
+    a = proc.encode_sample(_conv("What happens?"), [2], tokens_per_video=[3])
+    b = proc.encode_sample(_conv("<image>\n<video>\nWhat happens?"), [2], tokens_per_video=[3])
+    assert a.input_ids == b.input_ids
+    assert media_order([("user", "x")], 1, 2) == ["image", "video", "video"]
+    assert media_order([("user", "<video> a <image> <video>")], 1, 2) == ["video", "image", "video"]
+
+
+def test_openai_video_parts(tokenizer):
+    msgs = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": "data:v"}},
+                                         {"type": "text", "text": "What moves?"}]}]
+    with pytest.raises(ChatFormatError, match="allowed: text, image_url$"):
+        normalize_messages(msgs)  # a caller that cannot take videos
+    videos = []
+    turns, images = normalize_messages(msgs, videos=videos)
+    assert images == [] and videos == [{"url": "data:v"}] and turns == [("user", "<video>\nWhat moves?")]
+
+
+def test_media_in_sequence_order():
+    from vlkit.chat import in_sequence_order
+
+    turns = [("user", "<video> a <image> b <video>")]
+    assert in_sequence_order(turns, ["i"], [["a1", "a2"], ["b1"]]) == ["a1", "a2", "i", "b1"]
+    assert in_sequence_order([("user", "x")], ["i"], [["a1"]]) == ["i", "a1"]  # no placeholders: images first

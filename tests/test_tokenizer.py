@@ -58,3 +58,22 @@ def test_save_load_round_trip(tokenizer, tmp_path):
     (tmp_path / "bad.json").write_text("{not json")
     with pytest.raises(CheckpointError, match="cannot be read"):
         Tokenizer.from_file(tmp_path / "bad.json")
+
+
+def test_the_reserved_video_pad_is_no_token_yet_and_text_when_written(tokenizer, tmp_path):
+    """No tokenizer gains <|video_pad|> (one more token would change every BPE and embedding table); a tokenizer
+    file that has it as a special token gives its id, and text writing it stays text."""
+    import json
+
+    from vlkit.tokenizer import VIDEO_PAD
+
+    assert tokenizer.video_pad_id is None and tokenizer.hf.token_to_id(VIDEO_PAD) is None
+    assert tokenizer.decode(tokenizer.encode("a <|video_pad|> b")) == "a <|video_pad|> b"
+    data = json.loads(tokenizer.hf.to_str())
+    data["added_tokens"].append({"id": len(tokenizer), "content": VIDEO_PAD, "single_word": False, "lstrip": False,
+                                 "rstrip": False, "normalized": False, "special": True})
+    (tmp_path / "with.json").write_text(json.dumps(data))
+    tok = Tokenizer.from_file(tmp_path / "with.json")
+    assert tok.video_pad_id == len(tokenizer) and tok.video_pad_id in tok.special_ids()
+    ids = tok.encode("<|video_pad|>")
+    assert tok.video_pad_id not in ids and tok.decode(ids) == VIDEO_PAD

@@ -12,7 +12,7 @@ from tests.hf.hf_fixtures import LLAVA_TEMPLATE, write_tokenizer
 from vlkit.chat import IGNORE, ChatFormatError, ChatProcessor
 from vlkit.hf.template import PROMPT_FORMATS, HFChatProcessor, render_template
 from vlkit.hf.tokenizer import load_hf_tokenizer
-from vlkit.tokenizer import IMAGE_PLACEHOLDER, SPECIAL_TOKENS
+from vlkit.tokenizer import IMAGE_PLACEHOLDER, RESERVED_TOKENS, SPECIAL_TOKENS, VIDEO_PLACEHOLDER
 
 PROPERTY = settings(max_examples=150, derandomize=True, database=None, deadline=None)
 HF_SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
@@ -20,10 +20,11 @@ HF_SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
 
 def user_strings(specials: list[str]):
     """Arbitrary text (any Unicode but surrogates) mixed with special-token strings and their pieces; without
-    vlkit's `<image>` placeholder, which stands for an image by the sample contract."""
+    vlkit's `<image>` / `<video>` placeholders, which stand for an image / a video by the sample contract."""
     piece = st.one_of(st.text(max_size=12),
                       st.sampled_from(specials + ["<|", "|>", "<", ">", "\n", " ", "system\n", "ASSISTANT:"]))
-    return st.lists(piece, max_size=8).map("".join).filter(lambda s: IMAGE_PLACEHOLDER not in s)
+    return st.lists(piece, max_size=8).map("".join).filter(
+        lambda s: IMAGE_PLACEHOLDER not in s and VIDEO_PLACEHOLDER not in s)
 
 
 def control(ids, protected) -> list[int]:
@@ -32,7 +33,7 @@ def control(ids, protected) -> list[int]:
 
 # -- vlkit's tokenizer and ChatML template --------------------------------------------------------------------
 @PROPERTY
-@given(text=user_strings(SPECIAL_TOKENS))
+@given(text=user_strings(SPECIAL_TOKENS + RESERVED_TOKENS))
 def test_vlkit_user_text_never_becomes_a_special_token(tokenizer, text):
     special = tokenizer.special_ids()
     ids = tokenizer.encode(text)

@@ -7,14 +7,20 @@ Template (ChatML):
 Each `<image>` in a user turn becomes `<|vision_start|>` + N x `<|image_pad|>` + `<|vision_end|>`, N being the
 number of embeddings the encoder + connector make for that image. An `<image>` in an assistant turn is an image
 to generate (VLUAS): `<|gen_start|><|vision_start|>` + N pads + `<|vision_end|>`; the model supervises its codes.
+
+Each `<video>` (user turns only) becomes `<|vision_start|>` + N pads + `<|vision_end|>`, N being the tokens of the
+whole clip. Until the model has a video path (a temporal-patch encoder that fills `<|video_pad|>` positions), a
+clip's frames are encoded one by one as images, so its N = sum of its frames' image tokens and its pads are
+`<|image_pad|>` (`ChatProcessor.video_slot_id`): the frames' embeddings fill them in order, between one start and one end marker.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any, Optional, Sequence
 
 from vlkit.errors import UserError
-from vlkit.tokenizer import IMAGE_PLACEHOLDER, Tokenizer
+from vlkit.tokenizer import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER, Tokenizer
 
 IGNORE = -100  # the label of a position without loss (PyTorch's cross-entropy ignore_index)
 # a sample's ("from": human | gpt, LLaVA) or a message's ("role": user | assistant, OpenAI) role -> its ChatML role
@@ -23,6 +29,8 @@ USER_ROLES = tuple(r for r, chatml in ROLES.items() if chatml == "user")  # ("hu
 ASSISTANT_ROLES = tuple(r for r, chatml in ROLES.items() if chatml == "assistant")  # ("gpt", "assistant")
 # the user turn of a text-to-image sample (the synthetic world's generation task; Pipeline.generate_image's prompt)
 IMAGE_PROMPT = "Draw: {}"
+_NOUN = {IMAGE_PLACEHOLDER: "image", VIDEO_PLACEHOLDER: "video"}
+PLACEHOLDERS = re.compile(f"({re.escape(IMAGE_PLACEHOLDER)}|{re.escape(VIDEO_PLACEHOLDER)})")
 
 
 class ChatFormatError(UserError):
@@ -43,13 +51,16 @@ class Encoded:
     labels: list[int]
     num_images: int = 0
     target_images: list[int] = field(default_factory=list)  # indices of images that are generation targets
+    num_videos: int = 0
 
 
-def normalize_messages(messages: Sequence[dict]) -> tuple[list[tuple[str, str]], list[Any]]:
+def normalize_messages(messages: Sequence[dict],
+                       videos: Optional[list] = None) -> tuple[list[tuple[str, str]], list[Any]]:
     """DESIGN.md turns ({"from", "value"}) or OpenAI messages ({"role", "content": str | parts}) ->
     [(role, text with <image> placeholders)], [image sources in placeholder order]. Image parts of OpenAI
     messages become placeholders where they stand; their `image_url` objects are returned for the caller
-    to resolve."""
+    to resolve. Video parts (vLLM's `video_url`) become `<video>` placeholders and their `video_url` objects
+    are appended to `videos` when the caller passes that list (else they are an error)."""
     turns: list[tuple[str, str]] = []
     images: list[Any] = []
     for i, msg in enumerate(messages):
@@ -72,8 +83,12 @@ def normalize_messages(messages: Sequence[dict]) -> tuple[list[tuple[str, str]],
                 elif kind in ("image_url", "image"):
                     pieces.append(IMAGE_PLACEHOLDER + "\n")
                     images.append(part.get("image_url", part.get("image")))
+                elif kind in ("video_url", "video") and videos is not None:
+                    pieces.append(VIDEO_PLACEHOLDER + "\n")
+                    videos.append(part.get("video_url", part.get("video")))
                 else:
-                    raise ChatFormatError(f"messages[{i}].content[{j}] has type {kind!r}; allowed: text, image_url")
+                    allowed = "text, image_url" + (", video_url" if videos is not None else "")
+                    raise ChatFormatError(f"messages[{i}].content[{j}] has type {kind!r}; allowed: {allowed}")
             text = "".join(pieces)
         elif content is None:
             text = ""
@@ -90,40 +105,45 @@ class ChatProcessor:
         self.tok = tokenizer
         self._nl = tokenizer.encode("\n")
         self._role_ids = {r: tokenizer.encode(r + "\n") for r in ("system", "user", "assistant")}
+        # a video's slots: image pads while clips are encoded frame by frame by the image path; the tokenizer's
+        # video_pad_id (vlkit.tokenizer.RESERVED_TOKENS) once the model has a video path: the one line to change
+        self.video_slot_id = tokenizer.image_pad_id
 
     def image_tokens(self, n: int, target: bool = False) -> list[int]:
         t = self.tok
         ids = [t.vision_start_id] + [t.image_pad_id] * n + [t.vision_end_id]
         return [t.gen_start_id] + ids if target else ids
 
+    def video_tokens(self, n: int) -> list[int]:
+        return [self.tok.vision_start_id] + [self.video_slot_id] * n + [self.tok.vision_end_id]
+
     def encode(self, turns: Sequence[tuple[str, str]], tokens_per_image: Sequence[int],
-               add_generation_prompt: bool = False) -> Encoded:
+               add_generation_prompt: bool = False, tokens_per_video: Sequence[int] = ()) -> Encoded:
+        """`tokens_per_image[k]` / `tokens_per_video[k]`: N of the k-th `<image>` / `<video>` placeholder."""
         t = self.tok
         ids: list[int] = []
         labels: list[int] = []
-        k = 0
+        given = {IMAGE_PLACEHOLDER: tokens_per_image, VIDEO_PLACEHOLDER: tokens_per_video}
+        seen = {IMAGE_PLACEHOLDER: 0, VIDEO_PLACEHOLDER: 0}
         targets: list[int] = []
         for role, text in turns:
             head = [t.im_start_id] + self._role_ids[role]
             ids += head
             labels += [IGNORE] * len(head)
             train = role == "assistant"
-            pieces = text.split(IMAGE_PLACEHOLDER)
-            for p, piece in enumerate(pieces):
-                if p > 0:
-                    if k >= len(tokens_per_image):
-                        raise ChatFormatError(
-                            f"the conversation has more {IMAGE_PLACEHOLDER} placeholders than images ({len(tokens_per_image)})")
-                    img = self.image_tokens(tokens_per_image[k], target=train)
-                    if train:  # learn to open and close the image; the model supervises pads with codes
+            for piece in PLACEHOLDERS.split(text):
+                if piece in given:
+                    k = seen[piece]
+                    if k >= len(given[piece]):
+                        raise ChatFormatError(f"the conversation has more {piece} placeholders than "
+                                              f"{_NOUN[piece]}s ({len(given[piece])})")
+                    slot, lab = self._slot(piece, given[piece][k], train)
+                    if train and piece == IMAGE_PLACEHOLDER:
                         targets.append(k)
-                        lab = img[:2] + [IGNORE] * tokens_per_image[k] + img[-1:]
-                    else:
-                        lab = [IGNORE] * len(img)
-                    ids += img
+                    ids += slot
                     labels += lab
-                    k += 1
-                if piece:
+                    seen[piece] += 1
+                elif piece:
                     enc = t.encode(piece)
                     ids += enc
                     labels += enc if train else [IGNORE] * len(enc)
@@ -131,20 +151,37 @@ class ChatProcessor:
             labels += [t.im_end_id] if train else [IGNORE]
             ids += self._nl
             labels += [IGNORE] * len(self._nl)
-        if k != len(tokens_per_image):
-            raise ChatFormatError(
-                f"the conversation has {k} {IMAGE_PLACEHOLDER} placeholder(s) but {len(tokens_per_image)} image(s)")
+        if targets and seen[VIDEO_PLACEHOLDER]:  # generated images are counted among images only (collate)
+            raise ChatFormatError(f"a conversation with a {VIDEO_PLACEHOLDER} cannot ask for an image to generate")
+        for ph, n in seen.items():
+            if n != len(given[ph]):
+                raise ChatFormatError(
+                    f"the conversation has {n} {ph} placeholder(s) but {len(given[ph])} {_NOUN[ph]}(s)")
         if add_generation_prompt:
             head = [t.im_start_id] + self._role_ids["assistant"]
             ids += head
             labels += [IGNORE] * len(head)
-        return Encoded(ids, labels, k, targets)
+        return Encoded(ids, labels, seen[IMAGE_PLACEHOLDER], targets, seen[VIDEO_PLACEHOLDER])
 
-    def encode_sample(self, sample: dict, tokens_per_image: Sequence[int]) -> Encoded:
-        """A DESIGN.md sample; images without any placeholder are put before the first user text."""
+    def _slot(self, placeholder: str, n: int, train: bool) -> tuple[list[int], list[int]]:
+        """The ids and labels of one image or video of `n` tokens; `train`: in an assistant turn."""
+        if placeholder == VIDEO_PLACEHOLDER:
+            if train:
+                raise ChatFormatError(f"a {VIDEO_PLACEHOLDER} in an assistant turn would be a video to generate, "
+                                      f"which vlkit cannot do; put videos in user turns")
+            ids = self.video_tokens(n)
+            return ids, [IGNORE] * len(ids)
+        img = self.image_tokens(n, target=train)
+        if train:  # learn to open and close the image; the model supervises pads with codes
+            return img, img[:2] + [IGNORE] * n + img[-1:]
+        return img, [IGNORE] * len(img)
+
+    def encode_sample(self, sample: dict, tokens_per_image: Sequence[int],
+                      tokens_per_video: Sequence[int] = ()) -> Encoded:
+        """A DESIGN.md sample; images (videos) without any placeholder are put before the first user text."""
         turns, _ = normalize_messages(sample["conversations"])
-        turns = ensure_placeholders(turns, len(tokens_per_image))
-        return self.encode(turns, tokens_per_image)
+        turns = ensure_placeholders(turns, len(tokens_per_image), len(tokens_per_video))
+        return self.encode(turns, tokens_per_image, tokens_per_video=tokens_per_video)
 
     def encode_prompt(self, prompt: str, num_images: int, tokens_per_image: Sequence[int],
                       system: str | None = None) -> list[int]:
@@ -153,15 +190,37 @@ class ChatProcessor:
         return self.encode(turns, tokens_per_image, add_generation_prompt=True).input_ids
 
 
-def ensure_placeholders(turns: list[tuple[str, str]], num_images: int) -> list[tuple[str, str]]:
-    """If no turn has a placeholder but images are given, put them at the start of the first user turn."""
-    if num_images and not any(IMAGE_PLACEHOLDER in text for _, text in turns):
+def ensure_placeholders(turns: list[tuple[str, str]], num_images: int,
+                        num_videos: int = 0) -> list[tuple[str, str]]:
+    """If no turn has a placeholder of a kind but items of it are given, put them at the start of the first user
+    turn (images before videos)."""
+    heads = "".join((ph + "\n") * n for ph, n in ((IMAGE_PLACEHOLDER, num_images), (VIDEO_PLACEHOLDER, num_videos))
+                    if n and not any(ph in text for _, text in turns))
+    if heads:
         turns = list(turns)
         for i, (role, text) in enumerate(turns):
             if role == "user":
-                turns[i] = (role, (IMAGE_PLACEHOLDER + "\n") * num_images + text)
+                turns[i] = (role, heads + text)
                 break
     return turns
+
+
+def media_order(turns: Sequence[tuple[str, str]], num_images: int, num_videos: int) -> list[str]:
+    """"image" / "video" for each placeholder, in the order the sequence holds them (after `ensure_placeholders`):
+    the order in which a sample's images and video frames reach the model."""
+    turns = ensure_placeholders(list(turns), num_images, num_videos)
+    return [_NOUN[m] for _, text in turns for m in PLACEHOLDERS.findall(text)]
+
+
+def in_sequence_order(turns: Sequence[tuple[str, str]], images: Sequence[Any], videos: Sequence[Sequence[Any]]) -> list:
+    """Images and the frames of each video as one list in the order the sequence holds them (`media_order`): the
+    order in which the model fills their slots. When the counts do not match the placeholders, images then frames
+    (encoding the conversation reports the mismatch)."""
+    order = media_order(turns, len(images), len(videos))
+    if order.count("image") != len(images) or order.count("video") != len(videos):
+        return list(images) + [f for clip in videos for f in clip]
+    it_img, it_vid = iter(images), iter(videos)
+    return [x for kind in order for x in ([next(it_img)] if kind == "image" else next(it_vid))]
 
 
 def class_word_tokens(tok: Tokenizer, names: Sequence[str]) -> list[list[int]]:

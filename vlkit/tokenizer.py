@@ -21,17 +21,25 @@ VISION_START, IMAGE_PAD, VISION_END = "<|vision_start|>", "<|image_pad|>", "<|vi
 REF_START, REF_END, BOX_START, BOX_END = "<ref>", "</ref>", "<box>", "</box>"
 GEN_START = "<|gen_start|>"
 IMAGE_PLACEHOLDER = "<image>"  # in sample text only; the processor expands it (never a token)
+VIDEO_PLACEHOLDER = "<video>"  # likewise for a video clip
 
 SPECIAL_TOKENS = [PAD, IM_START, IM_END, VISION_START, IMAGE_PAD, VISION_END, REF_START, REF_END, BOX_START,
                   BOX_END, GEN_START]  # every vlkit token outside the BPE vocabulary, in id order
 GROUNDING_TOKENS = [REF_START, REF_END, BOX_START, BOX_END]  # text-level: single ids, also in user text
 CONTROL_TOKENS = [t for t in SPECIAL_TOKENS if t not in GROUNDING_TOKENS]  # only the template inserts these
+# Reserved control tokens, for a model path that does not exist yet: the slots of a video once a temporal-patch
+# video encoder fills them (vlkit/chat.py encodes a clip's frames as images for now). No tokenizer gains them:
+# one more token changes every fresh tokenizer's BPE and every model's embedding table. A tokenizer whose file
+# has one gives its id (else None); as text they are characters like every control token.
+VIDEO_PAD = "<|video_pad|>"
+RESERVED_TOKENS = [VIDEO_PAD]
 
 
 class Tokenizer:
     """A thin wrapper giving vlkit's special-token ids by name."""
 
     bos_token: Optional[str] = None  # vlkit's prompts have no BOS
+    video_pad_id: Optional[int] = None  # RESERVED_TOKENS: None unless the tokenizer file has <|video_pad|>
 
     def __init__(self, hf_tokenizer, chat_template: Optional[str] = None):
         self.chat_template = chat_template  # a Jinja template for HF models; None: vlkit's ChatML
@@ -47,6 +55,7 @@ class Tokenizer:
         self.image_pad_id = self.token_id(IMAGE_PAD)
         self.vision_end_id = self.token_id(VISION_END)
         self.gen_start_id = self.token_id(GEN_START)
+        self.video_pad_id = self.hf.token_to_id(VIDEO_PAD)
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)

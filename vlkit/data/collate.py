@@ -17,7 +17,8 @@ import torch
 
 from vlkit.chat import IGNORE, ROLES, ChatProcessor
 from vlkit.config import TargetSpec
-from vlkit.data.sources import load_sample_images, load_sample_mask
+from vlkit.data.sources import load_sample_mask
+from vlkit.data.visuals import sample_visuals
 from vlkit.errors import UserError
 from vlkit.images import ImageProcessor
 from vlkit.tokenizer import IMAGE_PLACEHOLDER
@@ -69,17 +70,17 @@ def encode_samples(samples: Iterable[dict], processor: ChatProcessor, image_size
     for sample in samples:
         sid = str(sample.get("id", "?"))
         try:
-            images = [image_processor.pixels(im) for im in load_sample_images(sample)]
-            n_toks = [tokens_per_image(int(im.shape[1]), int(im.shape[2])) for im in images]
-            enc = processor.encode_sample(sample, n_toks)
+            vis = sample_visuals(sample, processor, image_processor, tokens_per_image)  # images and video frames
+            images, n_toks, media = vis.pixels, vis.tokens_per_image, vis.encode_kwargs()
+            enc = processor.encode_sample(sample, n_toks, **media)
             if enc.target_images:
                 if spec.encode_codes is None:
                     raise UserError(f"sample {sid} asks the model to produce an image, which needs "
                                     f"vision_target: codes and a visual tokenizer")
                 if spec.prompt_dropout and _coin(spec.seed, sid) < spec.prompt_dropout:
-                    enc = processor.encode_sample(blank_user_text(sample), n_toks)
+                    enc = processor.encode_sample(blank_user_text(sample), n_toks, **media)
                 elif spec.prompt_noise and _coin(spec.seed, "noise:" + sid) < spec.prompt_noise:
-                    enc = processor.encode_sample(insert_fillers(sample, spec.seed), n_toks)
+                    enc = processor.encode_sample(insert_fillers(sample, spec.seed), n_toks, **media)
             if len(enc.input_ids) > max_length:
                 raise UserError(f"sample {sid} has {len(enc.input_ids)} tokens > max_length={max_length}")
             if all(t == IGNORE for t in enc.labels):

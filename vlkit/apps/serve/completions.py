@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from vlkit.apps.serve.errors import APIError, error_body
 from vlkit.apps.serve.media import MediaLoader
 from vlkit.apps.serve.schemas import ChatCompletionRequest, ChatMessage
-from vlkit.chat import ChatFormatError
+from vlkit.chat import ChatFormatError, ChatProcessor, ensure_placeholders, in_sequence_order, normalize_messages
 from vlkit.errors import ImageTokenError
 from vlkit.grounding import parse_boxes
 from vlkit.infer.engine import (ContextLengthError, Engine, EngineStoppedError, EventStream, QueueFullError, QueueSlot,
@@ -41,6 +41,21 @@ def engine_messages(messages: list[ChatMessage]) -> list[dict]:
     return [{"role": "system" if m.role == "developer" else m.role,
              "content": m.content if not isinstance(m.content, list) else [p.model_dump() for p in m.content]}
             for m in messages]
+
+
+def video_prompt(pipe, messages: list[dict], images: list, clips: list) -> tuple[list[int], list]:
+    """`Engine.prepare` for a request with videos: each clip's frames are encoded as images and fill one vision
+    block of its `<video>` (vlkit/chat.py); pixels follow the sequence (chat.in_sequence_order)."""
+    if not isinstance(pipe.processor, ChatProcessor):
+        raise ChatFormatError("this model's chat template takes no videos (vlkit's ChatML checkpoints do)")
+    turns, _ = normalize_messages(messages, videos=[])
+    img = [pipe.image_tensor(im) for im in images]
+    vid = [[pipe.image_tensor(f) for f in clip] for clip in clips]
+    n = lambda p: pipe.model.tokens_per_image(p.shape[1], p.shape[2])  # noqa: E731
+    turns = ensure_placeholders(turns, len(img), len(vid))
+    enc = pipe.processor.encode(turns, [n(p) for p in img], add_generation_prompt=True,
+                                tokens_per_video=[sum(n(f) for f in clip) for clip in vid])
+    return enc.input_ids, in_sequence_order(turns, img, vid)
 
 
 def open_chat_stream(engine: Engine, ids: list[int], pixels: list, params: SamplingParams, slot: QueueSlot,
@@ -103,9 +118,13 @@ class ChatCompletions:
         return await whole_answer(stream, rid, now, self.model)
 
     async def prompt(self, req: ChatCompletionRequest) -> tuple[list[int], list]:
-        """The request's messages and images -> (prompt token ids, pixel tensors)."""
+        """The request's messages, images and videos -> (prompt token ids, pixel tensors)."""
+        videos = await self.media.resolve_videos(req.messages, self.cfg.max_images)
         images = await self.media.resolve(req.messages, self.cfg.max_images)
         try:
+            if videos:
+                return await self.engine.run_in_pool(video_prompt, self.engine.pipe, engine_messages(req.messages),
+                                                     images, videos)
             return await self.engine.run_in_pool(self.engine.prepare, engine_messages(req.messages), images)
         except (ChatFormatError, ImageTokenError, TooManyImagesError) as exc:
             raise APIError(400, str(exc), "messages") from None

@@ -1,17 +1,26 @@
 """Image URLs of a chat request -> PIL images: data: URLs always, file:// inside one folder, http(s):// when
-allowed. Every way a URL can fail is an APIError naming its `param`."""
+allowed. Video URLs -> lists of frames (vlkit.video): data: URLs and file:// under the same rules and byte limit.
+Every way a URL can fail is an APIError naming its `param`."""
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
+import dataclasses
 import urllib.parse
 import urllib.request
 from pathlib import Path
 from typing import Optional
 
 from vlkit.apps.serve.errors import APIError, brief
-from vlkit.apps.serve.schemas import ChatMessage, ImagePart
+from vlkit.apps.serve.schemas import ChatMessage, ImagePart, VideoPart
+from vlkit.config.video import VideoConfig
 from vlkit.images import ALLOWED_MIME, MAX_BYTES, MAX_PIXELS, ImageError, decode_base64, decode_bytes
 from vlkit.infer.engine import Engine
+from vlkit.video import VideoError, load_video
+
+VIDEO_MIME = {"video/mp4", "video/webm", "video/quicktime", "video/x-matroska", "video/mpeg", "video/ogg",
+              "video/x-msvideo"}
 
 
 class MediaLoader:
@@ -19,9 +28,10 @@ class MediaLoader:
     allowed. Every way a URL can fail is an APIError naming its `param`; decoding runs in the engine's pool."""
 
     def __init__(self, engine: Engine, local_root: Optional[Path], allow_remote: bool, remote_timeout: float,
-                 remote_max_bytes: int):
+                 remote_max_bytes: int, video: Optional[VideoConfig] = None):
         self.engine, self.local_root, self.allow_remote = engine, local_root, allow_remote
         self.remote_timeout, self.remote_max_bytes = remote_timeout, remote_max_bytes
+        self.video = dataclasses.replace(video or VideoConfig(), max_bytes=MAX_BYTES)  # the images' byte limit
 
     async def resolve(self, messages: list[ChatMessage], max_images: int) -> list:
         refs = [(f"messages[{i}].content[{j}].image_url.url", part.image_url.url)
@@ -31,6 +41,37 @@ class MediaLoader:
             raise APIError(400, f"the request has {len(refs)} images; this model accepts at most {max_images}",
                            "messages", code="too_many_images")
         return list(await asyncio.gather(*(self.load(url, param) for param, url in refs)))
+
+    async def resolve_videos(self, messages: list[ChatMessage], max_images: int) -> list:
+        """The request's videos as frame lists; each gets an equal share of the model's `max_images` left by the
+        images (its frames are encoded as images), at most `VideoConfig.max_frames`. Checked before anything
+        is loaded."""
+        parts = [(f"messages[{i}].content[{j}].video_url.url", part) for i, m in enumerate(messages)
+                 if isinstance(m.content, list) for j, part in enumerate(m.content)]
+        refs = [(param, part.video_url.url) for param, part in parts if isinstance(part, VideoPart)]
+        if not refs:
+            return []
+        n_images = sum(isinstance(part, ImagePart) for _, part in parts)
+        share = (max_images - n_images) // len(refs)
+        if share < 1:
+            raise APIError(400, f"the request has {n_images} images and {len(refs)} videos; this model takes at most "
+                                f"{max_images} images and video frames in all", "messages", code="too_many_images")
+        cfg = dataclasses.replace(self.video, max_frames=min(self.video.max_frames, share))
+        return list(await asyncio.gather(*(self.load_video(url, param, cfg) for param, url in refs)))
+
+    async def load_video(self, url: str, param: str, cfg: VideoConfig) -> list:
+        scheme = url.split(":", 1)[0].lower() if ":" in url else ""
+        try:
+            if scheme == "data":
+                data = await self.engine.run_in_pool(b64_bytes, data_url_payload(url, param, VIDEO_MIME, "video"))
+            elif scheme == "file":
+                data = await self.engine.run_in_pool(self.read_local, url, param, "video")
+            else:
+                raise APIError(400, f"unsupported video URL scheme {brief(scheme or url, 20)}; allowed: data:, file: "
+                                    "(with --allowed-local-media-path)", param, code="unsupported_url_scheme")
+            return await self.engine.run_in_pool(load_video, data, cfg, "the video")
+        except ImageError as exc:  # VideoError included
+            raise APIError(400, str(exc), param, code="invalid_video") from None
 
     async def load(self, url: str, param: str):
         scheme = url.split(":", 1)[0].lower() if ":" in url else ""
@@ -50,9 +91,9 @@ class MediaLoader:
         except ImageError as exc:
             raise APIError(400, str(exc), param, code="invalid_image") from None
 
-    def read_local(self, url: str, param: str) -> bytes:
+    def read_local(self, url: str, param: str, what: str = "image") -> bytes:
         if self.local_root is None:
-            raise APIError(400, "file:// image URLs are disabled; start the server with --allowed-local-media-path DIR",
+            raise APIError(400, f"file:// {what} URLs are disabled; start the server with --allowed-local-media-path DIR",
                            param, code="local_media_disabled")
         parsed = urllib.parse.urlparse(url)
         if parsed.netloc not in ("", "localhost"):
@@ -64,16 +105,16 @@ class MediaLoader:
                 raise APIError(403, f"{brief(str(path))} is outside the allowed media folder {self.local_root}", param,
                                type_="permission_error", code="path_not_allowed")
             if not path.is_file():
-                raise APIError(400, f"image file {brief(str(path))} does not exist", param, code="image_not_found")
+                raise APIError(400, f"{what} file {brief(str(path))} does not exist", param, code=f"{what}_not_found")
             with path.open("rb") as f:
                 data = f.read(MAX_BYTES + 1)
         except (OSError, ValueError, RuntimeError) as exc:  # a NUL byte, a symlink loop, a name too long, ...
             reason = getattr(exc, "strerror", None) or str(exc)
-            raise APIError(400, f"image file {brief(name)} cannot be read: {brief(reason, 200)}", param,
-                           code="image_unreadable") from None
+            raise APIError(400, f"{what} file {brief(name)} cannot be read: {brief(reason, 200)}", param,
+                           code=f"{what}_unreadable") from None
         if len(data) > MAX_BYTES:
-            raise APIError(400, f"image file {brief(str(path))} is larger than {MAX_BYTES} bytes", param,
-                           code="image_too_large")
+            raise APIError(400, f"{what} file {brief(str(path))} is larger than {MAX_BYTES} bytes", param,
+                           code=f"{what}_too_large")
         return data
 
     async def fetch_remote(self, url: str, param: str) -> bytes:
@@ -114,15 +155,22 @@ class MediaLoader:
                            code="image_fetch_failed") from None
 
 
-def data_url_payload(url: str, param: str) -> str:
-    """The base64 payload of a `data:<image mime>;base64,...` URL."""
+def data_url_payload(url: str, param: str, allowed: set = ALLOWED_MIME, what: str = "image") -> str:
+    """The base64 payload of a `data:<mime>;base64,...` URL whose MIME type is in `allowed`."""
     header, sep, payload = url[5:].partition(",")
     if not sep:
         raise APIError(400, "malformed data URL (expected data:<mime>;base64,<data>)", param)
     fields = [f.strip().lower() for f in header.split(";")]
-    if fields[0] not in ALLOWED_MIME:
-        raise APIError(400, f"unsupported image MIME type {brief(fields[0])}; allowed: {sorted(ALLOWED_MIME)}", param,
+    if fields[0] not in allowed:
+        raise APIError(400, f"unsupported {what} MIME type {brief(fields[0])}; allowed: {sorted(allowed)}", param,
                        code="unsupported_mime")
     if "base64" not in fields[1:]:
         raise APIError(400, "data URLs must be base64-encoded (data:<mime>;base64,...)", param)
     return payload
+
+
+def b64_bytes(payload: str) -> bytes:
+    try:
+        return base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        raise VideoError("the video is not valid base64") from None

@@ -43,7 +43,17 @@ class ImagePart(_Lenient):
     image_url: ImageURL
 
 
-ContentPart = Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]
+class VideoURL(_Lenient):
+    url: str = Field(min_length=1)
+
+
+class VideoPart(_Lenient):
+    """vLLM's video part: {"type": "video_url", "video_url": {"url": "data:video/mp4;base64,..."}}."""
+    type: Literal["video_url"]
+    video_url: VideoURL
+
+
+ContentPart = Annotated[Union[TextPart, ImagePart, VideoPart], Field(discriminator="type")]
 Seed = Annotated[int, Field(ge=SEED_RANGE[0], le=SEED_RANGE[1])]
 
 

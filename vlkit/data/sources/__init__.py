@@ -16,7 +16,11 @@ normalisation: normalize.py).
   - tar and HF sources (and JSON samples with data: URLs): `images` keep the stored names and the decoded
     pixels are in `image_objects` (a list of RGB `PIL.Image`, same order); a segmentation mask is in
     `mask_object` ("L").
-`load_sample_images(sample)` and `load_sample_mask(sample)` give pixels for either kind. Paths may be brace
+  - videos (`videos`, in `<video>` placeholder order; JSON(L) sources): each a video file or frame-folder path
+    or a list of frame paths, made absolute and checked to exist; a missing one skips the sample
+    (`missing_video`). Clips are decoded (vlkit.video) only when the sample is encoded.
+`load_sample_images(sample)`, `load_sample_videos(sample)` and `load_sample_mask(sample)` give pixels for either
+kind. Paths may be brace
 patterns (`shards/{00000..00099}.tar`).
 
 A bad sample (malformed JSON, missing or corrupt image, `<image>` placeholders that do not match the number
@@ -32,12 +36,12 @@ from vlkit.data.sources.base import CAPTION_PROMPT, IMAGE_EXTS, DataError, DataW
 from vlkit.data.sources.formats import FORMATS, WRITE_FORMATS, Format, detect_format, expand_path, open_sink
 from vlkit.data.sources.normalize import Reader
 from vlkit.data.sources.read import (SOURCE_OPTIONS, SourceOptions, check_skip_share, corpus_text, load_sample_images,
-                                     load_sample_mask, read_samples, read_source)
+                                     load_sample_mask, load_sample_videos, read_samples, read_source)
 from vlkit.data.sources.write import sample_record, write_samples
 
 __all__ = [
     "CAPTION_PROMPT", "FORMATS", "IMAGE_EXTS", "SOURCE_OPTIONS", "WRITE_FORMATS", "DataError", "DataWarning",
     "Format", "ReadStats", "Reader", "Sink", "SourceOptions", "check_skip_share", "corpus_text", "detect_format",
-    "expand_path", "load_sample_images", "load_sample_mask", "open_sink", "read_samples", "read_source",
+    "expand_path", "load_sample_images", "load_sample_mask", "load_sample_videos", "open_sink", "read_samples", "read_source",
     "sample_record", "write_samples",
 ]

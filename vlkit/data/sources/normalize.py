@@ -1,9 +1,10 @@
 """The shared sample normalisation every format reader goes through (`Reader`).
 
 `Reader.normalize` checks a raw sample's structure and brings it to vlkit's convention: `id`, `images` (a list
-of image references in placeholder order; LLaVA's `image` becomes `images`), `conversations` ({from, value};
+of image references in placeholder order; LLaVA's `image` becomes `images`), `videos` (clips in `<video>`
+placeholder order: a video file or frame folder path, or a list of frame paths), `conversations` ({from, value};
 `messages` are converted, see messages.py) and the sample's other keys. `resolve` makes a JSON(L) sample's
-image paths absolute and checks the files; `decode` / `attach` turn image data into pixels (or keep the bytes,
+image and video paths absolute and checks the files; `decode` / `attach` turn image data into pixels (or keep the bytes,
 for the streaming index). A bad sample is skipped and counted (`skip`), or raises `DataError` under `strict`.
 """
 from __future__ import annotations
@@ -20,7 +21,7 @@ from vlkit.chat import ROLES
 from vlkit.data.sources.base import CAPTION_PROMPT, DataError, DataWarning, ReadStats, is_image_ref, png_bytes
 from vlkit.data.sources.messages import from_messages
 from vlkit.images import ImageError, decode_bytes
-from vlkit.tokenizer import IMAGE_PLACEHOLDER
+from vlkit.tokenizer import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 
 
 class Reader:
@@ -63,14 +64,19 @@ class Reader:
         if got is None:
             return None
         conv, images = got
+        videos = self.video_list(obj, conv, where)
+        if videos is None:
+            return None
         meta = obj.get("meta")
         if meta is not None and not isinstance(meta, dict):
             self.skip("malformed_sample", where, "`meta` must be an object")
             return None
         sample = {"id": str(obj["id"]) if obj.get("id") is not None else default_id, "images": images,
                   "conversations": conv}
+        if videos:
+            sample["videos"] = videos
         for k, v in obj.items():
-            if k not in ("id", "image", "images", "conversations", "messages"):
+            if k not in ("id", "image", "images", "videos", "conversations", "messages"):
                 sample[k] = v
         return sample
 
@@ -106,6 +112,23 @@ class Reader:
             return None
         return list(images)
 
+    def video_list(self, obj: dict, conv: list, where: str) -> Optional[list]:
+        """The sample's `videos` (each a path or a list of frame paths), checked against its `<video>`
+        placeholders; None (after counting) when they are bad."""
+        videos = obj.get("videos", [])
+        if not isinstance(videos, list) or not all(
+                isinstance(v, str) or (isinstance(v, list) and v and all(isinstance(f, str) for f in v))
+                for v in videos):
+            self.skip("malformed_sample", where, "`videos` must be a list of clips, each a video file or frame "
+                      "folder path or a non-empty list of frame image paths")
+            return None
+        n_slots = sum(t["value"].count(VIDEO_PLACEHOLDER) for t in conv)
+        if n_slots != len(videos):
+            self.skip("video_placeholders", where, f"{n_slots} {VIDEO_PLACEHOLDER} placeholders but "
+                      f"{len(videos)} videos")
+            return None
+        return list(videos)
+
     # --- a sample's images -------------------------------------------------------------------------------
 
     def _file_ok(self, path: Path, where: str, what: str) -> bool:
@@ -138,12 +161,30 @@ class Reader:
             sample["images"] = paths
         elif self.decode(sample, base, None, where) is None:
             return False
+        if sample.get("videos") and not self.resolve_videos(sample, base, where):
+            return False
         meta = sample.get("meta")
         if isinstance(meta, dict) and isinstance(meta.get("mask"), str):
             p = Path(meta["mask"]) if os.path.isabs(meta["mask"]) else base / meta["mask"]
             if not self._file_ok(p, where, "mask"):
                 return False
             sample["meta"] = {**meta, "mask": os.path.abspath(p)}
+        return True
+
+    def resolve_videos(self, sample: dict, base: Path, where: str) -> bool:
+        """Video paths made absolute as image paths are; False (after counting) when a file or folder is missing.
+        Video files are decoded (and so checked) only when the sample is encoded."""
+        out = []
+        for clip in sample["videos"]:
+            paths = [self._path(rel, base) for rel in (clip if isinstance(clip, list) else [clip])]
+            for p in paths:
+                if not (p.exists() if isinstance(clip, str) else p.is_file()):
+                    self.skip("missing_video", where, f"video {'file or folder' if isinstance(clip, str) else 'frame'} "
+                              f"{p} does not exist")
+                    return False
+            absolute = [os.path.abspath(p) for p in paths]
+            out.append(absolute[0] if isinstance(clip, str) else absolute)
+        sample["videos"] = out
         return True
 
     def decode(self, sample: dict, base: Path, mask: Optional[bytes], where: str) -> Optional[dict]:

@@ -1,5 +1,5 @@
 """Reading samples from any registered format (`read_samples`), a recipe's source (`read_source`) and the
-pixels of a sample whichever reader made it (`load_sample_images`, `load_sample_mask`)."""
+pixels of a sample whichever reader made it (`load_sample_images`, `load_sample_videos`, `load_sample_mask`)."""
 from __future__ import annotations
 
 import io
@@ -8,7 +8,7 @@ import os
 import warnings
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Union
+from typing import TYPE_CHECKING, Iterable, Iterator, Optional, Union
 
 import numpy as np
 from PIL import Image
@@ -18,7 +18,11 @@ from vlkit.data.sources.base import CAPTION_PROMPT, DataError, DataWarning, Path
 from vlkit.data.sources.formats import FORMATS, detect_format, expand_path
 from vlkit.data.sources.normalize import Reader
 from vlkit.images import decode_bytes, load_image
-from vlkit.tokenizer import IMAGE_PLACEHOLDER
+from vlkit.tokenizer import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
+from vlkit.video import load_video
+
+if TYPE_CHECKING:
+    from vlkit.config.video import VideoConfig
 
 
 def read_samples(path: PathLike, strict: bool = False, stats: Optional[ReadStats] = None, *,
@@ -120,6 +124,11 @@ def load_sample_images(sample: dict) -> list[Image.Image]:
     return [load_image(p) for p in sample.get("images", [])]
 
 
+def load_sample_videos(sample: dict, cfg: Optional["VideoConfig"] = None) -> list[list[Image.Image]]:
+    """The sample's video clips, each as its sampled RGB frames (vlkit.video; PyAV only for video files)."""
+    return [load_video(v, cfg, what=f"video {k}") for k, v in enumerate(sample.get("videos", []))]
+
+
 def load_sample_mask(sample: dict) -> Optional[np.ndarray]:
     """The segmentation mask (uint8 HxW class indices) or None."""
     if sample.get("mask_object") is not None:
@@ -135,13 +144,14 @@ def load_sample_mask(sample: dict) -> Optional[np.ndarray]:
 
 
 def corpus_text(path_or_samples: Union[PathLike, Iterable[dict]]) -> Iterator[str]:
-    """Every conversation turn's text (with `<image>` placeholders removed), e.g. to train a BPE tokenizer."""
+    """Every conversation turn's text (with `<image>` / `<video>` placeholders removed), e.g. to train a BPE
+    tokenizer."""
     if isinstance(path_or_samples, (str, os.PathLike)):
         samples: Iterable[dict] = read_samples(path_or_samples, check_images=False)
     else:
         samples = path_or_samples
     for sample in samples:
         for turn in sample.get("conversations", []):
-            text = turn.get("value", "").replace(IMAGE_PLACEHOLDER, "").strip()
+            text = turn.get("value", "").replace(IMAGE_PLACEHOLDER, "").replace(VIDEO_PLACEHOLDER, "").strip()
             if text:
                 yield text
