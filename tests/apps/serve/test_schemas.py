@@ -34,7 +34,8 @@ def test_content_parts_are_told_apart_by_their_type():
     text, image = req.messages[0].content
     assert isinstance(text, TextPart) and isinstance(image, ImagePart) and image.image_url.url == "data:,x"
     errors = _errors(ChatCompletionRequest, {"messages": [{"role": "user", "content": [{"type": "audio"}]}]})
-    assert (("messages", 0, "content", "list[tagged-union[TextPart,ImagePart]]", 0), "union_tag_invalid") in errors
+    assert any(loc[:3] == ("messages", 0, "content") and loc[3].startswith("list[tagged-union[TextPart,ImagePart")
+               and loc[4] == 0 and kind == "union_tag_invalid" for loc, kind in errors)
 
 
 @pytest.mark.parametrize("field,value,loc,kind", [

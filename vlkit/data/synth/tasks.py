@@ -28,9 +28,9 @@ from vlkit.data.synth.scene_tasks import (task_caption, task_generation, task_gr
                                           task_vqa)
 from vlkit.data.synth.multi_tasks import task_change, task_multi_count
 from vlkit.data.synth.text_tasks import task_chart, task_doc, task_ocr, task_receipt
-from vlkit.data.synth.video_tasks import VIDEO_PLACEHOLDER, task_video_qa
+from vlkit.data.synth.video_tasks import task_video_qa
 from vlkit.data.synth.world import LABEL_CLASSES
-from vlkit.tokenizer import IMAGE_PLACEHOLDER
+from vlkit.tokenizer import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
 
 TASKS: dict[str, Callable[[np.random.Generator, SynthConfig], Made]] = {
     "caption": task_caption,

@@ -23,7 +23,6 @@ from vlkit.data.synth.multi_tasks import free_center
 from vlkit.data.synth.world import (BACKGROUND_TONES, BACKGROUNDS, SIZES, box_is_free, compose_scene,
                                     shape_box_bound)
 
-VIDEO_PLACEHOLDER = "<video>"  # the human turn's mark of a video (vlkit.tokenizer.VIDEO_PLACEHOLDER once merged)
 VIDEO_TYPES = ("direction", "appear", "disappear", "count", "order")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 SINGLE_FRAME_ANSWERABLE = False  # every question type needs the order of frames (see the module docstring)
