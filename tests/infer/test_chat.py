@@ -2,6 +2,7 @@
 a model that cannot draw or segment says. (Models that learn to answer, draw and segment are tested in
 tests/models/test_vlm.py and test_vluas.py.)"""
 import pytest
+import torch
 from PIL import Image
 
 from vlkit.errors import UserError
@@ -30,6 +31,20 @@ def test_chat_batch_answers_each_prompt_as_chat_does(pipe):
     batch = pipe.chat_batch(prompts, [[RED], [blue]], max_new_tokens=10)
     assert batch == [pipe.chat(prompts[0], [RED], max_new_tokens=10), pipe.chat(prompts[1], [blue], max_new_tokens=10)]
     assert pipe.chat_batch(["What color?"], max_new_tokens=4) == [pipe.chat("What color?", max_new_tokens=4)]
+
+
+def test_a_clip_is_its_frames_in_one_vision_block_and_the_answer_depends_on_their_order(pipe, tokenizer):
+    blue = Image.new("RGB", (64, 64), (30, 40, 220))
+    clip = [pipe.image_tensor(RED), pipe.image_tensor(blue)]
+    ids, pixels = pipe.media_prompt("<video>\nWhere does it move?", [], [clip])
+    n = pipe.model.tokens_per_image(64, 64)
+    assert ids.count(tokenizer.image_pad_id) == 2 * n and ids.count(tokenizer.vision_start_id) == 1  # one block
+    assert len(pixels) == 2 and pixels[0].float().mean() != pixels[1].float().mean()  # frames in clip order
+    forward = pipe.chat("<video>\nWhere does it move?", videos=[[RED, blue]], max_new_tokens=8)
+    assert forward == pipe.chat_batch(["<video>\nWhere does it move?"], videos=[[[RED, blue]]], max_new_tokens=8)[0]
+    logits = [pipe.model(torch.tensor([ids]), px, return_logits=True)["logits"][0, -1]
+              for px in (pixels, pixels[::-1])]
+    assert not torch.allclose(*logits)  # the model sees the frames, in order
 
 
 def test_generation_config_stops_at_the_tokenizer_stop_tokens_and_limits_vluas_to_text(pipe, tokenizer):

@@ -13,6 +13,7 @@ from vlkit.infer.generate import TextStreamer, generate, generate_codes, generat
 from vlkit.infer.segment import segment
 from vlkit.models.bundle import Bundle
 from vlkit.models.vq import tensor_to_pil
+from vlkit.video import VideoLike, load_video
 
 
 
@@ -28,18 +29,26 @@ class ChatBundle(Bundle):
 
     # -- chat ------------------------------------------------------------------------------------------
     def chat_batch(self, prompts: Sequence[str | Sequence[dict]], images: Sequence[Sequence[ImageLike]] = (),
-                   max_new_tokens: int = 64, temperature: float = 0.0, **kwargs: Any) -> list[str]:
-        """Answers for several prompts at once (each prompt: the user text, or a list of chat messages)."""
+                   max_new_tokens: int = 64, temperature: float = 0.0, videos: Sequence[Sequence[VideoLike]] = (),
+                   **kwargs: Any) -> list[str]:
+        """Answers for several prompts at once (each prompt: the user text, or a list of chat messages); `images`
+        and `videos` give each prompt's images and clips (a clip: a video file, a frame folder or a list of
+        frames, sampled by vlkit.video with its default VideoConfig)."""
         images = list(images) or [[] for _ in prompts]
-        pixels = [[self.image_tensor(im) for im in row] for row in images]
-        ids = [self.prompt_ids(p, px) for p, px in zip(prompts, pixels)]
+        videos = list(videos) or [[] for _ in prompts]
+        ids, pixels = [], []
+        for p, row, clips in zip(prompts, images, videos):
+            frames = [[self.image_tensor(f) for f in load_video(clip)] for clip in clips]
+            i, px = self.media_prompt(p, [self.image_tensor(im) for im in row], frames)
+            ids.append(i)
+            pixels.append(px)
         gen = self.generation_config(max_new_tokens=max_new_tokens, temperature=temperature, **kwargs)
         out = generate(self.model, ids, pixels, gen, self.tokenizer.pad_id)
         return [self.tokenizer.decode(o).strip() for o in out]
 
     def chat(self, prompt: str | Sequence[dict], images: Sequence[ImageLike] = (), max_new_tokens: int = 64,
-             temperature: float = 0.0, **kwargs: Any) -> str:
-        return self.chat_batch([prompt], [list(images)], max_new_tokens, temperature, **kwargs)[0]
+             temperature: float = 0.0, videos: Sequence[VideoLike] = (), **kwargs: Any) -> str:
+        return self.chat_batch([prompt], [list(images)], max_new_tokens, temperature, [list(videos)], **kwargs)[0]
 
     def chat_stream(self, prompt: str | Sequence[dict], images: Sequence[ImageLike] = (), max_new_tokens: int = 64,
                     temperature: float = 0.0, **kwargs: Any) -> Iterator[str]:

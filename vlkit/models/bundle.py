@@ -22,7 +22,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 
-from vlkit.chat import ChatProcessor, ensure_placeholders, normalize_messages
+from vlkit.chat import ChatFormatError, ChatProcessor, ensure_placeholders, in_sequence_order, normalize_messages
 from vlkit.config import ModelConfig
 from vlkit.errors import CheckpointError, UserError
 from vlkit.images import ImageLike, ImageProcessor, load_image
@@ -85,6 +85,21 @@ class Bundle:
         turns, _ = normalize_messages(prompt)
         return self.processor.encode(ensure_placeholders(turns, len(pixels)), counts,
                                      add_generation_prompt=True).input_ids
+
+    def media_prompt(self, prompt: str | Sequence[dict], pixels: Sequence[torch.Tensor],
+                     clips: Sequence[Sequence[torch.Tensor]] = ()) -> tuple[list[int], list[torch.Tensor]]:
+        """`prompt_ids` with video clips too (each a list of frame tensors, encoded as images; one vision block per
+        `<video>`, vlkit/chat.py) -> (ids, the pixels in the order the model fills their slots)."""
+        if not clips:
+            return self.prompt_ids(prompt, pixels), list(pixels)
+        if not isinstance(self.processor, ChatProcessor):
+            raise ChatFormatError("this model's chat template takes no videos (vlkit's ChatML checkpoints do)")
+        turns = [("user", prompt)] if isinstance(prompt, str) else normalize_messages(prompt, videos=[])[0]
+        turns = ensure_placeholders(turns, len(pixels), len(clips))
+        n = lambda p: self.model.tokens_per_image(p.shape[1], p.shape[2])  # noqa: E731
+        enc = self.processor.encode(turns, [n(p) for p in pixels], add_generation_prompt=True,
+                                    tokens_per_video=[sum(n(f) for f in clip) for clip in clips])
+        return enc.input_ids, in_sequence_order(turns, pixels, clips)
 
     # -- identity and persistence ----------------------------------------------------------------------
     def fingerprint(self) -> str:

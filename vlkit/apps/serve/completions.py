@@ -12,7 +12,7 @@ from fastapi.responses import StreamingResponse
 from vlkit.apps.serve.errors import APIError, error_body
 from vlkit.apps.serve.media import MediaLoader
 from vlkit.apps.serve.schemas import ChatCompletionRequest, ChatMessage
-from vlkit.chat import ChatFormatError, ChatProcessor, ensure_placeholders, in_sequence_order, normalize_messages
+from vlkit.chat import ChatFormatError
 from vlkit.errors import ImageTokenError
 from vlkit.grounding import parse_boxes
 from vlkit.infer.engine import (ContextLengthError, Engine, EngineStoppedError, EventStream, QueueFullError, QueueSlot,
@@ -46,16 +46,8 @@ def engine_messages(messages: list[ChatMessage]) -> list[dict]:
 def video_prompt(pipe, messages: list[dict], images: list, clips: list) -> tuple[list[int], list]:
     """`Engine.prepare` for a request with videos: each clip's frames are encoded as images and fill one vision
     block of its `<video>` (vlkit/chat.py); pixels follow the sequence (chat.in_sequence_order)."""
-    if not isinstance(pipe.processor, ChatProcessor):
-        raise ChatFormatError("this model's chat template takes no videos (vlkit's ChatML checkpoints do)")
-    turns, _ = normalize_messages(messages, videos=[])
-    img = [pipe.image_tensor(im) for im in images]
-    vid = [[pipe.image_tensor(f) for f in clip] for clip in clips]
-    n = lambda p: pipe.model.tokens_per_image(p.shape[1], p.shape[2])  # noqa: E731
-    turns = ensure_placeholders(turns, len(img), len(vid))
-    enc = pipe.processor.encode(turns, [n(p) for p in img], add_generation_prompt=True,
-                                tokens_per_video=[sum(n(f) for f in clip) for clip in vid])
-    return enc.input_ids, in_sequence_order(turns, img, vid)
+    return pipe.media_prompt(messages, [pipe.image_tensor(im) for im in images],
+                             [[pipe.image_tensor(f) for f in clip] for clip in clips])
 
 
 def open_chat_stream(engine: Engine, ids: list[int], pixels: list, params: SamplingParams, slot: QueueSlot,
