@@ -123,12 +123,3 @@ def test_ground_truth_is_checked_before_any_model_call(tmp_path):
         get_task("nope")
     assert {"vqa", "caption", "grounding", "reg", "ocr", "chart", "doc", "segmentation", "generation",
             "receipt", "multi_count", "change", "video_qa"} == set(TASKS)
-
-
-def test_text_task_scores_keep_per_sample_values_in_metric_order():
-    from vlkit.eval.task_base import mean_scores
-
-    ts = mean_scores({"acc": [1.0, 0.0], "cer": [0.0, 0.5]}, ["red", ""])
-    assert list(ts.metrics) == ["acc", "cer"] and ts.metrics["cer"].values == [0.0, 0.5]
-    assert ts.parse_failed == [False, True]  # an empty answer
-    assert ts.per_sample == [{"acc": 1.0, "cer": 0.0}, {"acc": 0.0, "cer": 0.5}]
