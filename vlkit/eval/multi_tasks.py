@@ -3,42 +3,11 @@ frames). All are scored like VQA (vqa_acc) and broken down by `meta.question_typ
 tasks.py."""
 from __future__ import annotations
 
-import hashlib
 import inspect
-import json
-from pathlib import Path
 
 from vlkit.eval import metrics as M
-from vlkit.eval.metrics import EvalError
-from vlkit.eval.task_base import VQATask, first_line, resolve
+from vlkit.eval.task_base import VQATask, first_line, sample_videos
 from vlkit.images import load_image
-
-
-def sample_videos(sample: dict) -> list[list[str]]:
-    """The sample's videos given as frame lists, each frame path resolved (a video file is not a frame list)."""
-    if "video_objects" in sample:  # decoded frames (tar / HF / in-memory sources)
-        return [[] for _ in sample["video_objects"]]
-    videos = sample.get("videos")
-    if not videos or not all(isinstance(v, list) and v for v in videos):
-        raise EvalError(f"sample {sample.get('id')!r} (task {sample.get('task')!r}) needs `videos`: a list of "
-                        f"clips, each a non-empty list of frame paths; got {videos!r}")
-    return [[resolve(sample, p) for p in clip] for clip in videos]
-
-
-def clip_digest(sample: dict) -> str:
-    """sha256 of the first clip's frames (file bytes, or the pixels of decoded frames)."""
-    h = hashlib.sha256()
-    if "video_objects" in sample:
-        for im in sample["video_objects"][0]:
-            h.update(f"|{im.mode}{im.size}|".encode())
-            h.update(im.tobytes())
-        return h.hexdigest()
-    for path in sample_videos(sample)[0]:
-        try:
-            h.update(hashlib.sha256(Path(path).read_bytes()).digest())
-        except OSError as exc:  # the frame is reported unreadable when the model is asked (inputs)
-            h.update(f"unreadable: {exc}".encode())
-    return h.hexdigest()
 
 
 class MultiCountTask(VQATask):
@@ -70,13 +39,6 @@ class VideoQATask(VQATask):
     def validate(self, sample):
         super().validate(sample)
         sample_videos(sample)
-
-    def settings(self, sample, max_new_tokens):
-        # the clip is in the prediction's cache key here (the runner's content digest covers prompt and images)
-        return {**super().settings(sample, max_new_tokens), "clip": clip_digest(sample)}
-
-    def batch_key(self, settings):
-        return json.dumps({k: v for k, v in settings.items() if k != "clip"}, sort_keys=True)
 
     def inputs(self, sample):
         """The clip's frames (the runner blanks each one for a blind run)."""

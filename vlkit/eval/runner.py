@@ -27,7 +27,7 @@ from vlkit.data.sources import read_samples
 from vlkit.eval.metrics import EvalError
 from vlkit.eval.report import scores_table
 from vlkit.eval.scoring import paired_difference
-from vlkit.eval.task_base import Job, Task, sample_images
+from vlkit.eval.task_base import Job, Task, sample_images, sample_videos
 from vlkit.eval.tasks import TASKS, get_task
 from vlkit.images import ImageError
 from vlkit.io import read_records, write_json
@@ -70,18 +70,23 @@ def prediction_key(fingerprint: str, task: str, content: str, settings: dict, bl
 
 
 def content_digest(task: Task, sample: dict, file_digests: Optional[dict] = None) -> str:
-    """sha256 of what the model is given for `sample`: the prompt text and the bytes of each input image (the
-    file's bytes, or the decoded pixels of tar / HF sources). `file_digests` memoizes files shared by samples."""
+    """sha256 of what the model is given for `sample`: the prompt text and the bytes of each input image and video
+    frame (the file's bytes, or the decoded pixels of tar / HF sources). `file_digests` memoizes files shared by
+    samples."""
     h = hashlib.sha256(task.prompt(sample).encode("utf-8"))
     if not task.input_images:  # the sample's image is the target, not an input
         return h.hexdigest()
-    if "image_objects" in sample:
-        for im in sample["image_objects"]:
+    if "image_objects" in sample or "video_objects" in sample:
+        frames = [f for clip in sample.get("video_objects") or [] for f in clip]
+        for im in [*(sample.get("image_objects") or []), *frames]:
             h.update(f"|{im.mode}{im.size}|".encode())
             h.update(im.tobytes())
         return h.hexdigest()
     memo = file_digests if file_digests is not None else {}
-    for path in sample_images(sample):
+    videos = sample.get("videos") or []
+    as_frames = videos and all(isinstance(v, list) for v in videos)  # clips given as frame lists (video_qa)
+    frames = [f for clip in sample_videos(sample) for f in clip] if as_frames else []
+    for path in [*sample_images(sample), *frames]:
         if path not in memo:
             try:
                 memo[path] = hashlib.sha256(Path(path).read_bytes()).hexdigest()

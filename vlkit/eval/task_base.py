@@ -43,6 +43,17 @@ def sample_images(sample: dict) -> list[str]:
     return [resolve(sample, p) for p in imgs]
 
 
+def sample_videos(sample: dict) -> list[list[str]]:
+    """The sample's videos given as frame lists, each frame path resolved (a video file is not a frame list)."""
+    if "video_objects" in sample:  # decoded frames (tar / HF / in-memory sources)
+        return [[] for _ in sample["video_objects"]]
+    videos = sample.get("videos")
+    if not videos or not all(isinstance(v, list) and v for v in videos):
+        raise EvalError(f"sample {sample.get('id')!r} (task {sample.get('task')!r}) needs `videos`: a list of "
+                        f"clips, each a non-empty list of frame paths; got {videos!r}")
+    return [[resolve(sample, p) for p in clip] for clip in videos]
+
+
 def resolve(sample: dict, path: str) -> str:
     p = Path(path)
     if p.is_absolute():
