@@ -18,6 +18,7 @@ from typing import Any, Callable, Optional
 
 import torch
 
+from vlkit import hf as _hf  # noqa: F401  (registers the Hugging Face checkpoint formats: `init:` may be one)
 from vlkit.config import PRESETS, ConfigError, ModelConfig, Recipe, StageConfig, TrainConfig, apply_overrides, \
     load_yaml, model_config_from_dict, to_dict
 from vlkit.data.collate import Collator, EncodeStats, Example
@@ -44,7 +45,6 @@ class TrainingError(UserError):
 def build_pipeline(recipe: Recipe, corpus: Callable[[], Any]):
     """A fresh model + tokenizer per the recipe (or the `init` checkpoint)."""
     from vlkit.models.vlm import VisionLanguageModel
-    import vlkit.hf  # noqa: F401  (registers the Hugging Face checkpoint formats: init may be an HF model)
     from vlkit.models.bundle import Bundle, load_bundle
     from vlkit.tokenizer import Tokenizer
 
@@ -371,7 +371,6 @@ class Trainer:
 def resume_run(out: Path) -> tuple[Any, Optional[tuple[dict, Any, dict]], int, int]:
     """The latest checkpoint of the run in `out`: (pipeline, trainer state to restore or None at a stage boundary,
     stage index to go on from, global step); (None, None, 0, 0) when there is none."""
-    import vlkit.hf  # noqa: F401  (registers the Hugging Face checkpoint formats: init may have been an HF model)
     from vlkit.models.bundle import load_bundle
 
     latest = ckpt_io.latest_checkpoint(out)
