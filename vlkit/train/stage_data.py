@@ -8,12 +8,12 @@ from typing import Callable, Optional
 
 import torch
 
-from vlkit.config import ConfigError, DataConfig, ImageProcessorConfig, TargetSpec
+from vlkit.config import ConfigError, DataConfig, TargetSpec
 from vlkit.data.collate import EncodeStats, Example, encode_samples
 from vlkit.data.feed import StreamFeed, mixture, read_records
 from vlkit.data.sources import SOURCE_OPTIONS, SourceOptions
 from vlkit.errors import UserError
-from vlkit.images import ImageProcessor
+from vlkit.images import normalize_pixels
 
 
 def target_spec(pipe, data: DataConfig, seed: int) -> TargetSpec:
@@ -26,11 +26,9 @@ def target_spec(pipe, data: DataConfig, seed: int) -> TargetSpec:
         if vq is None:
             raise ConfigError("vision_target=codes but the pipeline has no visual tokenizer (vq/)")
 
-        # the visual tokenizer's input normalisation, [-1, 1] (what VisualTokenizer.preprocess applies)
-        unit = ImageProcessor(ImageProcessorConfig(), vq.cfg.image_size, (0.5,) * 3, (0.5,) * 3)
-
         def encode_codes(images: list[torch.Tensor]) -> torch.Tensor:
-            pixels = unit.normalize(torch.stack(images)).to(vq.quantizer.codebook.device)
+            # the visual tokenizer's input normalisation, [-1, 1] (what VisualTokenizer.preprocess applies)
+            pixels = normalize_pixels(torch.stack(images)).to(vq.quantizer.codebook.device)
             return vq.encode(pixels).reshape(len(images), -1, vq.cfg.depth)
 
         spec.code_offset, spec.encode_codes = cfg.text_vocab_size, encode_codes
