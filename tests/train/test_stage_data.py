@@ -49,3 +49,79 @@ def test_a_fresh_tokenizer_learns_from_every_stages_data():
     text = list(stage_data.tokenizer_corpus(recipe.stages, seed=0))
     assert any("color" in t.lower() for t in text) and any("read" in t.lower() or "text" in t.lower() for t in text)
     assert len(text) == 2 * stage_data.TOKENIZER_CORPUS * 2  # two distinct stage data sets, two turns a sample
+
+
+def _native_pipe(tokenizer):
+    from vlkit.config import ImageProcessorConfig, TextConfig, VisionConfig, tiny_model_config
+    from vlkit.models.vlm import VisionLanguageModel
+    from vlkit.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    vision = VisionConfig(position="rope2d", processor=ImageProcessorConfig(min_pixels=16 * 16, max_pixels=96 * 96,
+                                                                            merge_size=2))
+    cfg = tiny_model_config("spatial_merge", vision=vision, text=TextConfig(vocab_size=len(tokenizer)))
+    cfg.image_token_id = tokenizer.image_pad_id
+    return Pipeline(VisionLanguageModel(cfg), tokenizer)
+
+
+MIXED = {"synth": {"tasks": ["ocr", "vqa"], "size": 96, "aspect": "mixed"}}
+
+
+def test_a_samples_length_is_its_encoded_length_at_native_size(tokenizer):
+    """Text + N pads per image, N at the processed (native) size: what the encoder gives, without encoding."""
+    pipe = _native_pipe(tokenizer)
+    data = DataConfig(train=[MIXED], max_length=400)
+    stream, encode = stage_data.stream_of(data, 0), stage_data.sample_encoder(pipe, data, 0)
+    grouping = stage_data.length_grouping(pipe, data.__class__(**{**vars(data), "group_by_length": True}), 0)
+    samples = [stream(g) for g in range(12)]
+    examples = encode(samples, stage_data.EncodeStats())
+    assert len({tuple(im.shape) for ex in examples for im in ex.images}) > 1  # mixed sizes
+    assert [grouping.measure(s) for s in samples] == [len(ex) for ex in examples]
+    assert grouping.measure(None) == 0 and stage_data.length_grouping(pipe, data, 0) is None
+
+
+def test_group_by_length_pads_less_on_mixed_native_sizes(tokenizer):
+    from vlkit.data.grouping import padding_share
+
+    pipe = _native_pipe(tokenizer)
+
+    def share(group: bool) -> float:
+        data = DataConfig(train=[MIXED], max_length=400, group_by_length=group, group_window=4)
+        feed = stage_data.load_feed(pipe, data, 0)
+        return padding_share([[len(e) for e in feed.next_batch(6, 0, 1)] for _ in range(8)])
+
+    grouped, plain = share(True), share(False)
+    assert grouped < 0.5 * plain, (grouped, plain)
+
+
+def test_a_recipe_names_the_video_sampling_of_its_data(tokenizer):
+    """data.video (VideoConfig): max_frames thins a clip, temporal_patch_size 2 evens it; the pads follow."""
+    from vlkit.config import Recipe
+
+    recipe = Recipe.from_dict({"model": {"preset": "tiny"}, "stages": [{"data": {
+        "train": [{"synth": {"tasks": ["video_qa"], "video_frames": 5}}],
+        "video": {"max_frames": 3, "temporal_patch_size": 2, "fps": 1.0, "max_total_pixels": 0}}}]})
+    video = recipe.stages[0].data.video
+    assert (video.max_frames, video.temporal_patch_size, video.fps, video.max_total_pixels) == (3, 2, 1.0, 0)
+    with pytest.raises(ConfigError, match="temporal_patch_size"):
+        Recipe.from_dict({"stages": [{"data": {"video": {"temporal_patch_size": 3}}}]})
+    with pytest.raises(ConfigError, match="max_frmaes"):
+        Recipe.from_dict({"stages": [{"data": {"video": {"max_frmaes": 3}}}]})
+    pipe = stage_data_pipe(tokenizer)
+    per_frame = pipe.model.tokens_per_image(64, 64)
+    for data, frames in ((recipe.stages[0].data, 4), (DataConfig(train=recipe.stages[0].data.train), 5)):
+        stream = stage_data.stream_of(data, 0)
+        ex = stage_data.sample_encoder(pipe, data, 0)([stream(0)], stage_data.EncodeStats())[0]
+        assert len(ex.images) == frames  # 5 frames -> 3 (max_frames) -> 4 (even); default: all 5
+        assert ex.input_ids.count(tokenizer.image_pad_id) == frames * per_frame
+
+
+def stage_data_pipe(tokenizer):
+    from vlkit.config import tiny_model_config
+    from vlkit.models.vlm import VisionLanguageModel
+    from vlkit.pipeline import Pipeline
+
+    torch.manual_seed(0)
+    cfg = tiny_model_config("spatial_merge", vocab_size=len(tokenizer))
+    cfg.image_token_id = tokenizer.image_pad_id
+    return Pipeline(VisionLanguageModel(cfg), tokenizer)

@@ -99,8 +99,8 @@ def test_killed_and_resumed_run_matches_uninterrupted(tokenizer, data_dir, tmp_p
     assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
 
 
-def _synth_recipe(out, save_every=0):
-    data = DataConfig(train=[{"synth": {"tasks": ["vqa", "grounding"]}}], max_length=200)
+def _synth_recipe(out, save_every=0, **data_kw):
+    data = DataConfig(train=[{"synth": {"tasks": ["vqa", "grounding"]}}], max_length=200, **data_kw)
     return Recipe(model={}, tokenizer={}, train=TrainConfig(out=str(out), precision="fp32", save_every=save_every,
                                                             keep_last=2, log_every=1),
                   stages=[StageConfig(name="m", train="multitask", steps=6, lr=3e-3, warmup_steps=1, batch_size=4,
@@ -135,6 +135,30 @@ def test_synth_stream_stage_resumes_exactly_and_never_repeats_a_sample(tokenizer
     for k in a:
         assert torch.equal(a[k], b[k]), k
     assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
+
+
+def test_a_length_grouped_stage_resumes_exactly_from_the_middle_of_a_window(tokenizer, tmp_path):
+    """group_by_length: the killed run stops at step 3 (checkpoint at 2) inside a 4-batch look-ahead window; the
+    resumed run must take the same batches as the uninterrupted one, and grouping must change the batches."""
+    grouped = dict(group_by_length=True, group_window=4)
+    full = train(_synth_recipe(tmp_path / "a", **grouped), pipe=make_pipe(tokenizer))
+    plain = train(_synth_recipe(tmp_path / "p"), pipe=make_pipe(tokenizer))
+
+    def kill_at_3(trainer, global_step):
+        if global_step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(_synth_recipe(tmp_path / "b", save_every=2, **grouped), pipe=make_pipe(tokenizer),
+              callbacks=(kill_at_3,))
+    resumed = train(_synth_recipe(tmp_path / "b", save_every=2, **grouped), resume=True)
+    from vlkit.pipeline import load
+
+    a, b = load(full).model.state_dict(), load(resumed).model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
+    assert _metrics(tmp_path / "p") != _metrics(tmp_path / "a")
 
 
 def _metrics(run) -> dict:

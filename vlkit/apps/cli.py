@@ -7,7 +7,7 @@ from typing import Callable, Iterable, Iterator
 
 from vlkit.apps.quickstart import VISION_TARGETS
 from vlkit.data.sources import FORMATS
-from vlkit.config.synth import SPLITS
+from vlkit.config.synth import ASPECTS, SPLITS
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -24,7 +24,7 @@ def cmd_data_synth(a: argparse.Namespace) -> None:
     from vlkit.data.synth import generate_dataset
 
     generate_dataset(a.out, n=a.n, tasks=_csv(a.tasks), split=a.split, seed=a.seed, size=a.size,
-                     fmt=a.format, heldout=a.heldout)
+                     fmt=a.format, heldout=a.heldout, aspect=a.aspect, video_frames=a.video_frames)
 
 
 def cmd_data_inspect(a: argparse.Namespace) -> None:
@@ -163,6 +163,10 @@ def _add_data(sub) -> None:
     s.add_argument("--size", type=int, default=64)
     s.add_argument("--format", choices=FORMATS, default="jsonl")
     s.add_argument("--heldout", default="default", help="held-out (color,shape) set: default | none")
+    s.add_argument("--aspect", choices=ASPECTS, default="square",
+                   help="canvas of the text images (ocr, chart, doc): wide/tall at native resolution, mixed: one "
+                        "per sample (default square)")
+    s.add_argument("--video-frames", type=int, default=8, help="frames per video_qa clip (4..64, default 8)")
     s.set_defaults(func=cmd_data_synth)
     i = dsub.add_parser("inspect", help="counts per task and a PNG grid of samples")
     i.add_argument("dir")

@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional
 
 from vlkit.config.base import ConfigError, _Checked, from_dict, non_negative, positive, ranged
+from vlkit.config.video import VideoConfig
 
 # the stage kinds (a stage's `train:`), in the order a recipe uses them; vlkit.train.stages.STAGES gives each its
 # trainable modules and properties (tests/config/test_train.py checks the two agree)
@@ -19,11 +20,17 @@ class DataConfig(_Checked):
     train: list = field(default_factory=list)  # [{"path": DIR_OR_FILE, "weight": 1.0, "tasks": [...]}, ...]
     max_length: int = positive(512)
     packing: bool = False  # pack several samples into one row (block-diagonal attention)
+    # global batches of samples of similar length (text + image tokens), sorted within a look-ahead window of
+    # group_window batches (vlkit/data/grouping.py): mixed image sizes pad little; streamed feeds only
+    group_by_length: bool = False
+    group_window: int = positive(16)
     strict: bool = False  # fail on a bad sample instead of skipping it with a counted warning
     # image-generation samples trained with a blank prompt (classifier-free guidance)
     prompt_dropout: float = ranged(0.1, 0, 1, hi_open=True)
     # other image-generation samples trained with 1-2 filler words inserted in the prompt
     prompt_noise: float = ranged(0.0, 0, 1)
+    # how the stage's video clips become frames: fps, max_frames, max_total_pixels, temporal_patch_size (vlkit.video)
+    video: VideoConfig = field(default_factory=VideoConfig)
 
 
 @dataclass

@@ -17,6 +17,7 @@ import torch
 
 from vlkit.chat import IGNORE, ROLES, ChatProcessor
 from vlkit.config import TargetSpec
+from vlkit.config.video import VideoConfig
 from vlkit.data.sources import load_sample_mask
 from vlkit.data.visuals import sample_visuals
 from vlkit.errors import UserError
@@ -56,12 +57,18 @@ class EncodeStats:
             self.examples.append(message)
 
 
+# what a sample that cannot be encoded raises (skipped and counted, or an error under `strict`)
+ENCODE_ERRORS = (UserError, OSError, KeyError, TypeError, ValueError)
+
+
 def encode_samples(samples: Iterable[dict], processor: ChatProcessor, image_size: int,
                    tokens_per_image: Callable[[int, int], int], max_length: int, strict: bool = False,
                    stats: Optional[EncodeStats] = None, spec: Optional[TargetSpec] = None,
-                   image_processor: Optional[ImageProcessor] = None) -> list[Example]:
+                   image_processor: Optional[ImageProcessor] = None, video: Optional[VideoConfig] = None
+                   ) -> list[Example]:
     """Samples -> examples: images through `image_processor` (the checkpoint's own; default vlkit's, a bicubic
-    resize to `image_size`) as uint8, text tokenized with as many image pads as each image gives tokens."""
+    resize to `image_size`) as uint8, video clips sampled as `video` says (default VideoConfig()), text tokenized
+    with as many image pads as each image gives tokens."""
     stats = stats if stats is not None else EncodeStats()
     spec = spec or TargetSpec()
     if image_processor is None:
@@ -70,7 +77,7 @@ def encode_samples(samples: Iterable[dict], processor: ChatProcessor, image_size
     for sample in samples:
         sid = str(sample.get("id", "?"))
         try:
-            vis = sample_visuals(sample, processor, image_processor, tokens_per_image)  # images and video frames
+            vis = sample_visuals(sample, processor, image_processor, tokens_per_image, video)  # images and frames
             images, n_toks, media = vis.pixels, vis.tokens_per_image, vis.encode_kwargs()
             enc = processor.encode_sample(sample, n_toks, **media)
             if enc.target_images:
@@ -88,7 +95,7 @@ def encode_samples(samples: Iterable[dict], processor: ChatProcessor, image_size
             dense = None
             if spec.dense and (mask := load_sample_mask(sample)) is not None:
                 dense = dense_targets(enc.input_ids, processor, mask, (sample.get("meta") or {}).get("classes"), sid)
-        except (UserError, OSError, KeyError, TypeError, ValueError) as exc:
+        except ENCODE_ERRORS as exc:
             if strict:
                 raise UserError(f"sample {sid}: {exc}") from None
             stats.skip(type(exc).__name__, f"sample {sid}: {exc}")
@@ -102,6 +109,19 @@ def encode_samples(samples: Iterable[dict], processor: ChatProcessor, image_size
         warnings.warn(f"skipped {sum(stats.skipped.values())} sample(s) while encoding: {stats.skipped}; "
                       f"e.g. {stats.examples[0]}", stacklevel=2)
     return out
+
+
+def sample_length(sample: Optional[dict], processor: ChatProcessor, image_processor: ImageProcessor,
+                  tokens_per_image: Callable[[int, int], int], video: Optional[VideoConfig] = None) -> int:
+    """The number of tokens the sample encodes to: its text plus N image pads per image (N = tokens_per_image at
+    the processed size; a clip: its frames' tokens summed). 0 for a sample that cannot be read or encoded."""
+    if sample is None:
+        return 0
+    try:
+        vis = sample_visuals(sample, processor, image_processor, tokens_per_image, video)
+        return len(processor.encode_sample(sample, vis.tokens_per_image, **vis.encode_kwargs()).input_ids)
+    except ENCODE_ERRORS:
+        return 0
 
 
 def _coin(seed: int, key: str) -> float:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from vlkit.data.collate import EncodeStats, Example
+from vlkit.data.grouping import LengthGrouping
 
 
 def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
@@ -54,14 +55,15 @@ class StreamFeed:
     `length=None`: an endless stream, `sample` takes the global index; else a collection of `length` records
     walked in seeded epoch permutations. The position is the number of global samples taken. `max_skip`: a
     DataError once more than that share of this rank's samples failed to encode (corrupt images, samples too
-    long, ...), judged after `SKIP_CHECK_AFTER` samples or one epoch, whichever comes first."""
+    long, ...), judged after `SKIP_CHECK_AFTER` samples or one epoch, whichever comes first. `group`: global
+    batches of samples of similar length (vlkit/data/grouping.py), else each batch is g in [pos, pos + B)."""
 
     def __init__(self, sample: Callable[[int], dict], encode: Callable[[list, EncodeStats], list[Example]],
                  length: Optional[int] = None, seed: int = 0, stats: Optional[EncodeStats] = None,
-                 max_skip: Optional[float] = None):
+                 max_skip: Optional[float] = None, group: Optional[LengthGrouping] = None):
         if length is not None and length < 1:
             raise ValueError("a feed over a collection needs at least one record")
-        self.sample, self.encode, self.length, self.seed = sample, encode, length, seed
+        self.sample, self.encode, self.length, self.seed, self.group = sample, encode, length, seed, group
         self.pos = 0  # global samples taken
         self.stats = stats if stats is not None else EncodeStats()
         self.max_skip = max_skip
@@ -91,9 +93,16 @@ class StreamFeed:
             self._order = (epoch, epoch_order(self.length, epoch, self.seed))
         return int(self._order[1][g % self.length])
 
+    def global_batch(self, start: int, batch_size: int) -> list[int]:
+        """The global sample indices of the global batch at position `start`: [start, start + batch_size), or,
+        grouped by length, a batch of the look-ahead window that holds them."""
+        if self.group is None:
+            return list(range(start, start + batch_size))
+        return self.group.batch(start, batch_size, lambda g: self.sample(self.record(g)))
+
     def make_batch(self, start: int, batch_size: int, rank: int, world: int, stats: EncodeStats) -> list[Example]:
-        """This rank's share of the global batch [start, start + batch_size), encoded."""
-        mine = shard(range(start, start + batch_size), rank, world)
+        """This rank's share of the global batch at position `start`, encoded."""
+        mine = shard(self.global_batch(start, batch_size), rank, world)
         return self.encode(read_records(self.sample, [self.record(g) for g in mine], stats), stats)
 
     def next_batch(self, batch_size: int, rank: int, world: int) -> list[Example]:

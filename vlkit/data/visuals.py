@@ -34,7 +34,7 @@ def sample_visuals(sample: dict, processor, image_processor: ImageProcessor,
                    tokens_per_image: Callable[[int, int], int], video: Optional[VideoConfig] = None) -> Visuals:
     images = [image_processor.pixels(im) for im in load_sample_images(sample)]
     n_img = [tokens_per_image(int(im.shape[1]), int(im.shape[2])) for im in images]
-    if not sample.get("videos"):
+    if not sample.get("videos") and not sample.get("video_objects"):
         return Visuals(images, n_img)
     if not isinstance(processor, ChatProcessor):
         raise UserError(f"sample {sample.get('id', '?')} has videos, which this checkpoint's chat template "

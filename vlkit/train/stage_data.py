@@ -9,8 +9,9 @@ from typing import Callable, Optional
 import torch
 
 from vlkit.config import ConfigError, DataConfig, TargetSpec
-from vlkit.data.collate import EncodeStats, Example, encode_samples
+from vlkit.data.collate import EncodeStats, Example, encode_samples, sample_length
 from vlkit.data.feed import StreamFeed, mixture, read_records
+from vlkit.data.grouping import LengthGrouping
 from vlkit.data.sources import SOURCE_OPTIONS, SourceOptions
 from vlkit.errors import UserError
 from vlkit.images import normalize_pixels
@@ -58,9 +59,20 @@ def sample_encoder(pipe, data: DataConfig, seed: int) -> Callable[[list[dict], E
 
     def encode(samples: list[dict], st: EncodeStats) -> list[Example]:
         return encode_samples(samples, pipe.processor, image_size, pipe.model.tokens_per_image, data.max_length,
-                              strict=data.strict, stats=st, spec=spec, image_processor=images)
+                              strict=data.strict, stats=st, spec=spec, image_processor=images, video=data.video)
 
     return encode
+
+
+def length_grouping(pipe, data: DataConfig, seed: int) -> Optional[LengthGrouping]:
+    """The stage's length grouping (data.group_by_length), measuring samples as the model will see them."""
+    if not data.group_by_length:
+        return None
+
+    def measure(sample: Optional[dict]) -> int:
+        return sample_length(sample, pipe.processor, pipe.image_processor, pipe.model.tokens_per_image, data.video)
+
+    return LengthGrouping(measure, data.group_window, seed)
 
 
 def load_examples(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = None) -> list[Example]:
@@ -125,15 +137,15 @@ def load_feed(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = 
               order_seed: Optional[int] = None) -> StreamFeed:
     """The stage's training feed, streamed: its `synth:` stream, or its files indexed as light records and walked
     in epoch permutations seeded by `order_seed` (default `seed`; `train` passes train.seed, the order the
-    in-memory path used). Either way a batch is read and encoded only when it is needed (in DataLoader workers
+    in-memory path used); with data.group_by_length, batches of similar length (vlkit/data/grouping.py). Either way a batch is read and encoded only when it is needed (in DataLoader workers
     with train.num_workers > 0), by the rank that trains on it."""
-    encode = sample_encoder(pipe, data, seed)
+    encode, group = sample_encoder(pipe, data, seed), length_grouping(pipe, data, seed)
     stream = stream_of(data, seed)
     if stream is not None:
-        return StreamFeed(stream, encode, stats=stats)
+        return StreamFeed(stream, encode, stats=stats, group=group)
     mix = file_mixture(data, seed)
     return StreamFeed(mix.__getitem__, encode, length=len(mix), seed=seed if order_seed is None else order_seed,
-                      stats=stats, max_skip=mix.max_skip)
+                      stats=stats, max_skip=mix.max_skip, group=group)
 
 
 def tokenizer_corpus(stages: list, seed: int):

@@ -125,8 +125,10 @@ def load_sample_images(sample: dict) -> list[Image.Image]:
 
 
 def load_sample_videos(sample: dict, cfg: Optional["VideoConfig"] = None) -> list[list[Image.Image]]:
-    """The sample's video clips, each as its sampled RGB frames (vlkit.video; PyAV only for video files)."""
-    return [load_video(v, cfg, what=f"video {k}") for k, v in enumerate(sample.get("videos", []))]
+    """The sample's video clips, each as its sampled RGB frames (vlkit.video; PyAV only for video files): decoded
+    frames in `video_objects` (in-memory sources: the synthetic stream) or `videos` (paths, bytes, frame lists)."""
+    clips = sample["video_objects"] if "video_objects" in sample else sample.get("videos", [])
+    return [load_video(v, cfg, what=f"video {k}") for k, v in enumerate(clips)]
 
 
 def load_sample_mask(sample: dict) -> Optional[np.ndarray]:
