@@ -78,7 +78,7 @@ def test_packed_images_get_what_each_gets_alone(stem):
     # the block-diagonal mask matters: without it the images would see each other
     rope = [enc.rotary(h // 8, w // 8) for h, w in SIZES]
     seq = torch.cat([enc.embeddings(im[None])[0] for im in images])[None]
-    leaky = enc._layers(seq, (torch.cat([c for c, _ in rope]), torch.cat([s for _, s in rope])), None)[0]
+    leaky = enc._layers(seq, (torch.cat([c for c, _ in rope]), torch.cat([s for _, s in rope])), (None, None))[0]
     assert not torch.allclose(leaky[:16], packed[0], atol=1e-3)
 
 
