@@ -127,8 +127,8 @@ NAMES = [("model.visual.patch_embed.proj.", "vision.embeddings.patch_embedding."
          ("model.visual.blocks.{}.attn.proj.", "vision.encoder.layers.{}.self_attn.out_proj."),
          ("model.visual.blocks.{}.mlp.", "vision.encoder.layers.{}.mlp."),
          ("model.visual.merger.", "connector."),
-         ("model.language_model.", "language."),
-         ("lm_head.", "language.lm_head.")]
+         ("lm_head.", "language.lm_head."),  # before the LM's prefix: the first match wins
+         ("model.language_model.", "language.")]
 QKV = re.compile(r"model\.visual\.blocks\.(\d+)\.attn\.qkv\.(weight|bias)$")
 SPLIT_QKV = re.compile(r"vision\.encoder\.layers\.(\d+)\.self_attn\.([qkv])_proj\.(weight|bias)$")
 # transformers 4.x checkpoints (the Hub's): visual.* and model.* (the LM)
