@@ -44,8 +44,8 @@ def _int(c: dict, key: str, where: str) -> int:
     return value
 
 
-def _vision_config(kind: str, v: dict, text_hidden: int, preprocessor: Optional[dict]) -> tuple[VisionConfig, int]:
-    """The tower's VisionConfig and its spatial merge size."""
+def _vision_config(kind: str, v: dict, preprocessor: Optional[dict]) -> tuple[VisionConfig, int, int]:
+    """The tower's VisionConfig, its spatial merge size and the merger's output size."""
     v = {**VISION_DEFAULTS[kind], **{k: x for k, x in v.items() if x is not None}}
     rope = v.get("rope_parameters") or {}
     if rope.get("rope_type", "axial") != "axial":
@@ -78,9 +78,18 @@ def _vision_config(kind: str, v: dict, text_hidden: int, preprocessor: Optional[
         vision = VisionConfig(hidden_size=width, intermediate_size=v["intermediate_size"], norm="rmsnorm",
                               mlp="swiglu", window_size=v["window_size"] // unit * unit,
                               full_attention_layers=list(v["fullatt_block_indexes"]), **common)
-    if out != text_hidden:
-        raise CheckpointError(f"the merger's output size ({out}) differs from the LM's hidden size ({text_hidden})")
-    return vision, merge
+    return vision, merge, out
+
+
+def qwen2_vl_tower(c: dict, preprocessor: Optional[dict] = None,
+                   feature_layer: int = -1) -> tuple[VisionConfig, ConnectorConfig]:
+    """The vision tower of a Qwen2-VL / Qwen2.5-VL config.json (for `vlkit build`) and the spatial_merge connector
+    settings that match its merger (a new connector is trained for the new LM)."""
+    kind = c["model_type"]
+    vision, merge, _ = _vision_config(kind, dict(c.get("vision_config") or {}), preprocessor)
+    vision.feature_layer = feature_layer
+    return vision, ConnectorConfig(type="spatial_merge", merge_size=merge,
+                                   norm_type="rmsnorm" if kind == "qwen2_5_vl" else "layernorm")
 
 
 def _text_config(kind: str, c: dict, v: dict) -> TextConfig:
@@ -108,7 +117,9 @@ def qwen2_vl_model_config(c: dict, preprocessor: Optional[dict] = None) -> Model
     kind = c["model_type"]
     v = dict(c.get("vision_config") or {})
     text = _text_config(kind, c, v)
-    vision, merge = _vision_config(kind, v, text.hidden_size, preprocessor)
+    vision, merge, out = _vision_config(kind, v, preprocessor)
+    if out != text.hidden_size:
+        raise CheckpointError(f"the merger's output size ({out}) differs from the LM's hidden size ({text.hidden_size})")
     connector = ConnectorConfig(type="spatial_merge", merge_size=merge,
                                 norm_type="rmsnorm" if kind == "qwen2_5_vl" else "layernorm")
     ids = {k: int(c.get(k, d)) for k, d in TOKEN_DEFAULTS.items()}
