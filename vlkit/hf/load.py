@@ -2,8 +2,8 @@
 
 Supported (keyed by HF `model_type`, or read off `architectures`): vision encoders siglip / clip (whole or
 vision-only), decoder LMs llama (incl. SmolLM2) / qwen2, whole VLMs llava (LLaVA-1.5, llava-hf layout) and
-idefics3 / smolvlm, qwen2_vl / qwen2_5_vl (vlkit.hf.qwen2_vl). Everything is read from config.json / *.safetensors / tokenizer.json directly, so loading
-needs neither transformers nor a network.
+idefics3 / smolvlm, qwen2_vl / qwen2_5_vl (vlkit.hf.qwen2_vl). Everything is read from config.json /
+*.safetensors / tokenizer.json directly, so loading needs neither transformers nor a network.
 
 Importing this module registers two formats with `vlkit.models.bundle.load_bundle`: "hf" (a whole HF VLM
 directory) and "vlkit-hf-chat" (a vlkit checkpoint that keeps an imported model's tokenizer and chat template).
