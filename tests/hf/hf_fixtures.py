@@ -226,3 +226,38 @@ def check_vlm_parity(ref, model, ids: list[int], pixels: torch.Tensor, hf_pixels
     assert (got - want).abs().max() <= TOL
     greedy = generate(model, [ids], [[pixels]], GenerationConfig(max_new_tokens=20), pad_id=0)[0]
     assert greedy == hf_greedy(ref, x, 20, pixel_values=hf_pixels)
+
+
+QWEN_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>", "<|image_pad|>",
+                 "<|video_pad|>"]
+
+
+def make_qwen2_vl(directory: Path, family: str = "qwen2_vl", seed: int = 0, max_pixels: int = 160 * 160):
+    """A tiny Qwen2-VL (or Qwen2.5-VL: RMSNorm/SwiGLU blocks, windows of 2x2 merged tokens, layer 1 full) with
+    patch 8, merge 2, 2 frames per temporal patch; tokenizer with Qwen's special tokens, the Hub's chat template
+    and Qwen2VLImageProcessor settings scaled to the tiny tower."""
+    from transformers import (Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration, Qwen2VLConfig,
+                              Qwen2VLForConditionalGeneration)
+
+    ids = {tok: i for i, tok in enumerate(QWEN_SPECIALS)}
+    text = text_kwargs(eos_token_id=ids["<|im_end|>"], bos_token_id=None,
+                       rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 1, 1]})
+    tokens = dict(image_token_id=ids["<|image_pad|>"], video_token_id=ids["<|video_pad|>"],
+                  vision_start_token_id=ids["<|vision_start|>"], vision_end_token_id=ids["<|vision_end|>"])
+    if family == "qwen2_vl":
+        vision = dict(depth=2, embed_dim=32, hidden_size=32, num_heads=4, mlp_ratio=2, patch_size=8)
+        cfg, cls = Qwen2VLConfig(text_config=text, vision_config=vision, **tokens), Qwen2VLForConditionalGeneration
+    else:
+        vision = dict(depth=2, hidden_size=32, intermediate_size=48, out_hidden_size=32, num_heads=4, patch_size=8,
+                      window_size=32, fullatt_block_indexes=[1], tokens_per_second=2)
+        cfg, cls = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **tokens), Qwen2_5_VLForConditionalGeneration
+    torch.manual_seed(seed)
+    model = perturb(cls(cfg), seed)
+    save_hf(model, directory)
+    write_tokenizer(directory, QWEN_SPECIALS, bos=None)
+    (directory / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "<|im_end|>", "pad_token": "<|endoftext|>"}))
+    (directory / "chat_template.json").write_text((FIXTURES / "qwen2-vl-2b-instruct.chat_template.json").read_text())
+    write_processor(directory, processor_config("qwen2-vl-2b-instruct", patch_size=8, min_pixels=32 * 32,
+                                                max_pixels=max_pixels), "t4")
+    return model, directory

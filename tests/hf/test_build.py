@@ -77,3 +77,31 @@ def test_built_model_grows_into_vluas_and_draws(tmp_path):
         got = pipe.model(ids, return_logits=True)["logits"]
     torch.testing.assert_close(got[..., :cfg.text.vocab_size], want, atol=1e-5, rtol=1e-5)  # (a wider matmul)
     assert pipe.generate_image("a red circle", seed=0).size == (cfg.vision.image_size,) * 2
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
+def test_build_with_a_qwen2_vl_tower(tmp_path, family):
+    """`vlkit build --vision <Qwen2-VL dir>` takes its tower (all blocks, its native-resolution processor; the
+    features equal the imported model's, which match transformers) and a new spatial_merge connector with the
+    merger's merge size and norm; the model chats on a wide image."""
+    import numpy as np
+
+    from tests.hf.hf_fixtures import make_qwen2_vl
+    from vlkit.hf import load_model
+
+    _, qdir = make_qwen2_vl(tmp_path / "q", family)
+    _, lm_dir = make_qwen2(tmp_path / "qwen2", hidden_size=48)
+    out = build_from_backbones(qdir, lm_dir, connector="spatial_merge", out=tmp_path / "built")
+    pipe = vlkit.load(out)
+    cfg = pipe.config
+    assert cfg.vision.processor.native and cfg.vision.temporal_patch_size == 2 and cfg.vision.feature_layer == -1
+    assert cfg.connector.merge_size == 2 and cfg.connector.norm_type == ("rmsnorm" if family == "qwen2_5_vl" else
+                                                                         "layernorm")
+    imported = load_model(qdir)
+    items = [torch.randn(3, 48, 112, generator=torch.Generator().manual_seed(5)), torch.randn(4, 3, 32, 48)]
+    with torch.no_grad():
+        for a, b in zip(pipe.model.vision.forward_packed(items), imported.vision.forward_packed(items)):
+            assert torch.equal(a, b)
+    pixels = pipe.image_tensor(np.zeros((60, 150, 3), np.uint8))
+    assert pipe.model.tokens_per_image(*pixels.shape[-2:]) == (pixels.shape[1] // 16) * (pixels.shape[2] // 16)
+    assert isinstance(pipe.chat("what is it ?", images=[np.zeros((60, 150, 3), np.uint8)], max_new_tokens=4), str)

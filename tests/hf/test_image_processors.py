@@ -69,8 +69,10 @@ def test_t5_layout_wins_and_custom_mean_is_read(tmp_path):
 
 
 def test_unsupported_image_processors_are_refused_clearly(tmp_path):
-    with pytest.raises(CheckpointError, match="image_processor_type 'Qwen2VLImageProcessor' is not supported"):
-        image_processor_from_hf({"image_processor_type": "Qwen2VLImageProcessor"}, 336, False)
+    with pytest.raises(CheckpointError, match="image_processor_type 'Qwen3VLImageProcessor' is not supported"):
+        image_processor_from_hf({"image_processor_type": "Qwen3VLImageProcessor"}, 336, False)
+    with pytest.raises(CheckpointError, match="do_resize=false"):
+        image_processor_from_hf({"image_processor_type": "Qwen2VLImageProcessor", "do_resize": False}, 336, True)
     with pytest.raises(CheckpointError, match="resample=7"):
         image_processor_from_hf(processor_config("llava-1.5-7b-hf", resample=7), 336, True)
     # Idefics3/SmolVLM image splitting (their shipped setting): loading works, every image is refused

@@ -81,3 +81,23 @@ def test_mrope_positions_restart_with_each_packed_sample_and_check_counts():
     assert got[:, 0, :4].tolist() == got[:, 0, 4:].tolist() == [[0, 1, 1, 3], [0, 1, 1, 3], [0, 1, 2, 3]]
     with pytest.raises(ImageTokenError, match="token grids"):
         mrope_positions(ids, pad, [(1, 2)], base)
+
+
+def test_mrope_positions_of_videos_equal_qwen2_5_vl_get_rope_index():
+    """Clips ((frames, rows, cols) token grids, video pad tokens) with temporal ids frame * time_step, as
+    Qwen2.5-VL's get_rope_index with tokens_per_second x second_per_grid_ts; images keep their grids."""
+    from transformers.models.qwen2_5_vl import modeling_qwen2_5_vl as q25
+
+    img, vid, merge, step = 9, 10, 2, 3.0
+    grids = [(2, 1, 2), (1, 2), (3, 2, 2)]
+    ids = torch.tensor([[1, 2] + [vid] * 4 + [3] + [img] * 2 + [4] + [vid] * 12 + [5, 6]])
+    types = (ids == img).int() + 2 * (ids == vid).int()
+    fake = SimpleNamespace(config=SimpleNamespace(vision_config=SimpleNamespace(spatial_merge_size=merge,
+                                                                                tokens_per_second=2)))
+    fake.get_vision_position_ids = lambda *a, **k: q25.Qwen2_5_VLModel.get_vision_position_ids(fake, *a, **k)
+    want = q25.Qwen2_5_VLModel.get_rope_index(
+        fake, ids, types, image_grid_thw=torch.tensor([[1, 2, 4]]), video_grid_thw=torch.tensor([[2, 2, 4], [3, 4, 4]]),
+        second_per_grid_ts=torch.tensor([1.5, 1.5]))[0]
+    got = mrope_positions(ids, img, grids, torch.arange(ids.shape[1])[None], video_token_id=vid, time_step=step)
+    torch.testing.assert_close(got, want)
+    assert got[0, 0, 2:6].tolist() == [2, 2, 5, 5]  # two frames of a 1 x 2 token grid, 3 positions apart

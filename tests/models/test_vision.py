@@ -78,7 +78,7 @@ def test_packed_images_get_what_each_gets_alone(stem):
     # the block-diagonal mask matters: without it the images would see each other
     rope = [enc.rotary(h // 8, w // 8) for h, w in SIZES]
     seq = torch.cat([enc.embeddings(im[None])[0] for im in images])[None]
-    leaky = enc._layers(seq, (torch.cat([c for c, _ in rope]), torch.cat([s for _, s in rope])), None)[0]
+    leaky = enc._layers(seq, (torch.cat([c for c, _ in rope]), torch.cat([s for _, s in rope])), (None, None))[0]
     assert not torch.allclose(leaky[:16], packed[0], atol=1e-3)
 
 
@@ -110,3 +110,56 @@ def test_rope2d_config_errors():
         VisionConfig(position="rope2d", hidden_size=24, num_heads=4).validate()
     with pytest.raises(ConfigError, match="class token"):
         VisionConfig(position="rope2d", class_token=True).validate()
+
+
+QWEN25 = dict(temporal_patch_size=2, norm="rmsnorm", mlp="swiglu", hidden_act="silu", window_size=16,
+              full_attention_layers=[1])
+
+
+def test_temporal_patches_an_image_is_a_still_clip_and_clip_frames_are_separate():
+    enc = _rope2d_encoder(temporal_patch_size=2)
+    assert enc.embeddings.patch_embedding.weight.shape == (64, 3, 2, 8, 8)
+    g = torch.Generator().manual_seed(2)
+    img, clip = torch.randn(3, 32, 16, generator=g), torch.randn(3, 3, 32, 16, generator=g)
+    still, moving = enc.forward_packed([img[None].expand(2, -1, -1, -1), clip])
+    torch.testing.assert_close(still, enc(img[None])[0], atol=1e-5, rtol=0)
+    assert moving.shape == (2 * 8, 64)  # 3 frames -> 2 temporal patches (the last frame repeated), 4 x 2 patches
+    # each temporal patch is encoded alone: the second is the clip of frame 2 repeated
+    torch.testing.assert_close(moving[8:], enc(clip[2][None])[0], atol=1e-5, rtol=0)
+
+
+def test_window_attention_is_per_window_except_full_layers():
+    enc = _rope2d_encoder(num_layers=1, **{**QWEN25, "full_attention_layers": []})
+    img = torch.randn(1, 3, 32, 48, generator=torch.Generator().manual_seed(3))  # 4 x 6 patches: 2 x 3 windows
+    feats = enc(img)[0].view(4, 6, 64)
+    # patches of the top-left window see only their window: changing the pixels of another window leaves them
+    other = img.clone()
+    other[..., 16:, 16:] += 1.0
+    after = enc(other)[0].view(4, 6, 64)
+    torch.testing.assert_close(after[:2, :2], feats[:2, :2], atol=1e-6, rtol=0)
+    assert not torch.allclose(after[2:, 2:], feats[2:, 2:], atol=1e-3)
+    enc.cfg.full_attention_layers = [0]  # a full-attention layer sees the whole image
+    assert not torch.allclose(enc(other)[0].view(4, 6, 64)[:2, :2], enc(img)[0].view(4, 6, 64)[:2, :2], atol=1e-4)
+
+
+def test_qwen_options_keep_packing_exact_and_defaults_unchanged():
+    enc = _rope2d_encoder(**QWEN25)
+    assert isinstance(enc.encoder.layers[0].layer_norm1, torch.nn.Module)
+    assert {"gate_proj", "up_proj", "down_proj"} <= {n for n, _ in enc.encoder.layers[0].mlp.named_children()}
+    g = torch.Generator().manual_seed(4)
+    images = [torch.randn(3, h, w, generator=g) for h, w in SIZES]
+    for img, feats in zip(images, enc.forward_packed(images)):
+        torch.testing.assert_close(feats, enc(img[None])[0], atol=1e-5, rtol=0)
+    plain = VisionConfig()
+    assert (plain.temporal_patch_size, plain.norm, plain.mlp, plain.window_size) == (1, "layernorm", "fc", 0)
+
+
+def test_qwen_option_errors():
+    from vlkit.config import ConfigError
+
+    with pytest.raises(ConfigError, match="temporal_patch_size=2 .* needs vision.position=rope2d"):
+        VisionConfig(temporal_patch_size=2).validate()
+    with pytest.raises(ConfigError, match="window_size=12 needs"):
+        VisionConfig(position="rope2d", window_size=12).validate()
+    with pytest.raises(ConfigError, match=r"full_attention_layers=\[5\]"):
+        VisionConfig(position="rope2d", full_attention_layers=[5]).validate()

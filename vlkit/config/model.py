@@ -12,7 +12,7 @@ from typing import Any, Literal, Optional
 from vlkit.config.base import ConfigError, _Checked, check_fields, from_dict, non_negative, positive, ranged
 
 CONNECTOR_TYPES = ("linear", "mlp", "resampler", "spatial_merge")  # vlkit.models.connectors.CONNECTORS
-PROMPT_FORMAT_NAMES = ("idefics3", "llava")  # the HF prompt formats (vlkit's hf PROMPT_FORMATS)
+PROMPT_FORMAT_NAMES = ("idefics3", "llava", "qwen2_vl")  # the HF prompt formats (vlkit's hf PROMPT_FORMATS)
 # keys a checkpoint's config.json may hold from older vlkit versions, dropped when it is read
 LEGACY_MODEL_KEYS = ("pad_token_id",)
 
@@ -77,7 +77,7 @@ class VisionConfig(_Checked):
     num_layers: int = positive(2)
     num_heads: int = positive(4)
     layer_norm_eps: float = positive(1e-6)
-    hidden_act: Literal["gelu", "gelu_tanh", "quick_gelu"] = "gelu_tanh"  # gelu_tanh (SigLIP) | quick_gelu (CLIP)
+    hidden_act: Literal["gelu", "gelu_tanh", "quick_gelu", "silu"] = "gelu_tanh"  # gelu_tanh (SigLIP) | quick_gelu (CLIP)
     stem: Literal["patch", "conv"] = "patch"  # patch: one patchify conv (SigLIP/CLIP) | conv: a small CNN (from scratch)
     class_token: bool = False  # CLIP has one; it is dropped from the features handed to the connector
     pre_norm: bool = False  # CLIP's pre_layrnorm
@@ -90,6 +90,16 @@ class VisionConfig(_Checked):
     # images of a batch into one sequence, docs/native_resolution.md)
     position: Literal["learned", "rope2d"] = "learned"
     rope_theta: float = positive(10000.0)  # rope2d
+    # Qwen2-VL / Qwen2.5-VL towers (docs/native_resolution.md); the defaults are the SigLIP/CLIP layout
+    # frames per patch: > 1 embeds patches with a Conv3d over that many frames (Qwen2-VL: 2, bias-free); an image
+    # is repeated in time, a clip's frames are grouped (its last frame repeated to fill the last group)
+    temporal_patch_size: int = positive(1)
+    norm: Literal["layernorm", "rmsnorm"] = "layernorm"  # the blocks' norms (Qwen2.5-VL: rmsnorm)
+    mlp: Literal["fc", "swiglu"] = "fc"  # fc: fc1 -> act -> fc2 | swiglu: down(act(gate(x)) * up(x)) (Qwen2.5-VL)
+    # window attention (Qwen2.5-VL): > 0: each patch attends only to the patches of its window_size x window_size
+    # pixel window (windows tile each image from its top-left corner), except in full_attention_layers
+    window_size: int = non_negative(0)
+    full_attention_layers: list = field(default_factory=list)  # layer indexes that see the whole image
     processor: ImageProcessorConfig = field(default_factory=ImageProcessorConfig)  # resize, crop, rescale ...
 
     def validate(self) -> None:
@@ -104,6 +114,16 @@ class VisionConfig(_Checked):
                               f"{self.hidden_size // self.num_heads}) divisible by 4")
         if self.position == "rope2d" and self.class_token:
             raise ConfigError("vision.position=rope2d has no position for a class token; set vision.class_token: false")
+        if self.temporal_patch_size > 1 and (self.position != "rope2d" or self.stem != "patch" or self.class_token):
+            raise ConfigError(f"vision.temporal_patch_size={self.temporal_patch_size} is Qwen2-VL's patch embedding: it "
+                              f"needs vision.position=rope2d, vision.stem=patch and no class token")
+        if self.window_size and (self.position != "rope2d" or self.window_size % self.patch_size):
+            raise ConfigError(f"vision.window_size={self.window_size} needs vision.position=rope2d and a multiple of "
+                              f"vision.patch_size={self.patch_size}")
+        bad = [i for i in self.full_attention_layers if not isinstance(i, int) or not 0 <= i < self.num_layers]
+        if bad:
+            raise ConfigError(f"vision.full_attention_layers={self.full_attention_layers}: {bad} are not layer indexes "
+                              f"0..{self.num_layers - 1}")
         if self.stem == "conv" and self.patch_size & (self.patch_size - 1):
             raise ConfigError(f"vision.stem=conv needs a power-of-two vision.patch_size, got {self.patch_size}")
         # indexes hidden states as transformers does: 0 = embeddings, i = after layer i, -1 = last
@@ -121,6 +141,7 @@ class ConnectorConfig(_Checked):
     merge_size: int = positive(2)  # spatial_merge: merge_size x merge_size patches become one token
     norm: bool = True  # spatial_merge: LayerNorm before merging (Qwen2-VL); Idefics3's pixel shuffle has none
     merge_proj: Literal["mlp", "linear"] = "mlp"  # spatial_merge: mlp (Qwen2-VL, 2 layers) | linear (Idefics3)
+    norm_type: Literal["layernorm", "rmsnorm"] = "layernorm"  # spatial_merge's norm (Qwen2.5-VL: rmsnorm)
 
     def validate(self) -> None:
         check_fields(self, "connector")
@@ -149,6 +170,9 @@ class TextConfig(_Checked):
     # M-RoPE: how many of the head's dim_per_head / 2 rotary frequencies follow the temporal, height and width
     # position (Qwen2-VL: [16, 24, 24] for 128-dim heads); None: in those proportions
     mrope_section: Optional[list] = None
+    # M-RoPE: temporal positions between consecutive temporal patches of a video clip (Qwen2-VL: 1; Qwen2.5-VL:
+    # tokens_per_second x the seconds one temporal patch spans); transformers truncates (t * step) to an integer
+    mrope_time_step: float = positive(1.0)
 
     def validate(self) -> None:
         check_fields(self, "text")
@@ -227,6 +251,8 @@ class ModelConfig(_Checked):
     # 0.02 leaves every layer a near-zero map and the LM finds its image path only after a long plateau
     init: Literal["normal", "fan_in"] = "normal"
     image_token_id: int = non_negative(4)  # <|image_pad|> in vlkit's tokenizer; set from the tokenizer for HF models
+    # the slots of video clips ((T, 3, H, W) inputs); None: clips fill image_token_id slots like images
+    video_token_id: Optional[int] = non_negative(None)
     # None: vlkit's tokenizer and ChatML prompts. An HF prompt format (the keys of vlkit's HF PROMPT_FORMATS):
     # the checkpoint keeps the imported model's own tokenizer, chat template and image-token layout
     prompt_format: Optional[Literal[PROMPT_FORMAT_NAMES]] = None

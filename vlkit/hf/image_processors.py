@@ -23,6 +23,9 @@ _SIGLIP = dict(_COMMON, size={"height": 224, "width": 224}, do_center_crop=False
 _IDEFICS3 = dict(_COMMON, size={"longest_edge": 4 * 364}, max_image_size={"longest_edge": 364}, resample=1,
                  image_mean=[0.5] * 3, image_std=[0.5] * 3, do_image_splitting=True, do_pad=True)
 
+_QWEN2_VL = dict(_COMMON, resample=3, image_mean=list(CLIP_MEAN), image_std=list(CLIP_STD), patch_size=14,
+                 temporal_patch_size=2, merge_size=2, size={"shortest_edge": 56 * 56, "longest_edge": 28 * 28 * 1280})
+
 
 @dataclass
 class ImageProcessorFormat:
@@ -84,6 +87,20 @@ def _idefics3_processor(p: dict, source: str) -> ImageProcessorConfig:
                                 normalize=bool(p["do_normalize"]))
 
 
+def _qwen2_vl_processor(p: dict, source: str) -> ImageProcessorConfig:
+    """Qwen2-VL / Qwen2.5-VL: smart_resize within [min_pixels, max_pixels] (transformers 5: size's shortest_edge /
+    longest_edge; the Hub's 4.x files: min_pixels / max_pixels), sides multiples of patch_size * merge_size."""
+    if not p["do_resize"]:
+        raise CheckpointError(f"{source}: do_resize=false is not supported (vlkit sizes Qwen2-VL images by smart_resize)")
+    size = _size(p["size"], "size", source)
+    lo, hi = p.get("min_pixels") or size.get("shortest_edge"), p.get("max_pixels") or size.get("longest_edge")
+    if not lo or not hi:
+        raise CheckpointError(f"{source}: size={size} needs shortest_edge and longest_edge (min and max pixels)")
+    return ImageProcessorConfig(resample=_resample(p["resample"], source), min_pixels=int(lo), max_pixels=int(hi),
+                                merge_size=int(p["merge_size"]), normalize=bool(p["do_normalize"]),
+                                rescale_factor=float(p["rescale_factor"]) if p["do_rescale"] else None)
+
+
 # transformers' image_processor_type -> how vlkit reproduces it (the registry is the list of what is supported)
 IMAGE_PROCESSORS: dict[str, ImageProcessorFormat] = {
     "CLIPImageProcessor": ImageProcessorFormat(_CLIP, _generic_processor),
@@ -91,6 +108,7 @@ IMAGE_PROCESSORS: dict[str, ImageProcessorFormat] = {
     "SiglipImageProcessor": ImageProcessorFormat(_SIGLIP, _generic_processor),
     "Idefics3ImageProcessor": ImageProcessorFormat(_IDEFICS3, _idefics3_processor),
     "SmolVLMImageProcessor": ImageProcessorFormat(_IDEFICS3, _idefics3_processor),
+    "Qwen2VLImageProcessor": ImageProcessorFormat(_QWEN2_VL, _qwen2_vl_processor),
 }
 
 
@@ -114,6 +132,7 @@ def image_processor_from_hf(pre: dict, tower_size: int, clip: bool, source: str 
         return ImageProcessorConfig(height=tower_size, width=tower_size), mean, std
     kind = pre.get("image_processor_type") or ("CLIPImageProcessor" if clip else "SiglipImageProcessor")
     kind = kind[:-4] if kind.endswith("Fast") else kind  # the fast (torchvision) classes share the settings
+    kind = kind[:-3] if kind.endswith("Pil") else kind  # transformers 5's PIL backends likewise
     if kind not in IMAGE_PROCESSORS:
         raise CheckpointError(f"{source}: image_processor_type {kind!r} is not supported; supported: "
                               f"{sorted(IMAGE_PROCESSORS)}")

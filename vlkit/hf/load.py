@@ -2,8 +2,8 @@
 
 Supported (keyed by HF `model_type`, or read off `architectures`): vision encoders siglip / clip (whole or
 vision-only), decoder LMs llama (incl. SmolLM2) / qwen2, whole VLMs llava (LLaVA-1.5, llava-hf layout) and
-idefics3 / smolvlm. Everything is read from config.json / *.safetensors / tokenizer.json directly, so loading
-needs neither transformers nor a network.
+idefics3 / smolvlm, qwen2_vl / qwen2_5_vl (vlkit.hf.qwen2_vl). Everything is read from config.json /
+*.safetensors / tokenizer.json directly, so loading needs neither transformers nor a network.
 
 Importing this module registers two formats with `vlkit.models.bundle.load_bundle`: "hf" (a whole HF VLM
 directory) and "vlkit-hf-chat" (a vlkit checkpoint that keeps an imported model's tokenizer and chat template).
@@ -21,6 +21,7 @@ from vlkit.errors import CheckpointError
 from vlkit.hf.configs import (idefics3_model_config, llava_model_config, text_config_from_hf, vision_config_from_hf,
                               vision_section)
 from vlkit.hf.image_processors import read_image_processor
+from vlkit.hf.qwen2_vl import qwen2_vl_model_config, state_from_hf
 from vlkit.hf.tokenizer import chat_tools
 from vlkit.hf.weights import (IDEFICS3_RULES, LLAVA_RULES, TEXT_RULES, VISION_RULES, drop_unused_vision,
                               load_safetensors, load_strict, prefixed, rename)
@@ -34,10 +35,14 @@ from vlkit.models.vlm import VisionLanguageModel, checkpoint_dtype, load_state
 
 @dataclass
 class VLMFormat:
-    """A whole HF VLM: its config translation and its parameter-name rules."""
+    """A whole HF VLM: its config translation and its parameter names (prefix rules, or a function)."""
 
     model_config: Callable[[dict, Optional[dict]], ModelConfig]
     rules: list
+    convert: Optional[Callable[[dict], dict]] = None  # HF state -> vlkit names, where prefix rules do not suffice
+
+    def state(self, hf_state: dict) -> dict:
+        return self.convert(hf_state) if self.convert is not None else rename(hf_state, self.rules)
 
 
 @dataclass
@@ -52,6 +57,8 @@ VLM_FORMATS: dict[str, VLMFormat] = {
     "llava": VLMFormat(llava_model_config, LLAVA_RULES),
     "idefics3": VLMFormat(idefics3_model_config, IDEFICS3_RULES),
     "smolvlm": VLMFormat(idefics3_model_config, IDEFICS3_RULES),
+    "qwen2_vl": VLMFormat(qwen2_vl_model_config, [], state_from_hf),
+    "qwen2_5_vl": VLMFormat(qwen2_vl_model_config, [], state_from_hf),
 }
 COMPONENT_FORMATS: dict[str, ComponentFormat] = {
     "siglip": ComponentFormat("vision"), "siglip_vision_model": ComponentFormat("vision"),
@@ -61,7 +68,8 @@ COMPONENT_FORMATS: dict[str, ComponentFormat] = {
 ARCHITECTURES = {"LlavaForConditionalGeneration": "llava", "Idefics3ForConditionalGeneration": "idefics3",
                  "SmolVLMForConditionalGeneration": "smolvlm", "LlamaForCausalLM": "llama",
                  "Qwen2ForCausalLM": "qwen2", "SiglipModel": "siglip", "SiglipVisionModel": "siglip_vision_model",
-                 "CLIPModel": "clip", "CLIPVisionModel": "clip_vision_model"}
+                 "CLIPModel": "clip", "CLIPVisionModel": "clip_vision_model",
+                 "Qwen2VLForConditionalGeneration": "qwen2_vl", "Qwen2_5_VLForConditionalGeneration": "qwen2_5_vl"}
 
 
 def model_type(c: dict, path: Path) -> str:
@@ -98,7 +106,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", dtype: Opti
     fmt = VLM_FORMATS[kind]
     cfg = fmt.model_config(c, read_image_processor(path))
     model = VisionLanguageModel(cfg)
-    state = drop_unused_vision(rename(load_safetensors(path), fmt.rules), model.vision)
+    state = drop_unused_vision(fmt.state(load_safetensors(path)), model.vision)
     model = model.to(dtype or checkpoint_dtype(state))
     load_state(model, state, str(path))
     return model.to(device).eval()

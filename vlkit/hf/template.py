@@ -43,7 +43,9 @@ def _idefics3_spec(image_token: str, tok: Any) -> HFChatSpec:
 
 
 # ModelConfig.prompt_format -> how one image token of the chat template expands (image token, tokenizer -> spec)
-PROMPT_FORMATS: dict[str, Callable[[str, Any], HFChatSpec]] = {"llava": _llava_spec, "idefics3": _idefics3_spec}
+# qwen2_vl: the template writes <|vision_start|><|image_pad|><|vision_end|>; the pad is repeated N times
+PROMPT_FORMATS: dict[str, Callable[[str, Any], HFChatSpec]] = {"llava": _llava_spec, "idefics3": _idefics3_spec,
+                                                               "qwen2_vl": _llava_spec}
 
 
 def read_chat_template(path: Path) -> Optional[str]:

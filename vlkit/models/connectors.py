@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlkit.config import ConfigError, ConnectorConfig, VisionConfig
-from vlkit.models.vision import sincos_2d, square_grid
+from vlkit.models.vision import NORMS, sincos_2d, square_grid
 
 
 class Connector(nn.Module):
@@ -109,12 +109,13 @@ class SpatialMergeConnector(Connector):
     """Youtu-VL / Qwen2-VL: LayerNorm, concatenate each m x m block of patches, 2-layer MLP.
     The vision grid is row-major; each block's patches are concatenated row by row (offset (i, j) at i*m + j),
     which is also Idefics3's pixel-shuffle order. `norm=False, merge_proj="linear"` is Idefics3's connector
-    (no LayerNorm, one bias-free Linear named `proj`, like its modality_projection.proj)."""
+    (no LayerNorm, one bias-free Linear named `proj`, like its modality_projection.proj); `norm_type="rmsnorm"` is
+    Qwen2.5-VL's merger."""
 
     def __init__(self, cfg, vision_dim, text_dim):
         super().__init__(cfg, vision_dim, text_dim)
         m = cfg.merge_size
-        self.ln_q = nn.LayerNorm(vision_dim, eps=1e-6) if cfg.norm else nn.Identity()
+        self.ln_q = NORMS[cfg.norm_type](vision_dim, eps=1e-6) if cfg.norm else nn.Identity()
         if cfg.merge_proj == "linear":
             self.proj = nn.Linear(vision_dim * m * m, text_dim, bias=False)
         else:

@@ -66,35 +66,46 @@ class RotaryEmbedding(nn.Module):
         return freqs.cos().to(dtype)[:, None], freqs.sin().to(dtype)[:, None]
 
 
-def mrope_positions(input_ids: torch.Tensor, image_token_id: int, grids: Sequence[tuple[int, int]],
-                    position_ids: torch.Tensor) -> torch.Tensor:
+Grid = tuple  # (rows, cols) of an image, or (frames, rows, cols) of a clip's tokens
+
+
+def mrope_positions(input_ids: torch.Tensor, image_token_id: int, grids: Sequence[Grid],
+                    position_ids: torch.Tensor, video_token_id: Optional[int] = None,
+                    time_step: float = 1.0) -> torch.Tensor:
     """Qwen2-VL's get_rope_index on top of 1D positions (B, T) -> (3, B, T).
 
-    The image-token runs of `input_ids` take the token grids `grids` (rows, cols) in order (row-major, as the
-    connector emits them): the token at (i, j) of an image starting at position p gets (p, p + i, p + j), and the
-    text after the image continues from p + max(rows, cols), i.e. the image's largest position + 1. Text tokens
+    The vision-token runs of `input_ids` take the token grids `grids` in order (row-major, as the connector emits
+    them; a clip's (frames, rows, cols) frame by frame): the token at (f, i, j) of an item starting at position p
+    gets (p + int(f * time_step), p + i, p + j), and the text after it continues from p + max(rows, cols) (for an
+    image: its largest position + 1). Runs are image tokens, or `video_token_id` tokens when given. Text tokens
     get the same id on all three axes. A 1D position of 0 starts a new sequence (left padding, packed samples)."""
     base = position_ids.tolist()
     out = [[list(row) for row in base] for _ in range(3)]
+    slots = {image_token_id} | ({video_token_id} if video_token_id is not None else set())
     grid_iter = iter(grids)
     for b, row in enumerate(input_ids.tolist()):
         shift, t = 0, 0
         while t < len(row):
             if base[b][t] == 0:
                 shift = 0
-            if row[t] != image_token_id:
+            if row[t] not in slots:
                 for axis in range(3):
                     out[axis][b][t] = base[b][t] + shift
                 t += 1
                 continue
-            rows, cols = next(grid_iter, (0, 0))
-            if rows * cols == 0 or t + rows * cols > len(row):
+            grid = next(grid_iter, (0, 0))
+            frames, rows, cols = (1, *grid) if len(grid) == 2 else grid
+            n = frames * rows * cols
+            if n == 0 or t + n > len(row) or any(x != row[t] for x in row[t:t + n]):
                 raise ImageTokenError("the image-token runs of the prompt do not match its images' token grids")
             start = base[b][t] + shift
-            for k in range(rows * cols):
-                out[0][b][t + k], out[1][b][t + k], out[2][b][t + k] = start, start + k // cols, start + k % cols
-            shift += max(rows, cols) - rows * cols
-            t += rows * cols
+            per_frame = rows * cols
+            for k in range(n):
+                f, r = divmod(k, per_frame)
+                out[0][b][t + k] = start + int(f * time_step)
+                out[1][b][t + k], out[2][b][t + k] = start + r // cols, start + r % cols
+            shift += max(rows, cols) - n
+            t += n
     return torch.tensor(out, dtype=position_ids.dtype, device=position_ids.device)
 
 

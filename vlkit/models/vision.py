@@ -7,9 +7,14 @@ patch's row and column (vlkit.models.rope.VisionRotaryEmbedding), and `forward_p
 of sizes as one sequence with block-diagonal attention, each image seeing only itself.
 
 Patch order is row-major here; transformers' Qwen2-VL feeds patches block-major (each merge_size x merge_size
-block contiguous). Attention and MLPs act per token and the positions travel with the tokens, so the features
-are the same up to that permutation, which the spatial_merge connector undoes (it concatenates each block's
-patches in the same (i, j) -> i * m + j order as Qwen2-VL's PatchMerger).
+block contiguous), and Qwen2.5-VL reorders them window by window. Attention and MLPs act per token and the
+positions travel with the tokens, so the features are the same up to that permutation, which the spatial_merge
+connector undoes (it concatenates each block's patches in the same (i, j) -> i * m + j order as Qwen2-VL's
+PatchMerger); windows are an attention mask here, not a reordering.
+
+Qwen2-VL's tower is this one with options (VisionConfig): a Conv3d patch embedding over `temporal_patch_size`
+frames (a clip's temporal patches are encoded as separate images, as in transformers), RMSNorm / SwiGLU blocks
+and window attention (Qwen2.5-VL).
 """
 from __future__ import annotations
 
@@ -22,6 +27,7 @@ from torch import nn
 
 from vlkit.config import VisionConfig
 from vlkit.models.attention import sdpa
+from vlkit.models.language import RMSNorm
 from vlkit.models.rope import VisionRotaryEmbedding, apply_rope
 
 Rope = tuple[torch.Tensor, torch.Tensor]  # cos, sin (N, head_dim / 2), float32
@@ -30,7 +36,9 @@ ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),
     "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
     "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "silu": F.silu,
 }
+NORMS = {"layernorm": nn.LayerNorm, "rmsnorm": RMSNorm}
 
 
 class ConvStem(nn.Module):
@@ -63,7 +71,32 @@ class ConvStem(nn.Module):
         return self.proj(self.convs(pixels))
 
 
+class TemporalPatchConv(nn.Conv3d):
+    """Qwen2-VL's patch embedding: a bias-free Conv3d over `temporal_patch_size` frames x patch x patch. An image
+    is repeated in time (as transformers' processor does); a clip (T, C, H, W) gives ceil(T / tp) temporal
+    patches, its last frame repeated to fill the last one."""
+
+    def __init__(self, cfg: VisionConfig):
+        tp, p = cfg.temporal_patch_size, cfg.patch_size
+        super().__init__(cfg.num_channels, cfg.hidden_size, (tp, p, p), (tp, p, p), bias=False)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Images (B, C, H, W) -> (B, D, gh, gw)."""
+        frames = pixels[:, :, None].expand(-1, -1, self.kernel_size[0], -1, -1)
+        return super().forward(frames)[:, :, 0]
+
+    def clip(self, frames: torch.Tensor) -> torch.Tensor:
+        """A clip (T, C, H, W) -> (ceil(T / tp), D, gh, gw), one map per temporal patch."""
+        tp = self.kernel_size[0]
+        pad = -frames.shape[0] % tp
+        if pad:
+            frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)])
+        return super().forward(frames.transpose(0, 1)[None])[0].transpose(0, 1)
+
+
 def patchify_conv(cfg: VisionConfig) -> nn.Module:
+    if cfg.temporal_patch_size > 1:
+        return TemporalPatchConv(cfg)
     # CLIP's patch conv has no bias
     return nn.Conv2d(cfg.num_channels, cfg.hidden_size, cfg.patch_size, cfg.patch_size, bias=not cfg.class_token)
 
@@ -90,9 +123,17 @@ class VisionEmbeddings(nn.Module):
             grid_pos = g.permute(0, 2, 3, 1).reshape(gh * gw, -1)
         return torch.cat([cls_pos, grid_pos], 0)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def forward(self, pixels: torch.Tensor, clip: bool = False) -> torch.Tensor:
+        """Images (B, C, H, W) -> (B, gh*gw (+1), D); with `clip`, the frames (T, C, H, W) of one clip
+        (vision.temporal_patch_size > 1) -> (T', gh*gw, D), one row per temporal patch."""
         dtype = next(self.patch_embedding.parameters()).dtype
-        x = self.patch_embedding(pixels.to(dtype))  # B, D, gh, gw
+        if not clip:
+            x = self.patch_embedding(pixels.to(dtype))  # B, D, gh, gw
+        elif isinstance(self.patch_embedding, TemporalPatchConv):
+            x = self.patch_embedding.clip(pixels.to(dtype))
+        else:
+            raise ValueError("a video clip (T, C, H, W) needs vision.temporal_patch_size > 1; encode its frames "
+                             "as images otherwise")
         gh, gw = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)  # row-major patch order
         if self.class_embedding is not None:
@@ -127,15 +168,32 @@ class VisionMLP(nn.Module):
         return self.fc2(self.act(self.fc1(x)))
 
 
-class VisionLayer(nn.Module):
-    """Pre-LN transformer block."""
+class VisionGatedMLP(nn.Module):
+    """Qwen2.5-VL's vision MLP: down(act(gate(x)) * up(x)), with biases."""
 
     def __init__(self, cfg: VisionConfig):
         super().__init__()
-        self.layer_norm1 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.act = ACTIVATIONS[cfg.hidden_act]
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+MLPS = {"fc": VisionMLP, "swiglu": VisionGatedMLP}
+
+
+class VisionLayer(nn.Module):
+    """Pre-norm transformer block."""
+
+    def __init__(self, cfg: VisionConfig):
+        super().__init__()
+        self.layer_norm1 = NORMS[cfg.norm](cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.self_attn = VisionAttention(cfg)
-        self.layer_norm2 = nn.LayerNorm(cfg.hidden_size, eps=cfg.layer_norm_eps)
-        self.mlp = VisionMLP(cfg)
+        self.layer_norm2 = NORMS[cfg.norm](cfg.hidden_size, eps=cfg.layer_norm_eps)
+        self.mlp = MLPS[cfg.mlp](cfg)
 
     def forward(self, x: torch.Tensor, rope: Optional[Rope] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
         x = x + self.self_attn(self.layer_norm1(x), rope, mask)
@@ -167,34 +225,66 @@ class VisionEncoder(nn.Module):
 
     def forward(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) -> (B, gh*gw, D) patch features in row-major order (class token dropped)."""
-        rope = self.rotary(*self.grid_size(*pixels.shape[-2:])) if self.rotary is not None else None
-        x = self._layers(self.embeddings(pixels), rope, None)
+        grid = self.grid_size(*pixels.shape[-2:])
+        rope = self.rotary(*grid) if self.rotary is not None else None
+        window = self._window_ids(*grid) if self.cfg.window_size else None
+        masks = (None, None if window is None else (window[:, None] == window[None])[None, None])
+        x = self._layers(self.embeddings(pixels), rope, masks)
         return x[:, 1:] if self.cfg.class_token else x
 
     def forward_packed(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Images (3, H_i, W_i) of any sizes -> [(gh_i*gw_i, D)], run as ONE sequence of all their patches with
         block-diagonal attention (each image attends only to its own patches): no padding, and each image's
-        features are what encoding it alone gives."""
-        parts = [self.embeddings(img[None])[0] for img in images]  # (n_i, D), class token and learned positions in
-        lengths = [p.shape[0] for p in parts]
+        features are what encoding it alone gives. A clip (T, 3, H, W) (temporal_patch_size > 1) -> (T' * gh*gw,
+        D): each of its T' temporal patches attends only to itself, as in transformers' Qwen2-VL."""
+        parts = [self.embeddings(img, clip=True) if img.dim() == 4 else self.embeddings(img[None])
+                 for img in images]  # (T', n, D) each
+        grids = [self.grid_size(*img.shape[-2:]) for img in images]
+        segments = [(p.shape[1], grid) for p, grid in zip(parts, grids) for _ in range(p.shape[0])]
         rope = None
         if self.rotary is not None:
-            tables = [self.rotary(*self.grid_size(*img.shape[-2:])) for img in images]
+            tables = [self.rotary(*grid) for _, grid in segments]
             rope = (torch.cat([c for c, _ in tables]), torch.cat([s for _, s in tables]))
-        mask = None
-        if len(parts) > 1:
-            seg = torch.repeat_interleave(torch.arange(len(parts), device=parts[0].device),
-                                          torch.tensor(lengths, device=parts[0].device))
-            mask = (seg[:, None] == seg[None])[None, None]  # (1, 1, S, S) block-diagonal
-        x = self._layers(torch.cat(parts)[None], rope, mask)[0]
+        x = self._layers(torch.cat([p.flatten(0, 1) for p in parts])[None], rope, self._packed_masks(segments))[0]
         skip = 1 if self.cfg.class_token else 0
-        return [f[skip:] for f in x.split(lengths)]
+        return [f.view(p.shape)[:, skip:].flatten(0, 1) for f, p in zip(x.split([p.shape[0] * p.shape[1] for p in parts]),
+                                                                        parts)]
 
-    def _layers(self, x: torch.Tensor, rope: Optional[Rope], mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def _window_ids(self, gh: int, gw: int) -> torch.Tensor:
+        """The attention window of each patch of a gh x gw grid, row-major: windows of window_size / patch_size
+        patches a side tile the grid from its top-left corner (the last ones may be cut)."""
+        w = self.cfg.window_size // self.cfg.patch_size
+        dev = next(self.embeddings.parameters()).device
+        rows = torch.arange(gh, device=dev).repeat_interleave(gw) // w
+        cols = torch.arange(gw, device=dev).repeat(gh) // w
+        return rows * -(-gw // w) + cols
+
+    def _packed_masks(self, segments: list[tuple[int, tuple[int, int]]]) -> tuple:
+        """(full, window) attention masks (1, 1, S, S) of a packed sequence of segments (length, grid); None where
+        every token may see every other."""
+        dev = next(self.embeddings.parameters()).device
+        lengths = torch.tensor([n for n, _ in segments], device=dev)
+        seg = torch.repeat_interleave(torch.arange(len(segments), device=dev), lengths)
+        full = (seg[:, None] == seg[None])[None, None] if len(segments) > 1 else None
+        if not self.cfg.window_size:
+            return full, None
+        ids, offset = [], 0
+        for _, grid in segments:
+            w = self._window_ids(*grid)
+            ids.append(w + offset)
+            offset += int(w.max()) + 1
+        win = torch.cat(ids)
+        return full, (win[:, None] == win[None])[None, None]
+
+    def _layers(self, x: torch.Tensor, rope: Optional[Rope], masks: tuple) -> torch.Tensor:
+        """masks: (full, window) attention masks; layers use the window mask unless vision.window_size is 0 or
+        they are listed in vision.full_attention_layers."""
+        full, window = masks
         if self.pre_layrnorm is not None:
             x = self.pre_layrnorm(x)
-        for layer in self.encoder.layers:
-            x = layer(x, rope, mask)
+        for i, layer in enumerate(self.encoder.layers):
+            windowed = window is not None and i not in self.cfg.full_attention_layers
+            x = layer(x, rope, window if windowed else full)
         return x if self.post_layernorm is None else self.post_layernorm(x)
 
 
@@ -205,7 +295,7 @@ def init_weights(module: nn.Module, scheme: str = "normal", std: float = 0.02) -
         return std if scheme == "normal" else fan ** -0.5
 
     for m in module.modules():
-        if isinstance(m, (nn.Linear, nn.Conv2d)):
+        if isinstance(m, (nn.Linear, nn.Conv2d, nn.Conv3d)):
             nn.init.normal_(m.weight, std=sigma(m.weight[0].numel()))
             if m.bias is not None:
                 nn.init.zeros_(m.bias)

@@ -73,6 +73,22 @@ class VisionLanguageModel(nn.Module):
         """The (rows, cols) grid of the LM tokens of a height x width image (M-RoPE's height/width ids)."""
         return self.connector.token_grid(*self.vision.grid_size(height, width))
 
+    def temporal_patches(self, frames: int) -> int:
+        """How many temporal patches a clip of `frames` frames makes (vision.temporal_patch_size > 1)."""
+        tp = self.cfg.vision.temporal_patch_size
+        if tp == 1:
+            raise ConfigError("this model encodes no video clips (vision.temporal_patch_size is 1): feed frames as images")
+        return -(-frames // tp)
+
+    def tokens_per_clip(self, frames: int, height: int, width: int) -> int:
+        """LM tokens of a clip of `frames` frames of height x width pixels (temporal patches x tokens per image)."""
+        return self.temporal_patches(frames) * self.tokens_per_image(height, width)
+
+    def item_grid(self, item: torch.Tensor) -> tuple:
+        """The token grid of an image (3, H, W): (rows, cols); of a clip (T, 3, H, W): (temporal patches, rows, cols)."""
+        grid = self.token_grid(int(item.shape[-2]), int(item.shape[-1]))
+        return grid if item.dim() == 3 else (self.temporal_patches(int(item.shape[0])), *grid)
+
     def rope_positions(self, input_ids: torch.Tensor, images: Optional[Sequence[torch.Tensor]],
                        position_ids: Optional[torch.Tensor] = None,
                        attention_mask: Optional[torch.Tensor] = None) -> Optional[torch.Tensor]:
@@ -83,20 +99,27 @@ class VisionLanguageModel(nn.Module):
         if position_ids is None:
             position_ids = (padding_positions(attention_mask) if attention_mask is not None else
                             torch.arange(input_ids.shape[1], device=input_ids.device).expand(input_ids.shape))
-        grids = [self.token_grid(int(im.shape[-2]), int(im.shape[-1])) for im in images or ()]
-        return mrope_positions(input_ids, self.cfg.image_token_id, grids, position_ids)
+        grids = [self.item_grid(im) for im in images or ()]
+        return mrope_positions(input_ids, self.cfg.image_token_id, grids, position_ids, self.cfg.video_token_id,
+                               self.cfg.text.mrope_time_step)
 
     # -- embeddings ------------------------------------------------------------------------------------
     def encode_images(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Images (3, H, W), any mix of sizes -> one (N_i, D_text) tensor each, in order. With a native encoder
         (vision.position: rope2d) all images run as one packed sequence with per-image attention; otherwise images
-        of the same size are encoded together."""
+        of the same size are encoded together. A clip (T, 3, H, W) (vision.temporal_patch_size > 1) gives its
+        temporal patches' tokens one after the other."""
         if self.cfg.vision.position == "rope2d":
             if not images:
                 return []
             feats = self.vision.forward_packed(images)
-            return [self.connector(f[None], self.vision.grid_size(*img.shape[-2:]))[0]
-                    for f, img in zip(feats, images)]
+            out = []
+            for f, img in zip(feats, images):
+                grid = self.vision.grid_size(*img.shape[-2:])
+                out.append(self.connector(f.view(-1, grid[0] * grid[1], f.shape[-1]), grid).flatten(0, 1))
+            return out
+        if any(img.dim() != 3 for img in images):
+            raise ConfigError("video clips (T, 3, H, W) need vision.position: rope2d and temporal_patch_size > 1")
         out: list[Optional[torch.Tensor]] = [None] * len(images)
         groups: dict[tuple, list[int]] = {}
         for i, img in enumerate(images):
@@ -112,26 +135,42 @@ class VisionLanguageModel(nn.Module):
     def embed(self, input_ids: torch.Tensor, images: Optional[Sequence[torch.Tensor]] = None,
               image_features: Optional[torch.Tensor] = None, depth_codes: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Token embeddings with image features scattered into the `<|image_pad|>` positions (and, for residual
-        visual-code tokens in the input, their deeper codes added)."""
+        visual-code tokens in the input, their deeper codes added). With a video token (ModelConfig.video_token_id)
+        the features of clips (T, 3, H, W) fill its positions, those of images the image pads; without one, all
+        fill the image pads in order."""
         pad = input_ids == self.cfg.image_token_id
-        n_slots = int(pad.sum())
-        embeds = self.language.embed_tokens(input_ids.masked_fill(pad, 0))
+        video = None if self.cfg.video_token_id is None else input_ids == self.cfg.video_token_id
+        embeds = self.language.embed_tokens(input_ids.masked_fill(pad if video is None else pad | video, 0))
         if depth_codes is not None and self.depth is not None:
             deep = (input_ids >= self.code_offset) & (depth_codes[..., 1] >= 0)
             if deep.any():
                 extra = self.language.embed_tokens(depth_codes[deep][:, 1:] + self.code_offset).sum(1)
                 embeds = embeds.index_put((deep,), extra, accumulate=True)
+        clip_features: list[torch.Tensor] = []
         if image_features is None and images:
-            image_features = torch.cat(self.encode_images(images), 0)
-        n_feats = 0 if image_features is None else image_features.shape[0]
+            feats = self.encode_images(images)
+            if video is not None:
+                clip_features = [f for f, im in zip(feats, images) if im.dim() == 4]
+                feats = [f for f, im in zip(feats, images) if im.dim() == 3]
+            image_features = torch.cat(feats, 0) if feats else None
+        if video is not None:
+            embeds = self._scatter(embeds, video, clip_features, "video")
+        return self._scatter(embeds, pad, [] if image_features is None else [image_features], "image")
+
+    @staticmethod
+    def _scatter(embeds: torch.Tensor, slots: torch.Tensor, feats: list[torch.Tensor], noun: str) -> torch.Tensor:
+        """`feats` (concatenated in order) into the `slots` positions of `embeds`; ImageTokenError unless the
+        counts agree."""
+        n_slots, n_feats = int(slots.sum()), sum(f.shape[0] for f in feats)
         if n_slots != n_feats:
+            pad = "<|image_pad|>" if noun == "image" else "<|video_pad|>"
             raise ImageTokenError(
-                f"the prompt has {n_slots} <|image_pad|> positions but the images give {n_feats} embeddings; "
-                f"each <image> must expand to exactly the number of tokens its image produces "
-                f"(see VisionLanguageModel.tokens_per_image)")
-        if n_slots:
-            embeds = embeds.masked_scatter(pad.unsqueeze(-1), image_features.to(embeds.dtype))
-        return embeds
+                f"the prompt has {n_slots} {pad} positions but the {noun}s give {n_feats} embeddings; "
+                f"each <{noun}> must expand to exactly the number of tokens it produces "
+                f"(see VisionLanguageModel.tokens_per_image / tokens_per_clip)")
+        if not n_slots:
+            return embeds
+        return embeds.masked_scatter(slots.unsqueeze(-1), torch.cat(feats, 0).to(embeds.dtype))
 
     # -- forward ---------------------------------------------------------------------------------------
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
