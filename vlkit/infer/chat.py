@@ -33,12 +33,12 @@ class ChatBundle(Bundle):
                    **kwargs: Any) -> list[str]:
         """Answers for several prompts at once (each prompt: the user text, or a list of chat messages); `images`
         and `videos` give each prompt's images and clips (a clip: a video file, a frame folder or a list of
-        frames, sampled by vlkit.video with its default VideoConfig)."""
+        frames, sampled by vlkit.video as the model was trained: ModelConfig.video)."""
         images = list(images) or [[] for _ in prompts]
         videos = list(videos) or [[] for _ in prompts]
         ids, pixels = [], []
         for p, row, clips in zip(prompts, images, videos):
-            frames = [[self.image_tensor(f) for f in load_video(clip)] for clip in clips]
+            frames = [[self.image_tensor(f) for f in load_video(clip, self.config.video)] for clip in clips]
             i, px = self.media_prompt(p, [self.image_tensor(im) for im in row], frames)
             ids.append(i)
             pixels.append(px)
