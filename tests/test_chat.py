@@ -75,9 +75,17 @@ def test_a_video_is_one_block_of_its_tokens_between_images_in_placeholder_order(
     assert all(enc.labels[i] == IGNORE for i in range(starts[1], ends[1] + 1))  # a video in a user turn: no loss
 
 
-def test_video_slots_are_image_pads_until_the_model_has_a_video_path(tokenizer):
-    """The model fills image-pad positions with embeddings in order; a clip's frames go through the image path."""
-    assert ChatProcessor(tokenizer).video_slot_id == tokenizer.image_pad_id != tokenizer.video_pad_id
+def test_video_slots_are_the_models_video_pads_or_image_pads_without_one(tokenizer):
+    """With the model's video token a clip fills <|video_pad|> slots whole; without one (checkpoints from before
+    it) its frames fill image pads, as they did."""
+    proc = ChatProcessor(tokenizer, tokenizer.video_pad_id)
+    assert proc.video_slot_id == tokenizer.video_pad_id != tokenizer.image_pad_id and proc.video_clips
+    enc = proc.encode_sample(_conv("<video> and <image>"), [2], tokens_per_video=[5])
+    assert enc.input_ids.count(tokenizer.video_pad_id) == 5 and enc.input_ids.count(tokenizer.image_pad_id) == 2
+    old = ChatProcessor(tokenizer)
+    assert old.video_slot_id == tokenizer.image_pad_id and not old.video_clips
+    assert old.encode_sample(_conv("<video> and <image>"), [2], tokens_per_video=[5]).input_ids.count(
+        tokenizer.image_pad_id) == 7
 
 
 def test_video_counts_must_match(tokenizer):

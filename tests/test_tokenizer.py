@@ -2,13 +2,13 @@
 import pytest
 
 from vlkit.errors import CheckpointError
-from vlkit.tokenizer import CONTROL_TOKENS, GROUNDING_TOKENS, SPECIAL_TOKENS, Tokenizer
+from vlkit.tokenizer import CONTROL_TOKENS, GROUNDING_TOKENS, RESERVED_TOKENS, SPECIAL_TOKENS, Tokenizer
 
 
 def test_control_tokens_in_text_are_plain_characters_and_grounding_tags_single_ids(tokenizer):
     assert len({tokenizer.token_id(t) for t in SPECIAL_TOKENS}) == len(SPECIAL_TOKENS)
-    assert tokenizer.special_ids() == {tokenizer.token_id(t) for t in CONTROL_TOKENS}
-    for tok in CONTROL_TOKENS:
+    assert tokenizer.special_ids() == {tokenizer.token_id(t) for t in CONTROL_TOKENS + RESERVED_TOKENS}
+    for tok in CONTROL_TOKENS + RESERVED_TOKENS:
         ids = tokenizer.encode(tok)
         assert len(ids) > 1 and not set(ids) & tokenizer.special_ids(), tok
         assert tokenizer.decode(ids) == tok
@@ -60,20 +60,25 @@ def test_save_load_round_trip(tokenizer, tmp_path):
         Tokenizer.from_file(tmp_path / "bad.json")
 
 
-def test_the_reserved_video_pad_is_no_token_yet_and_text_when_written(tokenizer, tmp_path):
-    """No tokenizer gains <|video_pad|> (one more token would change every BPE and embedding table); a tokenizer
-    file that has it as a special token gives its id, and text writing it stays text."""
+def test_video_pad_follows_the_trained_vocabulary_and_files_without_it_keep_their_ids(tokenizer, tmp_path):
+    """A trained tokenizer gets <|video_pad|> after its BPE (the last id; the BPE vocabulary is the size asked for,
+    so no merge was given up for it); a tokenizer file written before it (the same file without the token) loads
+    with the same ids for everything else and no video pad; text writing the token stays text."""
     import json
 
     from vlkit.tokenizer import VIDEO_PAD
 
-    assert tokenizer.video_pad_id is None and tokenizer.hf.token_to_id(VIDEO_PAD) is None
-    assert tokenizer.decode(tokenizer.encode("a <|video_pad|> b")) == "a <|video_pad|> b"
+    assert tokenizer.video_pad_id == len(tokenizer) - 1 == tokenizer.token_id(VIDEO_PAD)
+    assert tokenizer.hf.get_vocab_size(with_added_tokens=False) == 320  # the BPE's own size, as before
+    ids = tokenizer.encode("a <|video_pad|> b")
+    assert tokenizer.video_pad_id not in ids and tokenizer.decode(ids) == "a <|video_pad|> b"
     data = json.loads(tokenizer.hf.to_str())
-    data["added_tokens"].append({"id": len(tokenizer), "content": VIDEO_PAD, "single_word": False, "lstrip": False,
-                                 "rstrip": False, "normalized": False, "special": True})
-    (tmp_path / "with.json").write_text(json.dumps(data))
-    tok = Tokenizer.from_file(tmp_path / "with.json")
-    assert tok.video_pad_id == len(tokenizer) and tok.video_pad_id in tok.special_ids()
-    ids = tok.encode("<|video_pad|>")
-    assert tok.video_pad_id not in ids and tok.decode(ids) == VIDEO_PAD
+    data["added_tokens"] = [t for t in data["added_tokens"] if t["content"] != VIDEO_PAD]
+    (tmp_path / "old.json").write_text(json.dumps(data))
+    old = Tokenizer.from_file(tmp_path / "old.json")
+    assert old.video_pad_id is None and old.hf.token_to_id(VIDEO_PAD) is None and len(old) == len(tokenizer) - 1
+    assert [old.token_id(t) for t in SPECIAL_TOKENS] == [tokenizer.token_id(t) for t in SPECIAL_TOKENS]
+    text = "What color is the circle? <box>(1,2),(3,4)</box> 42"
+    assert old.encode(text) == tokenizer.encode(text)
+    Tokenizer.from_file(tmp_path / "old.json").save(tmp_path / "again.json")  # saving does not add it either
+    assert Tokenizer.from_file(tmp_path / "again.json").video_pad_id is None

@@ -8,10 +8,12 @@ Each `<image>` in a user turn becomes `<|vision_start|>` + N x `<|image_pad|>` +
 number of embeddings the encoder + connector make for that image. An `<image>` in an assistant turn is an image
 to generate (VLUAS): `<|gen_start|><|vision_start|>` + N pads + `<|vision_end|>`; the model supervises its codes.
 
-Each `<video>` (user turns only) becomes `<|vision_start|>` + N pads + `<|vision_end|>`, N being the tokens of the
-whole clip. Until the model has a video path (a temporal-patch encoder that fills `<|video_pad|>` positions), a
-clip's frames are encoded one by one as images, so its N = sum of its frames' image tokens and its pads are
-`<|image_pad|>` (`ChatProcessor.video_slot_id`): the frames' embeddings fill them in order, between one start and one end marker.
+Each `<video>` (user turns only) becomes `<|vision_start|>` + N x `<|video_pad|>` + `<|vision_end|>`, N being the
+tokens of the whole clip (`VisionLanguageModel.tokens_per_clip`): the same count contract as images. The model
+fills video pads with the features of clips, (T, 3, H, W) tensors, and image pads with those of images
+(ModelConfig.video_token_id). A checkpoint without a video token (its tokenizer file predates `<|video_pad|>`)
+keeps the older path: a clip's frames are encoded one by one as images, its N is the sum of its frames' image
+tokens and its pads are `<|image_pad|>` (`ChatProcessor.video_slot_id`).
 """
 from __future__ import annotations
 
@@ -101,13 +103,20 @@ def normalize_messages(messages: Sequence[dict],
 class ChatProcessor:
     """Applies the template. `tokens_per_image[k]` is N for image k (from the model's geometry)."""
 
-    def __init__(self, tokenizer: Tokenizer):
+    takes_videos = True  # `<video>` placeholders (processors of HF chat templates may not)
+
+    def __init__(self, tokenizer: Tokenizer, video_token_id: Optional[int] = None):
+        """`video_token_id`: the model's video pad (ModelConfig.video_token_id), whose slots clips fill as (T, 3, H,
+        W) tensors; None: a clip's frames fill image pads, each encoded as an image (checkpoints before it)."""
         self.tok = tokenizer
         self._nl = tokenizer.encode("\n")
         self._role_ids = {r: tokenizer.encode(r + "\n") for r in ("system", "user", "assistant")}
-        # a video's slots: image pads while clips are encoded frame by frame by the image path; the tokenizer's
-        # video_pad_id (vlkit.tokenizer.RESERVED_TOKENS) once the model has a video path: the one line to change
-        self.video_slot_id = tokenizer.image_pad_id
+        self.video_slot_id = tokenizer.image_pad_id if video_token_id is None else video_token_id
+
+    @property
+    def video_clips(self) -> bool:
+        """Whether a clip reaches the model as one (T, 3, H, W) tensor filling video pads (else: frame by frame)."""
+        return self.video_slot_id != self.tok.image_pad_id
 
     def image_tokens(self, n: int, target: bool = False) -> list[int]:
         t = self.tok

@@ -24,13 +24,13 @@ IMAGE_PLACEHOLDER = "<image>"  # in sample text only; the processor expands it (
 VIDEO_PLACEHOLDER = "<video>"  # likewise for a video clip
 
 SPECIAL_TOKENS = [PAD, IM_START, IM_END, VISION_START, IMAGE_PAD, VISION_END, REF_START, REF_END, BOX_START,
-                  BOX_END, GEN_START]  # every vlkit token outside the BPE vocabulary, in id order
+                  BOX_END, GEN_START]  # trained into every tokenizer before the BPE vocabulary, in id order
 GROUNDING_TOKENS = [REF_START, REF_END, BOX_START, BOX_END]  # text-level: single ids, also in user text
 CONTROL_TOKENS = [t for t in SPECIAL_TOKENS if t not in GROUNDING_TOKENS]  # only the template inserts these
-# Reserved control tokens, for a model path that does not exist yet: the slots of a video once a temporal-patch
-# video encoder fills them (vlkit/chat.py encodes a clip's frames as images for now). No tokenizer gains them:
-# one more token changes every fresh tokenizer's BPE and every model's embedding table. A tokenizer whose file
-# has one gives its id (else None); as text they are characters like every control token.
+# Control tokens added after the BPE is trained: their ids follow the trained vocabulary, so adding them changed no
+# earlier id and no merge. `<|video_pad|>` is the slot of a video clip's tokens (vlkit/chat.py). A tokenizer file
+# written before it lacks it and is loaded as it is (same ids, `video_pad_id` None): such a checkpoint's model
+# fills clips into image pads, frame by frame, as before. As text they are characters like every control token.
 VIDEO_PAD = "<|video_pad|>"
 RESERVED_TOKENS = [VIDEO_PAD]
 
@@ -39,7 +39,7 @@ class Tokenizer:
     """A thin wrapper giving vlkit's special-token ids by name."""
 
     bos_token: Optional[str] = None  # vlkit's prompts have no BOS
-    video_pad_id: Optional[int] = None  # RESERVED_TOKENS: None unless the tokenizer file has <|video_pad|>
+    video_pad_id: Optional[int] = None  # RESERVED_TOKENS: None when the tokenizer file lacks <|video_pad|>
 
     def __init__(self, hf_tokenizer, chat_template: Optional[str] = None):
         self.chat_template = chat_template  # a Jinja template for HF models; None: vlkit's ChatML
@@ -74,6 +74,7 @@ class Tokenizer:
                                       special_tokens=SPECIAL_TOKENS,
                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
         tok.train_from_iterator(texts, trainer=trainer)
+        tok.add_special_tokens(RESERVED_TOKENS)  # after training: the vocabulary and merges are the same as without
         return cls(tok)
 
     @classmethod

@@ -19,11 +19,14 @@ import math
 import os
 import re
 from pathlib import Path
-from typing import Sequence, Union
+from typing import TYPE_CHECKING, Sequence, Union
 
 from PIL import Image
 
 from vlkit.config.video import VideoConfig
+
+if TYPE_CHECKING:
+    import torch
 from vlkit.images import MAX_PIXELS, RESAMPLE, ImageError, load_image, to_rgb
 
 FRAME_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # files of a folder of frames
@@ -53,6 +56,20 @@ def load_video(src: VideoLike, cfg: VideoConfig | None = None, what: str = "vide
         raise VideoError(f"{what} must be a video file path, its bytes, a folder of frames or a list of frames; "
                          f"got {type(src).__name__}")
     return fit_budget(even_frames(frames, cfg.temporal_patch_size), cfg.max_total_pixels)
+
+
+def stack_frames(frames: Sequence["torch.Tensor"], what: str = "video") -> "torch.Tensor":
+    """A clip's processed frames, each (3, H, W) -> the model's clip input (T, 3, H, W). The frames of a clip share
+    one size (a video's do; a list of frames of different sizes is a `VideoError`)."""
+    import torch
+
+    if not frames:
+        raise VideoError(f"{what} has no frames")
+    sizes = sorted({tuple(f.shape[-2:]) for f in frames})
+    if len(sizes) > 1:
+        raise VideoError(f"the frames of {what} have different sizes after processing ({sizes[0]} and {sizes[-1]}, "
+                         "as H x W); a clip's frames must share one size")
+    return torch.stack(list(frames))
 
 
 def frame_files(folder: Path) -> list[Path]:

@@ -120,3 +120,52 @@ def test_a_corrupt_video_file_is_skipped_at_encoding(tokenizer, tmp_path):
     with pytest.warns(UserWarning, match="skipped 1"):
         assert encode_samples([sample], ChatProcessor(tokenizer), 32, lambda h, w: TOKENS, 64, stats=stats) == []
     assert stats.skipped == {"VideoError": 1} and "cannot be decoded" in stats.examples[0]
+
+
+@pytest.mark.parametrize("native", [False, True])
+def test_with_a_video_token_a_clip_is_one_tensor_filling_its_video_pads_and_trains(tokenizer, tmp_path, native):
+    """A model with a video token (every model trained with a fresh tokenizer): a clip reaches the model whole,
+    (T, 3, H, W), in text order among the images, as tokens_per_clip <|video_pad|> tokens; a training step runs
+    (learned-position tower: frame by frame; rope2d + temporal patches of 2: the packed encoder)."""
+    from vlkit.pipeline import Pipeline
+    from vlkit.train.stage_data import load_examples
+    from vlkit.train.trainer import Trainer
+
+    root = _layout(tmp_path / "data")
+    torch.manual_seed(0)
+    cfg = tiny_model_config("spatial_merge", vocab_size=len(tokenizer), video_token_id=tokenizer.video_pad_id)
+    cfg.image_token_id = tokenizer.image_pad_id
+    if native:
+        cfg.vision.position, cfg.vision.temporal_patch_size = "rope2d", 2
+    pipe = Pipeline(VisionLanguageModel(cfg), tokenizer)
+    assert pipe.processor.video_clips
+    st = StageConfig(name="sft", train="multitask", steps=1, lr=1e-3, warmup_steps=0, batch_size=2,
+                     data=DataConfig(train=[{"path": str(root), "max_skip": 0.9}], max_length=400))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DataWarning)
+        examples = sorted(load_examples(pipe, st.data, 0), key=lambda e: e.sample_id)
+    frames, folder = examples[1], examples[0]
+    assert [tuple(im.shape) for im in frames.images] == [(3, 3, 64, 64), (3, 64, 64)]  # the clip, then the image
+    assert [frame_index(im) for im in pixels_to_pil(normalize_pixels(frames.images[0]))] == [0, 1, 2]
+    n_clip = pipe.model.tokens_per_clip(3, 64, 64)
+    assert n_clip == (2 if native else 3) * pipe.model.tokens_per_image(64, 64)
+    assert frames.input_ids.count(tokenizer.video_pad_id) == n_clip == folder.input_ids.count(tokenizer.video_pad_id)
+    assert frames.input_ids.count(tokenizer.image_pad_id) == pipe.model.tokens_per_image(64, 64)
+    before = {k: v.clone() for k, v in pipe.model.state_dict().items()}
+    Trainer(pipe, TrainConfig(precision="fp32", log_every=1), tmp_path / "run").run_stage(0, st, examples)
+    assert any(not torch.equal(before[k], v) for k, v in pipe.model.state_dict().items())
+
+
+def test_frames_of_one_clip_must_share_a_size(tokenizer, tmp_path):
+    from vlkit.video import VideoError
+
+    frame(0).save(tmp_path / "a.png")
+    frame(1).resize((48, 20)).save(tmp_path / "b.png")
+    sample = {"id": "mixed", "videos": [[str(tmp_path / "a.png"), str(tmp_path / "b.png")]],
+              "conversations": [{"from": "human", "value": "<video>"}, {"from": "gpt", "value": "x"}]}
+    cfg = tiny_model_config("mlp")
+    cfg.vision.processor.min_pixels, cfg.vision.processor.max_pixels = 16 * 16, 64 * 64
+    proc = ImageProcessor.from_vision(cfg.vision)  # native sizes: each frame keeps its aspect
+    native = ChatProcessor(tokenizer, tokenizer.video_pad_id)
+    with pytest.raises(VideoError, match="different sizes"):
+        sample_visuals(sample, native, proc, lambda h, w: TOKENS, tokens_per_clip=lambda t, h, w: t * TOKENS)

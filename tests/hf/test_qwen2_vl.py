@@ -178,3 +178,33 @@ def test_processor_settings_must_agree_with_the_tower(tmp_path):
     (path / "preprocessor_config.json").write_text(json.dumps({**settings, "patch_size": 14}))
     with pytest.raises(CheckpointError, match="patch_size=14 differs"):
         load_model(path)
+
+
+def test_a_clip_through_the_chat_api_prompts_and_answers_like_transformers(qwen):
+    """pipe.chat(prompt, videos=[frames]): the prompt ids are transformers' (the Hub template's video marker, the
+    <|video_pad|> repeated video_grid_thw.prod() / merge_size**2 times, as Qwen2VLProcessor does) and the 20 greedy
+    tokens are transformers' on the same clip pixels (our processor's, in transformers' layout)."""
+    from transformers import AutoTokenizer
+
+    ref, path, pipe = qwen
+    frames = [image(72, 40, seed=k) for k in range(3)]  # an odd count: the last temporal patch repeats a frame
+    question = "what color is the circle ?"
+    ids, items = pipe.media_prompt(question, [], [[pipe.image_tensor(f) for f in frames]])
+    [clip] = items
+    assert clip.shape[:2] == (3, 3)
+    tok = AutoTokenizer.from_pretrained(str(path))
+    messages = [{"role": "user", "content": [{"type": "video"}, {"type": "text", "text": question}]}]
+    text = tok.apply_chat_template(messages, chat_template=template("qwen2-vl-2b-instruct"), add_generation_prompt=True,
+                                   tokenize=False)
+    grid = grid_thw(clip, PATCH, TP)
+    assert grid[0] == 2  # 3 frames -> 2 temporal patches
+    text = text.replace("<|video_pad|>", "<|video_pad|>" * (grid[0] * grid[1] * grid[2] // MERGE ** 2))
+    assert ids == tok(text).input_ids
+    x = torch.tensor([ids])
+    kw = {"pixel_values_videos": to_hf_pixels(clip, PATCH, MERGE, TP), "video_grid_thw": torch.tensor([grid]),
+          "mm_token_type_ids": 2 * (x == pipe.config.video_token_id).int()}
+    want = hf_greedy(ref, x, 20, **kw)
+    stop = want.index(pipe.tokenizer.stop_ids[0]) if pipe.tokenizer.stop_ids[0] in want else len(want)
+    answer = pipe.chat(question, videos=[frames], max_new_tokens=20)
+    assert answer == pipe.tokenizer.decode(want[:stop]).strip()
+    assert stop >= 10  # the comparison covers a long answer (neither side stopped early)

@@ -74,8 +74,10 @@ def test_concurrent_requests_equal_alone(pipe):
 
 def test_request_joining_mid_decode_gets_its_own_tokens(pipe):
     with Engine(pipe, max_batch_size=4) as engine:
-        a_ids, a_px = _request(engine, 0)
-        b_ids, b_px = _request(engine, 1)
+        # A must still be answering at step 6: the first request whose answer alone is longer (random weights)
+        a = next(k for k in range(len(QUESTIONS)) if len(_alone(pipe, *_request(engine, k), 40)) > 7)
+        a_ids, a_px = _request(engine, a)
+        b_ids, b_px = _request(engine, a + 1)
         gate = threading.Event()
         # hold the model thread after the 6th decode step so that B surely joins while A is mid-answer
         original = engine._decode_step
@@ -219,8 +221,8 @@ def test_requests_the_batch_could_not_run_are_refused_at_submit_alone(pipe):
         deadline = time.monotonic() + 30
         while not all(r and r[-1].finish_reason for r in results.values()) and time.monotonic() < deadline:
             time.sleep(0.01)
-        for k, (i, p) in enumerate(good):
-            assert results[k][-1].finish_reason == "length"
+        for k, (i, p) in enumerate(good):  # served (to the end: stop or length, as alone) with the tokens alone gives
+            assert results[k][-1].finish_reason in ("stop", "length")
             assert results[k][-1].token_ids == _alone(pipe, i, p, 6)
 
 

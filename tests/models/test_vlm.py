@@ -276,3 +276,23 @@ def test_native_model_round_trips_through_a_checkpoint(tokenizer, tmp_path):
     ids = torch.tensor([_native_prompt(tokenizer, model, [(16, 48)])])
     img = [torch.randn(3, 16, 48)]
     torch.testing.assert_close(again(ids, img, return_logits=True)["logits"], model(ids, img, return_logits=True)["logits"])
+
+
+@pytest.mark.parametrize("position", ["learned", "rope2d"])
+def test_a_clip_without_temporal_patches_is_its_frames_encoded_as_images(tokenizer, position):
+    """vision.temporal_patch_size 1: a clip (T, 3, H, W) gives T x tokens_per_image tokens, its frames' features in
+    order (what encoding them as images gives), whether the tower batches (learned) or packs (rope2d) them."""
+    from vlkit.config import tiny_model_config
+
+    torch.manual_seed(0)
+    cfg = tiny_model_config("spatial_merge", vocab_size=len(tokenizer))
+    cfg.vision.position = position
+    model = VisionLanguageModel(cfg).eval()
+    g = torch.Generator().manual_seed(0)
+    clip, image = torch.randn(3, 3, 64, 64, generator=g), torch.randn(3, 64, 64, generator=g)
+    with torch.no_grad():
+        got = model.encode_images([image, clip])
+        want = model.encode_images([image, clip[0], clip[1], clip[2]])
+    assert model.tokens_per_clip(3, 64, 64) == 3 * model.tokens_per_image(64, 64) == got[1].shape[0]
+    torch.testing.assert_close(got[0], want[0])
+    torch.testing.assert_close(got[1], torch.cat(want[1:]), atol=1e-5, rtol=1e-5)

@@ -139,3 +139,79 @@ def test_fsdp_run_killed_and_resumed_matches_uninterrupted(tokenizer, data_dir, 
     a, b = load(done["full"]).model.state_dict(), load(done["resumed"]).model.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+
+
+def _native_pipe(tok, seed=0):
+    """Native resolution: 2D RoPE patches (packed encoder), smart_resize within 32x32..64x64 pixels, 2x2 merge."""
+    from vlkit.config import tiny_model_config
+    from vlkit.models.vlm import VisionLanguageModel
+    from vlkit.pipeline import Pipeline
+
+    torch.manual_seed(seed)
+    cfg = tiny_model_config("spatial_merge", vocab_size=len(tok))
+    cfg.image_token_id = tok.image_pad_id
+    cfg.vision.position = "rope2d"
+    cfg.vision.processor.min_pixels, cfg.vision.processor.max_pixels = 32 * 32, 64 * 64
+    cfg.vision.processor.merge_size = cfg.connector.merge_size = 2
+    cfg.validate()
+    return Pipeline(VisionLanguageModel(cfg), tok)
+
+
+def _native_recipe(out, save_every=0):
+    from vlkit.config import DataConfig, StageConfig
+
+    synth = {"tasks": ["ocr", "doc", "vqa"], "aspect": "mixed", "aspect_ratio": 2.0}
+    data = DataConfig(train=[{"synth": synth}], max_length=200, packing=True)
+    return Recipe(model={}, tokenizer={}, train=TrainConfig(out=str(out), precision="fp32", save_every=save_every,
+                                                            keep_last=2, log_every=1),
+                  stages=[StageConfig(name="m", train="multitask", steps=4, lr=3e-3, warmup_steps=1, batch_size=4,
+                                      data=data)])
+
+
+def _native_resume_worker(rank, world, port, tok_path, out):
+    _init(rank, world, port)
+    from vlkit.tokenizer import Tokenizer
+
+    from vlkit.models.vlm import VisionLanguageModel
+
+    tok = Tokenizer.from_file(tok_path)
+    sizes, encode = set(), VisionLanguageModel.encode_images
+
+    def spy(model, images):  # the image sizes the packed encoder gets
+        sizes.update(tuple(im.shape[-2:]) for im in images)
+        return encode(model, images)
+
+    VisionLanguageModel.encode_images = spy  # this spawned process only
+    full = train(_native_recipe(out / "a"), pipe=_native_pipe(tok))
+
+    def kill_at_3(trainer, global_step):
+        if global_step == 3:
+            raise Kill()
+
+    with pytest.raises(Kill):
+        train(_native_recipe(out / "b", save_every=2), pipe=_native_pipe(tok), callbacks=(kill_at_3,))
+    resumed = train(_native_recipe(out / "b", save_every=2), resume=True)
+    if rank == 0:
+        torch.save({"full": str(full), "resumed": str(resumed), "sizes": sorted(sizes)}, out / "done.pt")
+    dist_utils.cleanup()
+
+
+def test_ddp_packed_native_resolution_run_killed_and_resumed_matches_uninterrupted(tokenizer, tmp_path):
+    """Two gloo DDP ranks on packed batches of variable-size images (rope2d + smart_resize, synthetic text images
+    of mixed aspect): killed after step 3 (checkpoint at 2) and resumed, the weights equal the uninterrupted run's."""
+    from tests.train.test_trainer import _metrics
+
+    tok_path = tmp_path / "tok.json"
+    tokenizer.save(tok_path)
+    mp.start_processes(_native_resume_worker, args=(2, _free_port(), tok_path, tmp_path), nprocs=2,
+                       start_method="spawn")
+    done = torch.load(tmp_path / "done.pt", weights_only=True)
+    from vlkit.pipeline import load
+
+    a, b = load(done["full"]).model.state_dict(), load(done["resumed"]).model.state_dict()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert _metrics(tmp_path / "b") == _metrics(tmp_path / "a")
+    assert any(not torch.equal(a[k], _native_pipe(tokenizer).model.state_dict()[k]) for k in a)  # it trained
+    sizes = [tuple(s) for s in done["sizes"]]
+    assert len(sizes) > 1 and any(h != w for h, w in sizes), sizes  # images of several sizes and aspects, packed

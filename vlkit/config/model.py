@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal, Optional
 
+from vlkit.config.video import VideoConfig
 from vlkit.config.base import ConfigError, _Checked, check_fields, from_dict, non_negative, positive, ranged
 
 CONNECTOR_TYPES = ("linear", "mlp", "resampler", "spatial_merge")  # vlkit.models.connectors.CONNECTORS
@@ -256,6 +257,9 @@ class ModelConfig(_Checked):
     # None: vlkit's tokenizer and ChatML prompts. An HF prompt format (the keys of vlkit's HF PROMPT_FORMATS):
     # the checkpoint keeps the imported model's own tokenizer, chat template and image-token layout
     prompt_format: Optional[Literal[PROMPT_FORMAT_NAMES]] = None
+    # how this model's video clips are sampled (fps, frame and pixel budgets): the trainer records the data.video of
+    # the last stage that sets one, so that chat, eval and the server sample clips as training did; default: VideoConfig()
+    video: VideoConfig = field(default_factory=VideoConfig)
 
     def validate(self) -> None:
         check_fields(self, "")

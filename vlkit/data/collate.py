@@ -19,7 +19,7 @@ from vlkit.chat import IGNORE, ROLES, ChatProcessor
 from vlkit.config import TargetSpec
 from vlkit.config.video import VideoConfig
 from vlkit.data.sources import load_sample_mask
-from vlkit.data.visuals import sample_visuals
+from vlkit.data.visuals import ClipTokens, sample_visuals
 from vlkit.errors import UserError
 from vlkit.images import ImageProcessor
 from vlkit.tokenizer import IMAGE_PLACEHOLDER
@@ -64,11 +64,11 @@ ENCODE_ERRORS = (UserError, OSError, KeyError, TypeError, ValueError)
 def encode_samples(samples: Iterable[dict], processor: ChatProcessor, image_size: int,
                    tokens_per_image: Callable[[int, int], int], max_length: int, strict: bool = False,
                    stats: Optional[EncodeStats] = None, spec: Optional[TargetSpec] = None,
-                   image_processor: Optional[ImageProcessor] = None, video: Optional[VideoConfig] = None
-                   ) -> list[Example]:
+                   image_processor: Optional[ImageProcessor] = None, video: Optional[VideoConfig] = None,
+                   tokens_per_clip: Optional[ClipTokens] = None) -> list[Example]:
     """Samples -> examples: images through `image_processor` (the checkpoint's own; default vlkit's, a bicubic
     resize to `image_size`) as uint8, video clips sampled as `video` says (default VideoConfig()), text tokenized
-    with as many image pads as each image gives tokens."""
+    with as many image (video) pads as each image (clip) gives tokens (`tokens_per_image`, `tokens_per_clip`)."""
     stats = stats if stats is not None else EncodeStats()
     spec = spec or TargetSpec()
     if image_processor is None:
@@ -77,7 +77,7 @@ def encode_samples(samples: Iterable[dict], processor: ChatProcessor, image_size
     for sample in samples:
         sid = str(sample.get("id", "?"))
         try:
-            vis = sample_visuals(sample, processor, image_processor, tokens_per_image, video)  # images and frames
+            vis = sample_visuals(sample, processor, image_processor, tokens_per_image, video, tokens_per_clip)
             images, n_toks, media = vis.pixels, vis.tokens_per_image, vis.encode_kwargs()
             enc = processor.encode_sample(sample, n_toks, **media)
             if enc.target_images:
@@ -112,13 +112,14 @@ def encode_samples(samples: Iterable[dict], processor: ChatProcessor, image_size
 
 
 def sample_length(sample: Optional[dict], processor: ChatProcessor, image_processor: ImageProcessor,
-                  tokens_per_image: Callable[[int, int], int], video: Optional[VideoConfig] = None) -> int:
-    """The number of tokens the sample encodes to: its text plus N image pads per image (N = tokens_per_image at
-    the processed size; a clip: its frames' tokens summed). 0 for a sample that cannot be read or encoded."""
+                  tokens_per_image: Callable[[int, int], int], video: Optional[VideoConfig] = None,
+                  tokens_per_clip: Optional[ClipTokens] = None) -> int:
+    """The number of tokens the sample encodes to: its text plus N pads per image (N = tokens_per_image at the
+    processed size) and per clip (as `encode_samples`). 0 for a sample that cannot be read or encoded."""
     if sample is None:
         return 0
     try:
-        vis = sample_visuals(sample, processor, image_processor, tokens_per_image, video)
+        vis = sample_visuals(sample, processor, image_processor, tokens_per_image, video, tokens_per_clip)
         return len(processor.encode_sample(sample, vis.tokens_per_image, **vis.encode_kwargs()).input_ids)
     except ENCODE_ERRORS:
         return 0

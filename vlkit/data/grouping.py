@@ -2,7 +2,7 @@
 mixed image sizes pads little.
 
 A sample's length is what it costs the model: its token count, text plus N image pads per image (N from the
-model's `tokens_per_image` at the size the processor gives it; a video clip: its frames' tokens summed), i.e. the
+model's `tokens_per_image` at the size the processor gives it; a video clip: its tokens_per_clip), i.e. the
 length of its encoded `input_ids` (vlkit.data.collate.sample_length).
 
 The feeds' contract stays as it is (vlkit/data/feed.py: global sample g is a pure function of (seed, g); the

@@ -55,7 +55,7 @@ def build_from_backbones(vision_dir: str | Path, lm_dir: str | Path, connector: 
     text.vocab_size = max(old_vocab, len(tok))
     opts = {"num_heads": text.num_heads, **merger, **(connector_options or {})}
     cfg = ModelConfig(vision=vision, connector=ConnectorConfig(type=connector, **opts), text=text,
-                      image_token_id=tok.image_pad_id)
+                      image_token_id=tok.image_pad_id, video_token_id=tok.video_pad_id)  # None: clips as frames
     torch.manual_seed(seed)
     model = VisionLanguageModel(cfg)
 

@@ -16,10 +16,10 @@ import jinja2
 from jinja2.ext import Extension
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-from vlkit.chat import IGNORE, ChatFormatError, Encoded, ensure_placeholders, normalize_messages
+from vlkit.chat import IGNORE, PLACEHOLDERS, ChatFormatError, Encoded, ensure_placeholders, normalize_messages
 from vlkit.errors import CheckpointError, UserError
 from vlkit.io import read_json
-from vlkit.tokenizer import IMAGE_PLACEHOLDER  # vlkit's placeholder in sample text (not an HF model's image token)
+from vlkit.tokenizer import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER  # vlkit's placeholders in sample text
 
 
 @dataclass
@@ -28,6 +28,7 @@ class HFChatSpec:
 
     image_token: str
     expand: Callable[[int], str]  # number of image embeddings -> the text that replaces one image token
+    video_token: Optional[str] = None  # the template's token for a video clip, repeated N times (None: no videos)
 
 
 def _llava_spec(image_token: str, tok: Any) -> HFChatSpec:
@@ -42,10 +43,16 @@ def _idefics3_spec(image_token: str, tok: Any) -> HFChatSpec:
                       expand=lambda n: fake + (glob if has_glob else "") + image_token * n + fake)
 
 
+def _qwen2_vl_spec(image_token: str, tok: Any) -> HFChatSpec:
+    # the template writes <|vision_start|><|image_pad|><|vision_end|> (a video: <|video_pad|>); pads repeat N times
+    video = QWEN2_VL_VIDEO_TOKEN if tok.token_to_id(QWEN2_VL_VIDEO_TOKEN) is not None else None
+    return HFChatSpec(image_token=image_token, expand=lambda n: image_token * n, video_token=video)
+
+
+QWEN2_VL_VIDEO_TOKEN = "<|video_pad|>"
 # ModelConfig.prompt_format -> how one image token of the chat template expands (image token, tokenizer -> spec)
-# qwen2_vl: the template writes <|vision_start|><|image_pad|><|vision_end|>; the pad is repeated N times
 PROMPT_FORMATS: dict[str, Callable[[str, Any], HFChatSpec]] = {"llava": _llava_spec, "idefics3": _idefics3_spec,
-                                                               "qwen2_vl": _llava_spec}
+                                                               "qwen2_vl": _qwen2_vl_spec}
 
 
 def read_chat_template(path: Path) -> Optional[str]:
@@ -109,23 +116,39 @@ class HFChatProcessor:
     told apart from the users' text; image tokens are expanded in the template's pieces only, and user text
     never becomes a special token."""
 
+    video_clips = True  # a clip reaches the model whole, (T, 3, H, W) (Qwen2-VL's video pads)
+
     def __init__(self, tokenizer: Any, spec: HFChatSpec):
         self.tok = tokenizer
         self.spec = spec
         self._protected = tokenizer.special_ids() | {tokenizer.image_pad_id}  # never from user text
+        self._media = {IMAGE_PLACEHOLDER: spec.image_token}
+        if spec.video_token is not None:
+            self._protected.add(tokenizer.hf.token_to_id(spec.video_token))
+            self._media[VIDEO_PLACEHOLDER] = spec.video_token
+        self._media_re = re.compile("|".join(re.escape(t) for t in self._media.values()))
+
+    @property
+    def takes_videos(self) -> bool:
+        """Whether the template has a video token (Qwen2-VL's); `<video>` placeholders are an error otherwise."""
+        return self.spec.video_token is not None
 
     def messages(self, turns: Sequence[tuple[str, str]], texts: list[str]) -> list[dict]:
         """HF messages whose text parts are markers; the texts are appended to `texts` in marker order."""
         out = []
         for role, text in turns:
             parts: list[dict] = []
-            for k, piece in enumerate(text.split(IMAGE_PLACEHOLDER)):
-                if k > 0:
-                    parts.append({"type": "image"})
-                    piece = piece[1:] if piece.startswith("\n") else piece  # vlkit writes "<image>\n"
+            for piece in PLACEHOLDERS.split(text):
+                if piece in self._media:
+                    parts.append({"type": "image" if piece == IMAGE_PLACEHOLDER else "video"})
+                    continue
+                if parts and parts[-1]["type"] != "text" and piece.startswith("\n"):
+                    piece = piece[1:]  # vlkit writes "<image>\n"
                 if piece:
                     parts.append({"type": "text", "text": _TEXT_MARK.format(len(texts))})
                     texts.append(piece)
+            if VIDEO_PLACEHOLDER in text and not self.takes_videos:
+                raise ChatFormatError("this model's chat template takes no videos")
             out.append({"role": role, "content": parts})
         return out
 
@@ -143,20 +166,27 @@ class HFChatProcessor:
             pieces += [(texts[k], True), (template_text, False)]
         return pieces
 
-    def expand(self, pieces: Sequence[Piece], tokens_per_image: Sequence[int], exact: bool = True) -> list[Piece]:
-        """Each image token the template wrote -> the model's text for that image's embeddings."""
-        out, n = [], 0
+    def expand(self, pieces: Sequence[Piece], tokens_per_image: Sequence[int], exact: bool = True,
+               tokens_per_video: Sequence[int] = ()) -> list[Piece]:
+        """Each image (video) token the template wrote -> the model's text for that image's (clip's) embeddings."""
+        given = {self.spec.image_token: tokens_per_image, self.spec.video_token: tokens_per_video}
+        seen = dict.fromkeys(given, 0)
+        out = []
         for text, from_user in pieces:
             if not from_user:
-                chunks = text.split(self.spec.image_token)
+                chunks, tokens = self._media_re.split(text), self._media_re.findall(text)
                 text = chunks[0]
-                for chunk in chunks[1:]:
-                    image = self.spec.expand(tokens_per_image[n]) if n < len(tokens_per_image) else ""
-                    text += image + chunk
-                    n += 1
+                for token, chunk in zip(tokens, chunks[1:]):
+                    k, seen[token] = seen[token], seen[token] + 1
+                    if k < len(given[token]):
+                        text += (self.spec.expand(given[token][k]) if token == self.spec.image_token else
+                                 token * given[token][k])
+                    text += chunk
             out.append((text, from_user))
-        if (exact and n != len(tokens_per_image)) or n > len(tokens_per_image):
-            raise ChatFormatError(f"the prompt has {n} image(s) but {len(tokens_per_image)} were given")
+        for token, noun in ((self.spec.image_token, "image"), (self.spec.video_token, "video")):
+            n, want = seen[token], len(given[token])
+            if (exact and n != want) or n > want:
+                raise ChatFormatError(f"the prompt has {n} {noun}(s) but {want} were given")
         return out
 
     def _encode(self, pieces: Sequence[Piece]) -> tuple[list[int], list[tuple[int, int]]]:
@@ -186,16 +216,18 @@ class HFChatProcessor:
         return ids, offsets
 
     def encode(self, turns: Sequence[tuple[str, str]], tokens_per_image: Sequence[int],
-               add_generation_prompt: bool = False):
+               add_generation_prompt: bool = False, tokens_per_video: Sequence[int] = ()):
         """-> vlkit.chat.Encoded; labels cover the assistant turns' text as the template renders it."""
-        pieces = self.expand(self.render(turns, add_generation_prompt), tokens_per_image)
+        def expanded(upto: int, gen: bool, exact: bool = False) -> list[Piece]:
+            return self.expand(self.render(turns[:upto], gen), tokens_per_image, exact, tokens_per_video)
+
+        pieces = expanded(len(turns), add_generation_prompt, exact=True)
         full = _joined(pieces)
         spans = []
         for i, (role, _) in enumerate(turns):
             if role != "assistant":
                 continue
-            before = _joined(self.expand(self.render(turns[:i], True), tokens_per_image, exact=False))
-            upto = _joined(self.expand(self.render(turns[: i + 1], False), tokens_per_image, exact=False))
+            before, upto = _joined(expanded(i, True)), _joined(expanded(i + 1, False))
             if full.startswith(upto) and upto.startswith(before):
                 spans.append((len(before), len(upto)))
         ids, offsets = self._encode(pieces)
@@ -203,14 +235,14 @@ class HFChatProcessor:
         for j, (tid, (start, end)) in enumerate(zip(ids, offsets)):
             if end > start and any(a <= start < b for a, b in spans):
                 labels[j] = tid
-        return Encoded(ids, labels, len(tokens_per_image), [])
+        return Encoded(ids, labels, len(tokens_per_image), [], len(tokens_per_video))
 
     def encode_prompt(self, prompt: str, num_images: int, tokens_per_image: Sequence[int],
                       system: Optional[str] = None) -> list[int]:
         turns = ([("system", system)] if system else []) + [("user", prompt)]
         return self.encode(ensure_placeholders(turns, num_images), tokens_per_image, True).input_ids
 
-    def encode_sample(self, sample: dict, tokens_per_image: Sequence[int]):
+    def encode_sample(self, sample: dict, tokens_per_image: Sequence[int], tokens_per_video: Sequence[int] = ()):
         turns, _ = normalize_messages(sample["conversations"])
-        return self.encode(ensure_placeholders(turns, len(tokens_per_image)), tokens_per_image)
-
+        turns = ensure_placeholders(turns, len(tokens_per_image), len(tokens_per_video))
+        return self.encode(turns, tokens_per_image, tokens_per_video=tokens_per_video)

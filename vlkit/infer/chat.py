@@ -33,18 +33,22 @@ class ChatBundle(Bundle):
                    **kwargs: Any) -> list[str]:
         """Answers for several prompts at once (each prompt: the user text, or a list of chat messages); `images`
         and `videos` give each prompt's images and clips (a clip: a video file, a frame folder or a list of
-        frames, sampled by vlkit.video with its default VideoConfig)."""
+        frames, sampled by vlkit.video as the model was trained: ModelConfig.video)."""
         images = list(images) or [[] for _ in prompts]
         videos = list(videos) or [[] for _ in prompts]
         ids, pixels = [], []
         for p, row, clips in zip(prompts, images, videos):
-            frames = [[self.image_tensor(f) for f in load_video(clip)] for clip in clips]
-            i, px = self.media_prompt(p, [self.image_tensor(im) for im in row], frames)
+            i, px = self.media_prompt(p, [self.image_tensor(im) for im in row], [self.video_frames(c) for c in clips])
             ids.append(i)
             pixels.append(px)
         gen = self.generation_config(max_new_tokens=max_new_tokens, temperature=temperature, **kwargs)
         out = generate(self.model, ids, pixels, gen, self.tokenizer.pad_id)
         return [self.tokenizer.decode(o).strip() for o in out]
+
+    def video_frames(self, clip: VideoLike) -> list:
+        """A clip's frames as model inputs, sampled as the model was trained (ModelConfig.video: fps, max_frames,
+        max_total_pixels; the default VideoConfig for checkpoints that do not record one)."""
+        return [self.image_tensor(f) for f in load_video(clip, self.config.video)]
 
     def chat(self, prompt: str | Sequence[dict], images: Sequence[ImageLike] = (), max_new_tokens: int = 64,
              temperature: float = 0.0, videos: Sequence[VideoLike] = (), **kwargs: Any) -> str:

@@ -230,18 +230,22 @@ class Engine:
         cfg = self.model.cfg
         if any(not isinstance(i, int) or not 0 <= i < cfg.text.vocab_size for i in prompt_ids):
             raise UserError(f"prompt token ids must be integers in [0, {cfg.text.vocab_size})")
-        slots = 0
+        slots = {cfg.image_token_id: 0, cfg.video_token_id: 0}  # a clip (T, C, H, W) fills video pads if any
         for k, p in enumerate(pixels):
-            if not isinstance(p, torch.Tensor) or p.ndim != 3 or p.shape[0] != cfg.vision.num_channels:
-                raise UserError(f"image {k} must be a ({cfg.vision.num_channels}, H, W) tensor")
+            c = cfg.vision.num_channels
+            if not isinstance(p, torch.Tensor) or p.ndim not in (3, 4) or p.shape[-3] != c:
+                raise UserError(f"image {k} must be a ({c}, H, W) tensor (a video clip: (T, {c}, H, W))")
+            slot = cfg.video_token_id if p.ndim == 4 and cfg.video_token_id is not None else cfg.image_token_id
             try:
-                slots += self.model.tokens_per_image(p.shape[1], p.shape[2])
+                slots[slot] += (self.model.tokens_per_image(p.shape[-2], p.shape[-1]) if p.ndim == 3 else
+                                self.model.tokens_per_clip(p.shape[0], p.shape[-2], p.shape[-1]))
             except ValueError as exc:
                 raise UserError(f"image {k}: {exc}") from None
-        positions = sum(1 for i in prompt_ids if i == cfg.image_token_id)
-        if positions != slots:
-            raise ImageTokenError(f"the prompt has {positions} image positions but its {len(pixels)} image(s) "
-                                  f"fill {slots}")
+        for token, filled in slots.items():
+            positions = sum(1 for i in prompt_ids if i == token) if token is not None else 0
+            if positions != filled:
+                raise ImageTokenError(f"the prompt has {positions} {'video' if token == cfg.video_token_id else 'image'}"
+                                      f" positions but its {len(pixels)} image(s) and clip(s) fill {filled}")
 
     def submit(self, prompt_ids: Sequence[int], pixels: Sequence[torch.Tensor], params: SamplingParams,
                emit: Callable[[EngineEvent], None], slot: Optional[QueueSlot] = None,

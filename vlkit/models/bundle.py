@@ -30,6 +30,7 @@ from vlkit.io import read_config, write_dir_atomically
 from vlkit.models.vlm import VisionLanguageModel
 from vlkit.models.vq import VisualTokenizer
 from vlkit.tokenizer import Tokenizer
+from vlkit.video import stack_frames
 
 TOKENIZER_FILE = "tokenizer.json"
 VQ_DIR = "vq"  # the visual tokenizer's folder inside a checkpoint
@@ -40,7 +41,8 @@ class Bundle:
                  vq: Any = None, processor: Any = None):
         self.model = model
         self.tokenizer = tokenizer
-        self.processor = processor or ChatProcessor(tokenizer)  # HF prompt formats bring their own (vlkit.hf)
+        # HF prompt formats bring their own (vlkit.hf); vlkit's fills the model's video pads (None: older checkpoints)
+        self.processor = processor or ChatProcessor(tokenizer, model.cfg.video_token_id)
         self.path = Path(path) if path is not None else None
         self.vq = vq
         self._fingerprint: Optional[str] = None
@@ -88,18 +90,24 @@ class Bundle:
 
     def media_prompt(self, prompt: str | Sequence[dict], pixels: Sequence[torch.Tensor],
                      clips: Sequence[Sequence[torch.Tensor]] = ()) -> tuple[list[int], list[torch.Tensor]]:
-        """`prompt_ids` with video clips too (each a list of frame tensors, encoded as images; one vision block per
-        `<video>`, vlkit/chat.py) -> (ids, the pixels in the order the model fills their slots)."""
+        """`prompt_ids` with video clips too (each a list of processed frames; one vision block per `<video>`,
+        vlkit/chat.py) -> (ids, the model's inputs in the order it fills their slots: each clip one (T, 3, H, W)
+        tensor, or its frames one by one for a processor that fills image pads with them)."""
         if not clips:
             return self.prompt_ids(prompt, pixels), list(pixels)
-        if not isinstance(self.processor, ChatProcessor):
-            raise ChatFormatError("this model's chat template takes no videos (vlkit's ChatML checkpoints do)")
+        if not getattr(self.processor, "takes_videos", False):
+            raise ChatFormatError("this model's chat template takes no videos (vlkit's ChatML and Qwen2-VL's do)")
         turns = [("user", prompt)] if isinstance(prompt, str) else normalize_messages(prompt, videos=[])[0]
         turns = ensure_placeholders(turns, len(pixels), len(clips))
-        n = lambda p: self.model.tokens_per_image(p.shape[1], p.shape[2])  # noqa: E731
+        n = lambda p: self.model.tokens_per_image(p.shape[-2], p.shape[-1])  # noqa: E731
+        if self.processor.video_clips:
+            items = [[stack_frames(clip, f"video {k}")] for k, clip in enumerate(clips)]
+            counts = [self.model.tokens_per_clip(c.shape[0], c.shape[-2], c.shape[-1]) for [c] in items]
+        else:
+            items, counts = [list(clip) for clip in clips], [sum(n(f) for f in clip) for clip in clips]
         enc = self.processor.encode(turns, [n(p) for p in pixels], add_generation_prompt=True,
-                                    tokens_per_video=[sum(n(f) for f in clip) for clip in clips])
-        return enc.input_ids, in_sequence_order(turns, pixels, clips)
+                                    tokens_per_video=counts)
+        return enc.input_ids, in_sequence_order(turns, pixels, items)
 
     # -- identity and persistence ----------------------------------------------------------------------
     def fingerprint(self) -> str:

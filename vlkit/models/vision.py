@@ -125,15 +125,12 @@ class VisionEmbeddings(nn.Module):
 
     def forward(self, pixels: torch.Tensor, clip: bool = False) -> torch.Tensor:
         """Images (B, C, H, W) -> (B, gh*gw (+1), D); with `clip`, the frames (T, C, H, W) of one clip
-        (vision.temporal_patch_size > 1) -> (T', gh*gw, D), one row per temporal patch."""
+        -> (T', gh*gw (+1), D), one row per temporal patch (vision.temporal_patch_size 1: each frame is one)."""
         dtype = next(self.patch_embedding.parameters()).dtype
-        if not clip:
-            x = self.patch_embedding(pixels.to(dtype))  # B, D, gh, gw
-        elif isinstance(self.patch_embedding, TemporalPatchConv):
+        if clip and isinstance(self.patch_embedding, TemporalPatchConv):
             x = self.patch_embedding.clip(pixels.to(dtype))
         else:
-            raise ValueError("a video clip (T, C, H, W) needs vision.temporal_patch_size > 1; encode its frames "
-                             "as images otherwise")
+            x = self.patch_embedding(pixels.to(dtype))  # B, D, gh, gw
         gh, gw = x.shape[-2:]
         x = x.flatten(2).transpose(1, 2)  # row-major patch order
         if self.class_embedding is not None:
@@ -235,8 +232,8 @@ class VisionEncoder(nn.Module):
     def forward_packed(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Images (3, H_i, W_i) of any sizes -> [(gh_i*gw_i, D)], run as ONE sequence of all their patches with
         block-diagonal attention (each image attends only to its own patches): no padding, and each image's
-        features are what encoding it alone gives. A clip (T, 3, H, W) (temporal_patch_size > 1) -> (T' * gh*gw,
-        D): each of its T' temporal patches attends only to itself, as in transformers' Qwen2-VL."""
+        features are what encoding it alone gives. A clip (T, 3, H, W) -> (T' * gh*gw, D): each of its T' temporal
+        patches (T' = T with temporal_patch_size 1) attends only to itself, as in transformers' Qwen2-VL."""
         parts = [self.embeddings(img, clip=True) if img.dim() == 4 else self.embeddings(img[None])
                  for img in images]  # (T', n, D) each
         grids = [self.grid_size(*img.shape[-2:]) for img in images]

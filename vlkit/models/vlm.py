@@ -74,11 +74,9 @@ class VisionLanguageModel(nn.Module):
         return self.connector.token_grid(*self.vision.grid_size(height, width))
 
     def temporal_patches(self, frames: int) -> int:
-        """How many temporal patches a clip of `frames` frames makes (vision.temporal_patch_size > 1)."""
-        tp = self.cfg.vision.temporal_patch_size
-        if tp == 1:
-            raise ConfigError("this model encodes no video clips (vision.temporal_patch_size is 1): feed frames as images")
-        return -(-frames // tp)
+        """How many temporal patches a clip of `frames` frames makes: ceil(frames / vision.temporal_patch_size)
+        (a tower without temporal patches encodes each frame as an image)."""
+        return -(-frames // self.cfg.vision.temporal_patch_size)
 
     def tokens_per_clip(self, frames: int, height: int, width: int) -> int:
         """LM tokens of a clip of `frames` frames of height x width pixels (temporal patches x tokens per image)."""
@@ -107,8 +105,8 @@ class VisionLanguageModel(nn.Module):
     def encode_images(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Images (3, H, W), any mix of sizes -> one (N_i, D_text) tensor each, in order. With a native encoder
         (vision.position: rope2d) all images run as one packed sequence with per-image attention; otherwise images
-        of the same size are encoded together. A clip (T, 3, H, W) (vision.temporal_patch_size > 1) gives its
-        temporal patches' tokens one after the other."""
+        of the same size are encoded together. A clip (T, 3, H, W) gives its temporal patches' tokens one after the
+        other (without temporal patches, vision.temporal_patch_size 1: its frames')."""
         if self.cfg.vision.position == "rope2d":
             if not images:
                 return []
@@ -118,19 +116,19 @@ class VisionLanguageModel(nn.Module):
                 grid = self.vision.grid_size(*img.shape[-2:])
                 out.append(self.connector(f.view(-1, grid[0] * grid[1], f.shape[-1]), grid).flatten(0, 1))
             return out
-        if any(img.dim() != 3 for img in images):
-            raise ConfigError("video clips (T, 3, H, W) need vision.position: rope2d and temporal_patch_size > 1")
-        out: list[Optional[torch.Tensor]] = [None] * len(images)
+        frames = [f for img in images for f in (img if img.dim() == 4 else img[None])]  # a clip: frame by frame
+        out: list[Optional[torch.Tensor]] = [None] * len(frames)
         groups: dict[tuple, list[int]] = {}
-        for i, img in enumerate(images):
+        for i, img in enumerate(frames):
             groups.setdefault(tuple(img.shape), []).append(i)
         for shape, idx in groups.items():
-            pixels = torch.stack([images[i] for i in idx])
+            pixels = torch.stack([frames[i] for i in idx])
             grid = self.vision.grid_size(shape[1], shape[2])
             feats = self.connector(self.vision(pixels), grid)
             for j, i in enumerate(idx):
                 out[i] = feats[j]
-        return out  # type: ignore[return-value]
+        counts = [img.shape[0] if img.dim() == 4 else 1 for img in images]
+        return [torch.cat(part) for part in _split(out, counts)]  # type: ignore[arg-type]
 
     def embed(self, input_ids: torch.Tensor, images: Optional[Sequence[torch.Tensor]] = None,
               image_features: Optional[torch.Tensor] = None, depth_codes: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -354,6 +352,15 @@ class VisionLanguageModel(nn.Module):
         model = cls(cfg).to(device=device, dtype=dtype or checkpoint_dtype(state))
         load_state(model, state, str(Path(directory) / WEIGHTS_FILE))
         return model.eval()
+
+
+def _split(items: list, counts: Sequence[int]) -> list[list]:
+    """`items` cut into consecutive runs of `counts` items."""
+    out, at = [], 0
+    for n in counts:
+        out.append(items[at:at + n])
+        at += n
+    return out
 
 
 def ntp_m_loss(logits: torch.Tensor, positives: torch.Tensor, num_negatives: int) -> torch.Tensor:

@@ -59,7 +59,8 @@ def sample_encoder(pipe, data: DataConfig, seed: int) -> Callable[[list[dict], E
 
     def encode(samples: list[dict], st: EncodeStats) -> list[Example]:
         return encode_samples(samples, pipe.processor, image_size, pipe.model.tokens_per_image, data.max_length,
-                              strict=data.strict, stats=st, spec=spec, image_processor=images, video=data.video)
+                              strict=data.strict, stats=st, spec=spec, image_processor=images, video=data.video,
+                              tokens_per_clip=pipe.model.tokens_per_clip)
 
     return encode
 
@@ -70,7 +71,8 @@ def length_grouping(pipe, data: DataConfig, seed: int) -> Optional[LengthGroupin
         return None
 
     def measure(sample: Optional[dict]) -> int:
-        return sample_length(sample, pipe.processor, pipe.image_processor, pipe.model.tokens_per_image, data.video)
+        return sample_length(sample, pipe.processor, pipe.image_processor, pipe.model.tokens_per_image, data.video,
+                             pipe.model.tokens_per_clip)
 
     return LengthGrouping(measure, data.group_window, seed)
 

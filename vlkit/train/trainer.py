@@ -66,6 +66,7 @@ def build_pipeline(recipe: Recipe, corpus: Callable[[], Any]):
             base[key] = value
     base["text"]["vocab_size"] = len(tok)
     base["image_token_id"] = tok.image_pad_id
+    base["video_token_id"] = tok.video_pad_id  # None for a tokenizer file without <|video_pad|>: clips as frames
     vq = None
     if base.get("vision_target") == "codes":  # VLUAS: the codes follow the text tokens in the vocabulary
         from vlkit.models.vq import VisualTokenizer, check_code_grid
@@ -81,6 +82,18 @@ def build_pipeline(recipe: Recipe, corpus: Callable[[], Any]):
     if vq is not None:
         check_code_grid(cfg)
     return Bundle(VisionLanguageModel(cfg), tok, vq=vq)
+
+
+def record_video_sampling(cfg: ModelConfig, stage: StageConfig) -> None:
+    """The stage's data.video into the model's config (ModelConfig.video, saved with the checkpoint) when the stage
+    sets one, so that chat, eval and the server sample clips as training did; a stage that keeps the default
+    leaves what an earlier stage (or the init checkpoint) recorded."""
+    from dataclasses import replace
+
+    from vlkit.config.video import VideoConfig
+
+    if stage.data.video != VideoConfig():
+        cfg.video = replace(stage.data.video)
 
 
 # `model:` keys a recipe may set on top of `init:`: what the model learns, not its shape.
@@ -177,6 +190,7 @@ class Trainer:
     def run_stage(self, stage_index: int, stage: StageConfig, examples: "list[Example] | ListFeed | StreamFeed",
                   resume: Optional[tuple[dict, Any, dict]] = None) -> None:
         cfg, kind = self.cfg, stage_kind(stage)
+        record_video_sampling(self.pipe.config, stage)
         model, ddp, counts = self._prepare_model(stage, kind)
         if stage.batch_size % (self.world * stage.grad_accum):
             raise ConfigError(f"stage {stage.name}: batch_size={stage.batch_size} must be divisible by "

@@ -27,19 +27,22 @@ def tokenizer() -> Tokenizer:
     return Tokenizer.train(CORPUS * 10 + [BOX_QUESTION + " " + BOX_ANSWER] * 5, vocab_size=320)
 
 
-def _model(tok: Tokenizer, seed: int, context: int = 512) -> VisionLanguageModel:
+def _model(tok: Tokenizer, seed: int, context: int = 512, video: bool = False) -> VisionLanguageModel:
     torch.manual_seed(seed)
     cfg = tiny_model_config("mlp", vocab_size=len(tok))
     cfg.image_token_id = tok.image_pad_id
     cfg.text.max_position_embeddings = context
     cfg.max_images = 2
+    if video:  # clips whole into <|video_pad|> slots, as models trained now have (else: frame by frame)
+        cfg.video_token_id, cfg.max_images = tok.video_pad_id, 8
     return VisionLanguageModel(cfg).eval()
 
 
-def random_pipeline(seed: int = 0, context: int = 512) -> Pipeline:
-    """Random weights, perturbed so greedy answers are long, varied token strings (they rarely stop)."""
+def random_pipeline(seed: int = 0, context: int = 512, video: bool = False) -> Pipeline:
+    """Random weights, perturbed so greedy answers are long, varied token strings (they rarely stop); `video`:
+    with a video token."""
     tok = tokenizer()
-    model = _model(tok, seed, context)
+    model = _model(tok, seed, context, video)
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
         for p in model.parameters():

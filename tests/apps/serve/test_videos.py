@@ -1,6 +1,7 @@
 """Video parts ({"type": "video_url"}, as vLLM) in chat requests: data: URLs and allowed local files, frames within
 the model's image budget, every bad video a 400 naming its part."""
 import base64
+import io
 
 import pytest
 from fastapi.testclient import TestClient
@@ -107,3 +108,44 @@ def test_openai_client_sends_video_parts(random_pipe, clip_bytes):
             client.chat.completions.create(model="vlkit", messages=_video_messages(_data_url(b"\x00" * 99)),
                                            max_tokens=3)
         assert (exc.value.code, exc.value.param) == ("invalid_video", P)
+
+
+def test_openai_client_several_images_and_a_video_with_an_image_answer_as_the_pipeline(clip_bytes):
+    """Through the real openai client, on a model that takes clips whole (<|video_pad|>): one message with three
+    images, and one with a video and an image. Each answer is the pipeline's own greedy answer to the same media,
+    and usage counts exactly the prompt's tokens (every image's and the clip's pads) and the answer's."""
+    openai = pytest.importorskip("openai")
+    from PIL import Image
+
+    from tests.apps.serve import helpers
+    from vlkit.infer.generate import generate
+    from vlkit.video import load_video, thin
+
+    pipe = helpers.random_pipeline(seed=2, video=True)
+    pngs = [helpers.image_png(c, size=(40 + 8 * k, 48), seed=k)
+            for k, c in enumerate([(200, 30, 30), (20, 180, 40), (30, 40, 220)])]
+    images = [{"type": "image_url", "image_url": {"url": helpers.data_url(b)}} for b in pngs]
+    video = {"type": "video_url", "video_url": {"url": _data_url(clip_bytes)}}
+    pil = [Image.open(io.BytesIO(b)) for b in pngs]
+    frames = thin(load_video(clip_bytes, pipe.config.video), pipe.config.max_images - 1)  # the server's frame share
+    cases = [(images + [{"type": "text", "text": "Which is red?"}], pil, []),
+             ([video, images[1], {"type": "text", "text": "What moves?"}], pil[1:2], [frames])]
+    with helpers.ServerThread(create_app(pipe)) as srv:
+        client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)
+        for content, imgs, clips in cases:
+            messages = [{"role": "user", "content": content}]
+            out = client.chat.completions.create(model="vlkit", messages=messages, temperature=0, max_tokens=8)
+            ids, pixels = pipe.media_prompt(messages, [pipe.image_tensor(im) for im in imgs],
+                                            [[pipe.image_tensor(f) for f in clip] for clip in clips])
+            pads = ids.count(pipe.tokenizer.image_pad_id), ids.count(pipe.tokenizer.video_pad_id)
+            per_image = [pipe.model.tokens_per_image(*p.shape[-2:]) for p in pixels if p.dim() == 3]
+            assert pads == (sum(per_image), sum(pipe.model.tokens_per_clip(p.shape[0], *p.shape[-2:])
+                                                 for p in pixels if p.dim() == 4))
+            assert len(per_image) == len(imgs) and (pads[1] > 0) == bool(clips)
+            assert out.usage.prompt_tokens == len(ids)
+            answer = generate(pipe.model, [ids], [pixels], pipe.generation_config(max_new_tokens=8),
+                              pipe.tokenizer.pad_id)[0]  # stop token excluded
+            assert out.choices[0].message.content == pipe.chat(messages, images=imgs, videos=clips, max_new_tokens=8)
+            assert out.choices[0].message.content == pipe.tokenizer.decode(answer).strip()
+            stopped = out.choices[0].finish_reason == "stop"
+            assert stopped == (len(answer) < 8) and out.usage.completion_tokens == len(answer) + stopped

@@ -80,7 +80,8 @@ def create_app(pipe, *, api_key: Optional[str] = None, allowed_local_media_path:
     local_root = Path(allowed_local_media_path).resolve() if allowed_local_media_path else None
     if local_root is not None and not local_root.is_dir():
         raise UserError(f"--allowed-local-media-path {allowed_local_media_path} is not a directory")
-    media = MediaLoader(engine, local_root, allow_remote_media, remote_timeout, remote_max_bytes)
+    media = MediaLoader(engine, local_root, allow_remote_media, remote_timeout, remote_max_bytes,
+                        video=pipe.model.cfg.video)  # clips sampled as the model was trained
     chat = ChatCompletions(engine, media, pipe.model.cfg, name)
 
     @asynccontextmanager

@@ -44,8 +44,8 @@ def engine_messages(messages: list[ChatMessage]) -> list[dict]:
 
 
 def video_prompt(pipe, messages: list[dict], images: list, clips: list) -> tuple[list[int], list]:
-    """`Engine.prepare` for a request with videos: each clip's frames are encoded as images and fill one vision
-    block of its `<video>` (vlkit/chat.py); pixels follow the sequence (chat.in_sequence_order)."""
+    """`Engine.prepare` for a request with videos (Bundle.media_prompt): each clip fills one vision block, whole
+    ((T, 3, H, W), video pads) or frame by frame (image pads, older checkpoints); pixels follow the sequence."""
     return pipe.media_prompt(messages, [pipe.image_tensor(im) for im in images],
                              [[pipe.image_tensor(f) for f in clip] for clip in clips])
 

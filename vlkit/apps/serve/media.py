@@ -44,7 +44,7 @@ class MediaLoader:
 
     async def resolve_videos(self, messages: list[ChatMessage], max_images: int) -> list:
         """The request's videos as frame lists; each gets an equal share of the model's `max_images` left by the
-        images (its frames are encoded as images), at most `VideoConfig.max_frames`. Checked before anything
+        images (frames cost what images do), at most `VideoConfig.max_frames`. Checked before anything
         is loaded."""
         parts = [(f"messages[{i}].content[{j}].video_url.url", part) for i, m in enumerate(messages)
                  if isinstance(m.content, list) for j, part in enumerate(m.content)]
