@@ -42,6 +42,7 @@ class SynthConfig(_Checked):
     # questions per image (LLaVA-style multi-turn): vqa, grounding, reg, chart and doc ask up to this many questions
     # about one image in one conversation, so the image is encoded once for several answers (docs/training.md row 17)
     turns: int = ranged(1, 1, 16)
+    max_objects: int = ranged(6, 1, 6)  # objects per scene (1..max_objects; relation questions need 2): a curriculum's easy start
 
     def __post_init__(self) -> None:
         super().__post_init__()

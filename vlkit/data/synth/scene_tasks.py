@@ -16,11 +16,11 @@ from vlkit.grounding import box_text, ref_box_text, to_bins
 from vlkit.tokenizer import IMAGE_PLACEHOLDER
 
 
-def _scene(rng: np.random.Generator, cfg: SynthConfig, min_objects: int = 1, max_objects: int = 6) -> Scene:
+def _scene(rng: np.random.Generator, cfg: SynthConfig, min_objects: int = 1) -> Scene:
     force = ()
     if not cfg.train and cfg.heldout_pairs and rng.random() < cfg.heldout_boost:
         force = (pick(rng, cfg.heldout_pairs),)
-    n = int(rng.integers(min_objects, max_objects + 1))
+    n = int(rng.integers(min_objects, max(min_objects, cfg.max_objects) + 1))
     scene = sample_scene(rng, cfg.size, n, pairs=allowed_pairs(cfg), force_pairs=force, max_iou=cfg.max_iou)
     if len(scene.objects) < min_objects:
         raise Retry
