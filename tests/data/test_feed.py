@@ -4,6 +4,7 @@ import pytest
 
 from vlkit.data.collate import Example
 from vlkit.data.feed import ListFeed, StreamFeed, mixture
+from vlkit.data.sources.base import DataError
 from vlkit.data.synth.stream import synth_stream
 
 
@@ -33,6 +34,21 @@ def test_stream_feed_resumes_exactly():
     resumed.load_state(part.state())
     got += [[e.sample_id for e in resumed.next_batch(4, 0, 1)] for _ in range(3)]
     assert got == want
+
+
+def _skip_all(samples, stats):
+    for s in samples:
+        stats.skip("UserError", f"sample {s['id']} has 263 tokens > max_length=200")
+    return []
+
+
+@pytest.mark.parametrize("max_skip", [None, 0.5])
+def test_a_batch_whose_every_sample_is_skipped_is_a_clear_error(max_skip):
+    """Not a crash in the collator: the error names the reason and a sample (e.g. max_length too short)."""
+    feed = StreamFeed(synth_stream({"tasks": ["vqa"]}, 0), _skip_all, max_skip=max_skip)
+    with pytest.raises(DataError, match="max_length=200") as err:
+        feed.next_batch(4, 0, 1)
+    assert "skipped" in str(err.value)
 
 
 def test_list_feed_resumes_exactly_across_epochs():

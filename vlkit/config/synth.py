@@ -39,6 +39,10 @@ class SynthConfig(_Checked):
     aspect: Literal[ASPECTS] = "square"
     aspect_ratio: float = ranged(8 / 3, 1, 16)  # long side / short side of a wide or tall canvas
     video_frames: int = ranged(8, 4, 64)  # frames per video_qa clip
+    # questions per image (LLaVA-style multi-turn): vqa, grounding, reg, chart and doc ask up to this many questions
+    # about one image in one conversation, so the image is encoded once for several answers (docs/training.md row 17)
+    turns: int = ranged(1, 1, 16)
+    max_objects: int = ranged(6, 1, 6)  # objects per scene (1..max_objects; relation questions need 2): a curriculum's easy start
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -25,6 +25,7 @@ import torch
 
 from vlkit.data.collate import EncodeStats, Example
 from vlkit.data.grouping import LengthGrouping
+from vlkit.data.sources.base import DataError
 
 
 def epoch_order(n: int, epoch: int, seed: int) -> np.ndarray:
@@ -109,7 +110,7 @@ class StreamFeed:
         stats = EncodeStats()  # per batch, so that only a batch with a bad sample warns
         out = self.make_batch(self.pos, batch_size, rank, world, stats)
         self.pos += batch_size
-        self._took(stats)
+        self._took(stats, empty=not out)
         return out
 
     def batches(self, batch_size: int, rank: int, world: int, num_workers: int = 0) -> Iterator[list[Example]]:
@@ -124,19 +125,24 @@ class StreamFeed:
             multiprocessing_context="fork" if "fork" in multiprocessing.get_all_start_methods() else None)
         for examples, stats in loader:
             self.pos += batch_size
-            self._took(stats)
+            self._took(stats, empty=not examples)
             yield examples
 
-    def _took(self, stats: EncodeStats) -> None:
-        """Count a batch's encoding; enforce `max_skip` once the counts say something."""
+    def _took(self, stats: EncodeStats, empty: bool = False) -> None:
+        """Count a batch's encoding; enforce `max_skip` once the counts say something, or at once when every
+        sample of the batch was skipped (there is nothing to train on)."""
+        from vlkit.data.sources import check_skip_share
+
         _merge(self.stats, stats)
         seen = self.stats.encoded + sum(self.stats.skipped.values())
         epoch_seen = self.length is not None and self.pos >= self.length
-        if self.max_skip is not None and (seen >= SKIP_CHECK_AFTER or epoch_seen):
-            from vlkit.data.sources import check_skip_share
-
+        if self.max_skip is not None and (seen >= SKIP_CHECK_AFTER or epoch_seen or empty):
             check_skip_share("the stage's data", self.stats.encoded, self.stats.skipped, self.max_skip,
                              self.stats.examples, "encoding")
+        if empty:
+            reasons = ", ".join(f"{k}: {v}" for k, v in stats.skipped.items()) or "no samples"
+            first = f" First: {stats.examples[0]}." if stats.examples else ""
+            raise DataError(f"every sample of a batch was skipped while encoding ({reasons}).{first}")
 
 
 class _WorkerBatches(torch.utils.data.IterableDataset):

@@ -91,3 +91,16 @@ def test_bad_keys_and_values_are_named():
         synth_stream({"aspects": "wide"}, 0)
     with pytest.raises(ConfigError, match="synth.video_frames=0"):
         synth_stream({"video_frames": 0}, 0)
+
+
+def test_turns_and_max_objects_reach_the_samples():
+    many = synth_stream({"tasks": ["vqa"], "turns": 4, "max_objects": 2}, 0)
+    one = synth_stream({"tasks": ["vqa"]}, 0)
+    samples = [many(g) for g in range(30)]
+    assert max(len(s["conversations"]) for s in samples) == 8
+    assert all(len(s["meta"]["objects"]) <= 2 for s in samples)
+    assert max(len(one(g)["meta"]["objects"]) for g in range(60)) > 2  # the default stays 1-6 objects
+    with pytest.raises(ConfigError, match="synth.turns=0"):
+        synth_stream({"turns": 0}, 0)
+    with pytest.raises(ConfigError, match="synth.max_objects=7"):
+        synth_stream({"max_objects": 7}, 0)

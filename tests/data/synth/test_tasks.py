@@ -59,3 +59,45 @@ def test_text_mask_labels_each_text_box_in_order():
     mask = text_mask([("ab", (1, 0, 3, 2)), ("c", (-2, 3.5, 2, 5))], (4, 5))
     assert mask.dtype == np.uint8 and mask.shape == (5, 4)
     assert mask.tolist() == [[0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0], [2, 2, 0, 0], [2, 2, 0, 0]]
+
+
+MULTI_TURN = ("vqa", "grounding", "reg", "chart", "doc")
+
+
+@pytest.mark.parametrize("task", MULTI_TURN)
+def test_follow_up_turns_ask_about_the_same_image_without_repeating(task):
+    from vlkit.config.synth import SynthConfig
+    from vlkit.data.synth.tasks import make_memory_sample
+    from vlkit.grounding import parse_boxes
+
+    lengths = []
+    for i in range(20):
+        one = make_memory_sample(task, i, 0, SynthConfig())
+        many = make_memory_sample(task, i, 0, SynthConfig(turns=5))
+        # the first turn, its meta and its image are the single-turn sample's
+        assert many["conversations"][:2] == one["conversations"] and many["meta"] == one["meta"]
+        assert np.array_equal(np.asarray(many["image_objects"][0]), np.asarray(one["image_objects"][0]))
+        conv = many["conversations"]
+        assert [t["from"] for t in conv] == ["human", "gpt"] * (len(conv) // 2) and 2 <= len(conv) <= 10
+        assert " ".join(t["value"] for t in conv).count("<image>") == 1
+        lengths.append(len(conv) // 2)
+        meta, turns = many["meta"], list(zip(conv[2::2], conv[3::2]))
+        for q, a in turns:  # every follow-up answer is true of this image
+            q, a = q["value"], a["value"]
+            if task == "doc":
+                key = re.search(r"(?:the value of |form say for |the )(\w+)\?", q).group(1)
+                assert meta["fields"][key] == a
+            elif task == "chart" and q.startswith(("What is the value of", "What value", "How high")):
+                label = re.search(r"(?:of|bar) (\w+)", q).group(1)
+                assert str(meta["values"][meta["labels"].index(label)]) == a
+            elif task == "grounding":
+                assert list(parse_boxes(a)[0].box) in [o["box"] for o in meta["objects"]]
+            elif task == "reg":
+                box = list(parse_boxes(q)[0].box)
+                assert any(o["box"] == box and a.endswith(f"{o['color']} {o['shape']}") for o in meta["objects"])
+        # what each turn asks about is asked once: a later answer is never given away by an earlier one
+        asked = [t["value"].replace("<image>\n", "") for t in conv[::2]]
+        if task in ("grounding", "reg", "doc"):
+            subjects = [a["value"] for a in conv[1::2]] if task != "reg" else [parse_boxes(q)[0].box for q in asked]
+            assert len(subjects) == len(set(map(str, subjects)))
+    assert max(lengths) == (3 if task == "doc" else 5)  # a 64-px form has 2-3 fields to ask about

@@ -2,9 +2,9 @@
 task generator returns; tasks.py turns it into a sample)."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Optional, Sequence
+from typing import Callable, Hashable, Optional, Sequence
 
 import numpy as np
 from PIL import Image
@@ -55,10 +55,31 @@ class Made:
     texts: Optional[list[tuple[str, tuple]]] = None  # a text image's (text, ink box in pixels) (dense labels)
     images: Optional[list[Image.Image]] = None  # multi-image tasks: every input image, in prompt order
     video: Optional[list[Image.Image]] = None  # video tasks: the clip's frames, in order (the sample's one video)
+    follow_ups: list[tuple[str, str]] = field(default_factory=list)  # more (question, answer) turns on the same image
 
 
 class Retry(Exception):
     """The scene does not support the question asked; draw another scene."""
+
+
+def follow_ups(rng: np.random.Generator, cfg: SynthConfig, ask: Callable[[], tuple[str, str, Hashable]],
+               first: Hashable) -> list[tuple[str, str]]:
+    """Up to `cfg.turns - 1` more (question, answer) pairs from `ask`, which returns (question, answer, what it asks
+    about) or raises Retry. No two turns ask about the same thing (`first`: what the first turn asked about), so an
+    earlier answer never gives a later one away."""
+    out: list[tuple[str, str]] = []
+    asked = {first}
+    for _ in range(4 * (cfg.turns - 1)):
+        if len(out) == cfg.turns - 1:
+            break
+        try:
+            q, a, key = ask()
+        except Retry:
+            continue
+        if key not in asked:
+            asked.add(key)
+            out.append((q, a))
+    return out
 
 
 def canvas(rng: np.random.Generator, cfg: SynthConfig) -> tuple[int, int]:

@@ -9,18 +9,18 @@ import numpy as np
 
 from vlkit.chat import IMAGE_PROMPT
 from vlkit.config.synth import SynthConfig
-from vlkit.data.synth.base import (NUMBER_WORDS, RELATIONS, VQA_TYPES, Made, Retry, allowed_pairs, pick,
+from vlkit.data.synth.base import (NUMBER_WORDS, RELATIONS, VQA_TYPES, Made, Retry, allowed_pairs, follow_ups, pick,
                                    relation_phrases)
 from vlkit.data.synth.world import COLOR_NAMES, SEG_CLASSES, SHAPE_PLURALS, SHAPES, Scene, compose_scene, sample_scene
 from vlkit.grounding import box_text, ref_box_text, to_bins
 from vlkit.tokenizer import IMAGE_PLACEHOLDER
 
 
-def _scene(rng: np.random.Generator, cfg: SynthConfig, min_objects: int = 1, max_objects: int = 6) -> Scene:
+def _scene(rng: np.random.Generator, cfg: SynthConfig, min_objects: int = 1) -> Scene:
     force = ()
     if not cfg.train and cfg.heldout_pairs and rng.random() < cfg.heldout_boost:
         force = (pick(rng, cfg.heldout_pairs),)
-    n = int(rng.integers(min_objects, max_objects + 1))
+    n = int(rng.integers(min_objects, max(min_objects, cfg.max_objects) + 1))
     scene = sample_scene(rng, cfg.size, n, pairs=allowed_pairs(cfg), force_pairs=force, max_iou=cfg.max_iou)
     if len(scene.objects) < min_objects:
         raise Retry
@@ -215,7 +215,19 @@ def task_vqa(rng: np.random.Generator, cfg: SynthConfig) -> Made:
     elif isinstance(extra, str):  # relation phrasing
         held = held or extra in cfg.heldout_phrases
     meta = {"answers": [answer] * 10, "question_type": qtype, "objects": _objects_meta(scene)}
-    return Made(scene.image, question, answer, meta, category=qtype, heldout=held, scene=scene)
+    more = follow_ups(rng, cfg, lambda: _vqa_turn(rng, scene, cfg), _vqa_key(qtype, out))
+    return Made(scene.image, question, answer, meta, category=qtype, heldout=held, scene=scene, follow_ups=more)
+
+
+def _vqa_key(qtype: str, out: tuple) -> tuple:
+    """What a VQA question asks about: its type and the objects it is about (a follow-up never repeats it)."""
+    return qtype, tuple(sorted(id(o) for o in out[2])), out[1] if not out[2] else None
+
+
+def _vqa_turn(rng: np.random.Generator, scene: Scene, cfg: SynthConfig) -> tuple[str, str, tuple]:
+    qtype = pick(rng, VQA_TYPES)
+    out = _VQA[qtype](rng, scene, cfg)
+    return out[0], out[1], _vqa_key(qtype, out)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -230,26 +242,44 @@ def task_grounding(rng: np.random.Generator, cfg: SynthConfig) -> Made:
     else:  # pragma: no cover - a scene without a unique (color, shape) is rare
         raise Retry
     o = pick(rng, cands)
+    question, answer, bins, phrase = _grounding_qa(rng, scene, o)
+    meta = {"boxes": [bins], "phrase": phrase, "objects": _objects_meta(scene)}
+    more = follow_ups(rng, cfg, lambda: _ask_about(_grounding_qa, rng, scene, pick(rng, cands)), id(o))
+    return Made(scene.image, question, answer, meta, category=o.size, scene=scene,
+                heldout=_scene_heldout(scene, cfg), follow_ups=more)
+
+
+def _grounding_qa(rng: np.random.Generator, scene: Scene, o) -> tuple[str, str, list[int], str]:
     phrase = f"the {_name(o)}"
     bins = list(to_bins(o.bbox, scene.width, scene.height))
     question = pick(rng, ["Where is {p}?", "<ref>{p}</ref>", "Locate {p}.", "Give the bounding box of {p}.",
                            "Find {p} in the image."]).format(p=phrase)
-    meta = {"boxes": [bins], "phrase": phrase, "objects": _objects_meta(scene)}
-    return Made(scene.image, question, ref_box_text(phrase, bins), meta, category=o.size, scene=scene,
-                heldout=_scene_heldout(scene, cfg))
+    return question, ref_box_text(phrase, bins), bins, phrase
 
 
 def task_reg(rng: np.random.Generator, cfg: SynthConfig) -> Made:
     scene = _scene(rng, cfg)
     o = pick(rng, scene.objects)
+    question, answers, bins = _reg_qa(rng, scene, o)
+    meta = {"answers": answers, "box": bins, "objects": _objects_meta(scene)}
+    more = follow_ups(rng, cfg, lambda: _ask_about(_reg_qa, rng, scene, pick(rng, scene.objects)), id(o))
+    return Made(scene.image, question, answers[0], meta, category=o.size, heldout=_scene_heldout(scene, cfg),
+                scene=scene, follow_ups=[(q, a[0]) for q, a in more])
+
+
+def _ask_about(qa: Callable, rng: np.random.Generator, scene: Scene, o) -> tuple[str, object, int]:
+    """A follow-up turn about object `o`: (question, answer, the object's id)."""
+    out = qa(rng, scene, o)
+    return out[0], out[1], id(o)
+
+
+def _reg_qa(rng: np.random.Generator, scene: Scene, o) -> tuple[str, list[str], list[int]]:
+    """A box -> phrase question about `o`: the question, its accepted answers (the first is the target), the box."""
     bins = list(to_bins(o.bbox, scene.width, scene.height))
     question = pick(rng, ["What is the object in {b}?", "Describe the object in {b}.", "What is in {b}?",
                            "Name the object in the region {b}."]).format(b=box_text(bins))
     n = _name(o)
-    answers = [_a(n), f"the {n}", n, _a(f"{o.size} {n}"), f"the {o.size} {n}"]
-    meta = {"answers": answers, "box": bins, "objects": _objects_meta(scene)}
-    return Made(scene.image, question, answers[0], meta, category=o.size, heldout=_scene_heldout(scene, cfg),
-                scene=scene)
+    return question, [_a(n), f"the {n}", n, _a(f"{o.size} {n}"), f"the {o.size} {n}"], bins
 
 
 # ---------------------------------------------------------------------------------------------------------

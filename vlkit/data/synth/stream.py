@@ -17,9 +17,9 @@ from vlkit.data.synth.dataset import parse_heldout, task_plan, task_weights
 from vlkit.data.synth.tasks import make_memory_sample
 
 BLOCK = 1000
-CANVAS_KEYS = ("aspect", "aspect_ratio", "video_frames")  # passed to SynthConfig as given (it checks them)
+PASSED_KEYS = ("aspect", "aspect_ratio", "video_frames", "turns", "max_objects")  # to SynthConfig as given (it checks them)
 KEYS = ("tasks", "size", "heldout", "seed", "split", "max_iou", "dense_labels", "dense_text", "question_first",
-        "aspect", "aspect_ratio", "video_frames")
+        *PASSED_KEYS)
 
 
 def synth_stream(spec: dict, default_seed: int = 0) -> Callable[[int], dict]:
@@ -29,7 +29,8 @@ def synth_stream(spec: dict, default_seed: int = 0) -> Callable[[int], dict]:
     "size color shape" label mask, the NTP-M targets of a model with `dense_prediction: true`), dense_text (false;
     with dense_labels, OCR samples get their texts' ink boxes labelled with the text), question_first (0: the
     share of understanding samples that ask their question before the image), aspect ("square"; "wide", "tall" or
-    "mixed" text images at native resolution) with aspect_ratio (8/3), video_frames (8: frames per video_qa clip)."""
+    "mixed" text images at native resolution) with aspect_ratio (8/3), video_frames (8: frames per video_qa clip),
+    turns (1: questions per image, multi-turn), max_objects (6: objects per scene)."""
     if not isinstance(spec, dict):
         raise DataError(f"synth: expected a mapping with keys {list(KEYS)}, got {spec!r}")
     unknown = sorted(set(spec) - set(KEYS))
@@ -50,7 +51,7 @@ def synth_stream(spec: dict, default_seed: int = 0) -> Callable[[int], dict]:
     cfg = SynthConfig(size=size, split=split, heldout_pairs=pairs, heldout_phrases=phrases,
                       max_iou=float(spec.get("max_iou", 0.0)), dense_labels=bool(spec.get("dense_labels", False)),
                       dense_text=bool(spec.get("dense_text", False)),
-                      question_first=float(question_first), **{k: spec[k] for k in CANVAS_KEYS if k in spec})
+                      question_first=float(question_first), **{k: spec[k] for k in PASSED_KEYS if k in spec})
     seed = int(spec.get("seed", default_seed))
     names = tuple(sorted(weights.items()))
 

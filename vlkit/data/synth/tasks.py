@@ -128,6 +128,8 @@ def make_memory_sample(task: str, index: int, seed: int, cfg: SynthConfig) -> di
         first = cfg.question_first > 0 and rng.random() < cfg.question_first
         prompt = f"{made.question}\n{marks}" if first else f"{marks}\n{made.question}"
         conversations = [{"from": "human", "value": prompt}, {"from": "gpt", "value": made.answer}]
+        for q, a in made.follow_ups:  # more questions about the same image (SynthConfig.turns)
+            conversations += [{"from": "human", "value": q}, {"from": "gpt", "value": a}]
     meta = dict(made.meta, heldout=bool(made.heldout), category=made.category)
     mask = made.mask
     if cfg.dense_labels and mask is None and made.scene is not None:

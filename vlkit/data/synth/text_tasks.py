@@ -6,7 +6,7 @@ import numpy as np
 
 from vlkit.data.synth import text as T
 from vlkit.config.synth import SynthConfig
-from vlkit.data.synth.base import Made, canvas, canvas_meta, pick
+from vlkit.data.synth.base import Made, canvas, canvas_meta, follow_ups, pick
 from vlkit.grounding import box_text, to_bins
 
 
@@ -55,24 +55,33 @@ def task_chart(rng: np.random.Generator, cfg: SynthConfig) -> Made:
     vmax = 9 if w < 128 else 50
     values = [int(v) for v in rng.choice(np.arange(1, vmax + 1), size=n, replace=False)]  # distinct: one max
     img = T.render_bar_chart(labels, values, (w, h), rng, clean=cfg.clean_text)
+    question, answer, about, kind = _chart_qa(rng, labels, values)
+    meta = {"answers": _answers(answer), "labels": labels, "values": values, **canvas_meta(cfg, w, h)}
+    more = follow_ups(rng, cfg, lambda: _chart_qa(rng, labels, values)[:3], about)
+    return Made(img, question, answer, meta, category=kind, follow_ups=more)
+
+
+def _chart_qa(rng: np.random.Generator, labels: list[str], values: list[int]) -> tuple[str, str, str, tuple]:
+    """One question about a bar chart: (question, answer, what it asks about, kind)."""
+    n = len(labels)
     kind = pick(rng, ["value", "value", "largest", "smallest", "count", "compare"])
     if kind == "value":
         k = int(rng.integers(n))
         q = pick(rng, ["What is the value of {l}?", "What value does bar {l} show?", "How high is bar {l}?"])
-        question, answer = q.format(l=labels[k]), str(values[k])
+        question, answer, about = q.format(l=labels[k]), str(values[k]), (kind, k)
     elif kind in ("largest", "smallest"):
         k = int(np.argmax(values) if kind == "largest" else np.argmin(values))
         word = "largest" if kind == "largest" else "smallest"
         q = pick(rng, ["Which bar is the {w}?", "Which label has the {w} value?"])
-        question, answer = q.format(w=word), labels[k]
+        question, answer, about = q.format(w=word), labels[k], (kind,)
     elif kind == "count":
         question, answer = pick(rng, ["How many bars are there?", "How many bars does the chart have?"]), str(n)
+        about = (kind,)
     else:
         i, j = (int(v) for v in rng.choice(n, size=2, replace=False))
         question = f"Is {labels[i]} larger than {labels[j]}?"
-        answer = "yes" if values[i] > values[j] else "no"
-    meta = {"answers": _answers(answer), "labels": labels, "values": values, **canvas_meta(cfg, w, h)}
-    return Made(img, question, answer, meta, category=kind)
+        answer, about = "yes" if values[i] > values[j] else "no", (kind, min(i, j), max(i, j))
+    return question, answer, about, kind
 
 
 def task_doc(rng: np.random.Generator, cfg: SynthConfig) -> Made:
@@ -81,12 +90,18 @@ def task_doc(rng: np.random.Generator, cfg: SynthConfig) -> Made:
     keys = [str(k) for k in rng.choice(list(T.DOC_FIELDS), size=n, replace=False)]
     pairs = [(k, T.doc_value(k, rng)) for k in keys]
     img = T.render_document(pairs, (w, h), rng, clean=cfg.clean_text)
-    k = int(rng.integers(n))
-    key, value = pairs[k]
+    question, value, key = _doc_qa(rng, pairs)
+    meta = {"answers": _answers(value), "fields": {k: v for k, v in pairs}, **canvas_meta(cfg, w, h)}
+    more = follow_ups(rng, cfg, lambda: _doc_qa(rng, pairs), key)
+    return Made(img, question, value, meta, category=key.lower(), follow_ups=more)
+
+
+def _doc_qa(rng: np.random.Generator, pairs: list[tuple[str, str]]) -> tuple[str, str, str]:
+    """One question about a form's fields: (question, value, field)."""
+    key, value = pairs[int(rng.integers(len(pairs)))]
     question = pick(rng, ["What is the {k}?", "What is the value of {k}?", "What does the form say for {k}?"]
                      ).format(k=key)
-    meta = {"answers": _answers(value), "fields": {k: v for k, v in pairs}, **canvas_meta(cfg, w, h)}
-    return Made(img, question, value, meta, category=key.lower())
+    return question, value, key
 
 
 
