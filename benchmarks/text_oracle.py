@@ -1,9 +1,8 @@
 """The text oracle: how well does the quickstart's language model learn VQA when it is given perfect perception?
 
 The image is replaced by its exact scene description as text ("Scene: small blue circle at 0 5, large cyan
-triangle at 2 2, ..."; `--fmt grid`: a 4 x 4 grid of cell words), so what the LM learns is bounded by its own
-learning, not by the vision tower. A VLM cannot beat this oracle's score at the same LM budget: when the oracle
-stays far below a target, the target is out of reach of any vision-side change (docs/training.md, rows 17-23).
+triangle at 2 2, ..."; `--fmt grid`: a 4 x 4 grid of cell words), so what it measures is how fast the LM learns
+the lookups themselves, with nothing left to perceive (docs/training.md, rows 17-24).
 
     python benchmarks/text_oracle.py --out /tmp/oracle [--steps 1400] [--batch 32] [--fmt list|grid]
         [--turns 1] [--curriculum 2:700] [--question-first] [--seed 0] [--n-test 400]
