@@ -40,7 +40,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -50,6 +49,8 @@ from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
 from typing import Optional
+
+from arms import t_interval
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
@@ -62,9 +63,6 @@ SCORES = {"vqa": ("vqa", "vqa_acc", None), "grounding": ("grounding", "acc@0.5",
           "grounding_medium": ("grounding", "acc@0.5", ("category", "medium")),
           "grounding_large": ("grounding", "acc@0.5", ("category", "large")),
           "ocr": ("ocr", "exact_match", None)}
-# two-sided 95% quantiles of Student's t for 1..20 degrees of freedom (more: about 2.09 or less)
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086)
 
 
 @dataclass(frozen=True)
@@ -337,10 +335,9 @@ def blind_scores(scores: dict) -> dict:
 
 def mean_ci(xs: list[float]) -> dict:
     """Mean over seeds with a 95% t-interval (none for one seed)."""
-    m = statistics.fmean(xs)
+    m, half = t_interval(xs)
     out = {"mean": round(m, 4), "n_seeds": len(xs), "values": [round(x, 4) for x in xs]}
-    if len(xs) > 1:
-        half = T975[min(len(xs) - 1, len(T975)) - 1] * statistics.stdev(xs) / math.sqrt(len(xs))
+    if half is not None:
         out["ci95"] = [round(m - half, 4), round(m + half, 4)]
     return out
 

@@ -17,10 +17,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def ablation():
+    sys.path.insert(0, str(ROOT / "benchmarks"))  # its sibling arms.py
     spec = importlib.util.spec_from_file_location("vluas_ablation", ROOT / "benchmarks" / "vluas_ablation.py")
     mod = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = mod  # its dataclasses look their module up
-    spec.loader.exec_module(mod)
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
     return mod
 
 
