@@ -268,7 +268,7 @@ def run_one(arm: Arm, seed: int, budget: Budget, out: Path, tokenizer: Path, vq:
     writes) <run>/result.json."""
     run = out / "runs" / f"{arm.name}-s{seed}"
     if (run / "result.json").is_file():
-        return json.loads((run / "result.json").read_text())
+        return finished(run, arm, budget)
     log_to(run / "log.txt")
     from vlkit.config import Recipe
     from vlkit.eval.runner import run_eval
@@ -294,6 +294,21 @@ def run_one(arm: Arm, seed: int, budget: Budget, out: Path, tokenizer: Path, vq:
               "scores": run_scores(scores), "blind": blind_scores(scores)}
     (run / "result.json").write_text(json.dumps(result, indent=1))
     return result
+
+
+def planned_steps(arm: Arm, budget: Budget) -> dict:
+    return {"vision": budget.vision_steps, "multitask": budget.steps} if arm.dense else \
+        {"multitask": budget.plain_steps}
+
+
+def finished(run: Path, arm: Arm, budget: Budget) -> dict:
+    """A finished run's result.json, if it was trained with this budget (else a clear error)."""
+    r = json.loads((run / "result.json").read_text())
+    want = planned_steps(arm, budget)
+    if r["steps"] != want or r["batch_size"] != budget.batch_size:
+        raise ValueError(f"{run} was trained with steps {r['steps']} x batch {r['batch_size']}, not {want} x "
+                         f"{budget.batch_size}: use another --out (or the same flags)")
+    return r
 
 
 def rounded(m: dict) -> dict:
@@ -435,8 +450,11 @@ def main() -> None:
     todo = [(arm, s) for s in a.seeds for arm in arms]
     results = []
     if a.report_only:
-        results = [json.loads(p.read_text()) for arm, s in todo
-                   if (p := out / "runs" / f"{arm.name}-s{s}" / "result.json").is_file()]
+        try:
+            results = [finished(run, arm, budget) for arm, s in todo
+                       if ((run := out / "runs" / f"{arm.name}-s{s}") / "result.json").is_file()]
+        except ValueError as exc:
+            sys.exit(f"vluas_ablation: {exc}")
     else:
         with ProcessPoolExecutor(a.jobs, mp_context=get_context("spawn"), initializer=one_thread) as ex:
             pending = list(todo)
