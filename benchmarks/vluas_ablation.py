@@ -11,7 +11,7 @@ endless `synth:` stream), each trained from scratch by vlkit's trainer for every
     codes-plain   vision_target: codes, NTP-M off
 
 - `codes`: the input image tokens are also labelled with their visual codes (vlkit's TargetSpec: the LM predicts
-  each patch's code from the tokens before it, at `vision_loss_weight` 1). One tokenizer (vlkit's vq trainer,
+  each patch's code from the tokens before it, at the `vision_loss_weight` of recipes/quickstart-vluas.yaml). One tokenizer (vlkit's vq trainer,
   recipes/vq.yaml with `downsample` set to the LM grid's, 16 -> a 4 x 4 code grid, and VQ_TRAIN's settings) is
   trained once and shared by every codes arm; its held-out PSNR is in the output.
 - NTP-M on: `model.dense_prediction` + `dense_from: connector`, the stream's `dense_labels`, and the `vision` stage
@@ -56,6 +56,7 @@ from arms import t_interval
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "recipes" / "quickstart.yaml"
 VQ_RECIPE = ROOT / "recipes" / "vq.yaml"
+VLUAS_RECIPE = ROOT / "recipes" / "quickstart-vluas.yaml"  # the codes arms take its vision_loss_weight
 EVAL = ["vqa", "grounding", "ocr"]
 TARGETS = ("none", "codes")
 # score name -> (task, metric, breakdown (key, group) or None); `vqa_<type>` are added per question type found
@@ -114,6 +115,7 @@ def arm_recipe(arm: Arm, seed: int, budget: Budget, out: Path, tokenizer: Option
         if vq is None:
             raise ValueError(f"arm {arm.name} needs a visual tokenizer")
         spec["vq"] = str(vq)
+        model["vision_loss_weight"] = load_yaml(VLUAS_RECIPE)["model"]["vision_loss_weight"]
     vision["steps"] = budget.vision_steps
     if arm.dense:
         multitask["steps"] = budget.steps

@@ -43,6 +43,7 @@ def test_arms_change_only_target_and_dense(ablation, tmp_path):
         target, dense = name.split("-")
         model, multitask = r["model"], r["stages"][-1]
         assert model["vision_target"] == target and ("vq" in r) == (target == "codes")
+        assert ("vision_loss_weight" in model) == (target == "codes")
         assert r["tokenizer"] == {"path": str(tok)} and r["train"]["seed"] == 3
         assert multitask["name"] == "multitask" and multitask["batch_size"] == 4
         assert stream(multitask)["seed"] == 4  # the same multitask stream in every arm
