@@ -11,15 +11,16 @@ endless `synth:` stream), each trained from scratch by vlkit's trainer for every
     codes-plain   vision_target: codes, NTP-M off
 
 - `codes`: the input image tokens are also labelled with their visual codes (vlkit's TargetSpec: the LM predicts
-  each patch's code from the tokens before it, at the `vision_loss_weight` of recipes/quickstart-vluas.yaml). One tokenizer (vlkit's vq trainer,
-  recipes/vq.yaml with `downsample` set to the LM grid's, 16 -> a 4 x 4 code grid, and VQ_TRAIN's settings) is
-  trained once and shared by every codes arm; its held-out PSNR is in the output.
+  each patch's code from the tokens before it, at the `vision_loss_weight` of recipes/quickstart-vluas.yaml). One
+  tokenizer (vlkit's vq trainer, recipes/vq.yaml with `downsample` set to the LM grid's, 16 -> a 4 x 4 code grid,
+  and VQ_TRAIN's settings) is trained once and shared by every codes arm; its held-out PSNR is in the output.
 - NTP-M on: `model.dense_prediction` + `dense_from: connector`, the stream's `dense_labels`, and the `vision` stage
   (which exists only with dense labels). NTP-M off: no dense loss, no dense labels, no `vision` stage; its steps go
-  to the multitask stage at the same measured wall-clock: a calibration run times steps of both stages of the
-  none-dense recipe (median seconds per step, one thread) and the plain arms get
-  `steps + round(vision_steps * vision_s_per_step / multitask_s_per_step)` multitask steps (`--plain-steps` sets
-  it by hand). Each run's own per-stage wall-clock is in the output, so the match can be checked.
+  to the multitask stage at their measured cost: a calibration run times steps of both stages of the none-dense
+  recipe (median seconds per step, one thread) and the plain arms get
+  `steps + round(vision_steps * vision_s_per_step / multitask_s_per_step)` multitask steps. This matches the vision
+  stage, not NTP-M's own cost inside the multitask stage; `--plain-steps` sets the plain budget by hand (e.g. to
+  match total wall-clock). Each run's own per-stage wall-clock is in the output, so the match can be checked.
 - Same otherwise: one text tokenizer (the quickstart's, trained on its stages' stream, seed 0), the quickstart's
   multitask mix of understanding tasks, the same stream seeds (vision stage `seed`, multitask `seed + 1`, as the
   quickstart), steps, batch and learning rates; only the model's initial weights differ between arms of a seed
@@ -438,7 +439,8 @@ def main() -> None:
     need_cal = any(not arm.dense for arm in arms) and a.plain_steps is None
     vq_metrics, cal = None, None
     if not a.report_only and (need_vq or need_cal):
-        say(f"shared pieces: {'visual tokenizer ' if need_vq else ''}{'calibration' if need_cal else ''}")
+        say(f"shared pieces (trained once, then reused from --out): {'visual tokenizer ' if need_vq else ''}"
+            f"{'calibration' if need_cal else ''}")
         with ProcessPoolExecutor(max(1, min(a.jobs, 2)), mp_context=get_context("spawn"), initializer=one_thread) as ex:
             fv = fc = None
             if need_vq:
