@@ -5,6 +5,8 @@ Nothing here scores anything itself."""
 from __future__ import annotations
 
 import json
+import math
+import statistics
 import time
 from pathlib import Path
 from typing import Callable, Optional
@@ -13,6 +15,18 @@ from vlkit.eval.scoring import MeanMetric, paired_difference
 
 # the tokenizer's corpus: this many samples of the training stream (every arm shares the tokenizer)
 CORPUS_SAMPLES = 1000
+# two-sided 95% quantiles of Student's t for 1..20 degrees of freedom (more: about 2.09 or less)
+T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
+        2.120, 2.110, 2.101, 2.093, 2.086)
+
+
+def t_interval(xs: list[float]) -> tuple[float, Optional[float]]:
+    """The mean of `xs` (repeated runs: seeds, timing windows) and the half-width of its 95% t-interval (None for
+    one value)."""
+    m = statistics.fmean(xs)
+    if len(xs) < 2:
+        return m, None
+    return m, T975[min(len(xs) - 1, len(T975)) - 1] * statistics.stdev(xs) / math.sqrt(len(xs))
 
 
 def shared_tokenizer(stream: Callable[[int], dict], path: Path, vocab_size: int = 512) -> Path:

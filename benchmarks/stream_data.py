@@ -20,22 +20,19 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import resource
-import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+from arms import t_interval
+
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = {"vqa": 2, "grounding": 1, "reg": 0.5, "ocr": 1, "caption": 0.5, "chart": 0.5, "doc": 0.5}
 SIZE = 224
 BATCH = 32
-# two-sided 95% quantiles of Student's t for 1..20 degrees of freedom (more: about 2.09 or less)
-T975 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.160, 2.145, 2.131,
-        2.120, 2.110, 2.101, 2.093, 2.086)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -112,10 +109,9 @@ def mean_ci(xs: list[float]) -> dict:
     """Mean and 95% confidence interval (t distribution) of per-window rates."""
     if not xs:
         return {"mean": None}
-    m = statistics.fmean(xs)
-    if len(xs) < 2:
+    m, half = t_interval(xs)
+    if half is None:
         return {"mean": round(m, 2)}
-    half = T975[min(len(xs) - 1, len(T975)) - 1] * statistics.stdev(xs) / math.sqrt(len(xs))
     return {"mean": round(m, 2), "ci95": [round(m - half, 2), round(m + half, 2)]}
 
 
