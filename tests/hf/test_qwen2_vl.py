@@ -57,11 +57,8 @@ def _hf_inputs(ids: list[int], items) -> dict:
     return kw
 
 
-@pytest.mark.parametrize("case", list(CASES))
-def test_logits_and_greedy_match_transformers(qwen, case):
-    ref, _, pipe = qwen
-    model = pipe.model
-    items = _items(CASES[case])
+def check_parity(ref, model, items) -> None:
+    """vlkit's logits equal transformers' within TOL on the same pixels and grids, and 20 greedy tokens are equal."""
     ids = _prompt(model, items)
     kw = _hf_inputs(ids, items)
     x = torch.tensor([ids])
@@ -72,6 +69,12 @@ def test_logits_and_greedy_match_transformers(qwen, case):
     assert (got - want).abs().max() <= TOL
     greedy = generate(model, [ids], [items], GenerationConfig(max_new_tokens=20), pad_id=0)[0]
     assert greedy == hf_greedy(ref, x, 20, **kw)
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_logits_and_greedy_match_transformers(qwen, case):
+    ref, _, pipe = qwen
+    check_parity(ref, pipe.model, _items(CASES[case]))
 
 
 def test_window_attention_and_temporal_positions_matter(qwen):

@@ -11,10 +11,9 @@ import torch
 pytest.importorskip("transformers", reason="HF parity tests need the dev extra (transformers)")
 
 import vlkit  # noqa: E402
-from tests.hf.hf_fixtures import TOL, hf_greedy, make_qwen2_vl  # noqa: E402
-from tests.hf.test_qwen2_vl import _hf_inputs, _items, _prompt  # noqa: E402
+from tests.hf.hf_fixtures import make_qwen2_vl  # noqa: E402
+from tests.hf.test_qwen2_vl import _items, check_parity  # noqa: E402
 from vlkit.hf import ExportError  # noqa: E402
-from vlkit.infer.generate import GenerationConfig, generate  # noqa: E402
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])
@@ -28,16 +27,7 @@ def test_export_loads_in_transformers_with_identical_logits_and_greedy(tmp_path,
     ref = AutoModelForImageTextToText.from_pretrained(str(out)).eval()
     model = pipe.model
     for shapes in ([(48, 112)], [(64, 64), (112, 48)], [(4, 48, 64)]):
-        items = _items(shapes, seed=len(shapes))
-        ids = _prompt(model, items)
-        kw = _hf_inputs(ids, items)
-        x = torch.tensor([ids])
-        with torch.no_grad():
-            want = ref(input_ids=x, **kw).logits
-            got = model(x, images=items, return_logits=True)["logits"]
-        assert (got - want).abs().max() <= TOL
-        greedy = generate(model, [ids], [items], GenerationConfig(max_new_tokens=20), pad_id=0)[0]
-        assert greedy == hf_greedy(ref, x, 20, **kw)
+        check_parity(ref, model, _items(shapes, seed=len(shapes)))
     back = vlkit.load(out)  # and vlkit reads its export: same config, same weights, same prompts
     assert back.model.cfg == model.cfg
     assert all(torch.equal(a, b) for a, b in zip(back.model.state_dict().values(), model.state_dict().values()))
