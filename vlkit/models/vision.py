@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vlkit.config import VisionConfig
-from vlkit.models.attention import sdpa
+from vlkit.models.attention import Segments, sdpa
 from vlkit.models.language import RMSNorm
 from vlkit.models.rope import VisionRotaryEmbedding, apply_rope
 
@@ -145,12 +145,14 @@ class VisionAttention(nn.Module):
         d = cfg.hidden_size
         self.q_proj, self.k_proj, self.v_proj, self.out_proj = (nn.Linear(d, d) for _ in range(4))
 
-    def forward(self, x: torch.Tensor, rope: Optional[Rope] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Optional[Rope] = None,
+                segments: Optional[Segments] = None) -> torch.Tensor:
+        """segments: who attends to whom (images of a packed sequence, windows); None: every token to every token."""
         b, n, d = x.shape
         q, k, v = (p(x).view(b, n, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         if rope is not None:  # in float32, as transformers' Qwen2-VL
             q, k = (apply_rope(t.float(), *rope).to(v.dtype) for t in (q, k))
-        y = sdpa(q, k, v, attn_mask=mask)
+        y = sdpa(q, k, v) if segments is None else segments.attend(q, k, v)
         return self.out_proj(y.transpose(1, 2).reshape(b, n, d))
 
 
@@ -192,8 +194,9 @@ class VisionLayer(nn.Module):
         self.layer_norm2 = NORMS[cfg.norm](cfg.hidden_size, eps=cfg.layer_norm_eps)
         self.mlp = MLPS[cfg.mlp](cfg)
 
-    def forward(self, x: torch.Tensor, rope: Optional[Rope] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
-        x = x + self.self_attn(self.layer_norm1(x), rope, mask)
+    def forward(self, x: torch.Tensor, rope: Optional[Rope] = None,
+                segments: Optional[Segments] = None) -> torch.Tensor:
+        x = x + self.self_attn(self.layer_norm1(x), rope, segments)
         return x + self.mlp(self.layer_norm2(x))
 
 
@@ -224,16 +227,16 @@ class VisionEncoder(nn.Module):
         """(B, 3, H, W) -> (B, gh*gw, D) patch features in row-major order (class token dropped)."""
         grid = self.grid_size(*pixels.shape[-2:])
         rope = self.rotary(*grid) if self.rotary is not None else None
-        window = self._window_ids(*grid) if self.cfg.window_size else None
-        masks = (None, None if window is None else (window[:, None] == window[None])[None, None])
-        x = self._layers(self.embeddings(pixels), rope, masks)
+        window = Segments(self._window_ids(*grid)) if self.cfg.window_size else None
+        x = self._layers(self.embeddings(pixels), rope, (None, window))
         return x[:, 1:] if self.cfg.class_token else x
 
     def forward_packed(self, images: Sequence[torch.Tensor]) -> list[torch.Tensor]:
         """Images (3, H_i, W_i) of any sizes -> [(gh_i*gw_i, D)], run as ONE sequence of all their patches with
         block-diagonal attention (each image attends only to its own patches): no padding, and each image's
         features are what encoding it alone gives. A clip (T, 3, H, W) -> (T' * gh*gw, D): each of its T' temporal
-        patches (T' = T with temporal_patch_size 1) attends only to itself, as in transformers' Qwen2-VL."""
+        patches (T' = T with temporal_patch_size 1) attends only to itself, as in transformers' Qwen2-VL. Attention
+        is varlen (attention.Segments): it costs what encoding each image alone costs."""
         parts = [self.embeddings(img, clip=True) if img.dim() == 4 else self.embeddings(img[None])
                  for img in images]  # (T', n, D) each
         grids = [self.grid_size(*img.shape[-2:]) for img in images]
@@ -242,7 +245,7 @@ class VisionEncoder(nn.Module):
         if self.rotary is not None:
             tables = [self.rotary(*grid) for _, grid in segments]
             rope = (torch.cat([c for c, _ in tables]), torch.cat([s for _, s in tables]))
-        x = self._layers(torch.cat([p.flatten(0, 1) for p in parts])[None], rope, self._packed_masks(segments))[0]
+        x = self._layers(torch.cat([p.flatten(0, 1) for p in parts])[None], rope, self._packed_segments(segments))[0]
         skip = 1 if self.cfg.class_token else 0
         return [f.view(p.shape)[:, skip:].flatten(0, 1) for f, p in zip(x.split([p.shape[0] * p.shape[1] for p in parts]),
                                                                         parts)]
@@ -256,13 +259,13 @@ class VisionEncoder(nn.Module):
         cols = torch.arange(gw, device=dev).repeat(gh) // w
         return rows * -(-gw // w) + cols
 
-    def _packed_masks(self, segments: list[tuple[int, tuple[int, int]]]) -> tuple:
-        """(full, window) attention masks (1, 1, S, S) of a packed sequence of segments (length, grid); None where
-        every token may see every other."""
+    def _packed_segments(self, segments: list[tuple[int, tuple[int, int]]]) -> tuple:
+        """(full, window) attention segments of a packed sequence of segments (length, grid); None where every
+        token may see every other."""
         dev = next(self.embeddings.parameters()).device
         lengths = torch.tensor([n for n, _ in segments], device=dev)
-        seg = torch.repeat_interleave(torch.arange(len(segments), device=dev), lengths)
-        full = (seg[:, None] == seg[None])[None, None] if len(segments) > 1 else None
+        full = Segments(torch.repeat_interleave(torch.arange(len(segments), device=dev), lengths)) \
+            if len(segments) > 1 else None
         if not self.cfg.window_size:
             return full, None
         ids, offset = [], 0
@@ -270,13 +273,12 @@ class VisionEncoder(nn.Module):
             w = self._window_ids(*grid)
             ids.append(w + offset)
             offset += int(w.max()) + 1
-        win = torch.cat(ids)
-        return full, (win[:, None] == win[None])[None, None]
+        return full, Segments(torch.cat(ids))
 
-    def _layers(self, x: torch.Tensor, rope: Optional[Rope], masks: tuple) -> torch.Tensor:
-        """masks: (full, window) attention masks; layers use the window mask unless vision.window_size is 0 or
+    def _layers(self, x: torch.Tensor, rope: Optional[Rope], segments: tuple) -> torch.Tensor:
+        """segments: (full, window) attention segments; layers use the windows unless vision.window_size is 0 or
         they are listed in vision.full_attention_layers."""
-        full, window = masks
+        full, window = segments
         if self.pre_layrnorm is not None:
             x = self.pre_layrnorm(x)
         for i, layer in enumerate(self.encoder.layers):
