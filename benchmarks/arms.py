@@ -29,6 +29,16 @@ def t_interval(xs: list[float]) -> tuple[float, Optional[float]]:
     return m, T975[min(len(xs) - 1, len(T975)) - 1] * statistics.stdev(xs) / math.sqrt(len(xs))
 
 
+def quickstart_model() -> dict:
+    """The quickstart's `model:` section (recipes/quickstart.yaml: the shape that learns to see from scratch on a
+    CPU: conv stem, 2x2 merge, 4 x 128 LM, fan_in init) without its dense-label head (text and video samples have
+    no per-patch labels)."""
+    import yaml
+
+    model = yaml.safe_load((Path(__file__).parents[1] / "recipes" / "quickstart.yaml").read_text())["model"]
+    return {k: v for k, v in model.items() if not k.startswith("dense_")}
+
+
 def shared_tokenizer(stream: Callable[[int], dict], path: Path, vocab_size: int = 512) -> Path:
     from vlkit.data.sources import corpus_text
     from vlkit.tokenizer import Tokenizer

@@ -6,10 +6,11 @@ Data: the synthetic world's OCR lines and documents on a wide canvas (`aspect: w
 --aspect-ratio 4` gives 256 x 64 images). The native arm keeps them at 256 x 64: a 16 x 4 grid of LM tokens
 (patch 8, 2 x 2 merge) = 64 tokens. The square arm resizes them to the square whose grid has as many tokens:
 128 x 128 -> 8 x 8 = 64. (The canvas must allow this: 8/3, for example, gives no square grid with the native
-count, and the script says so.) Both arms: the tiny preset with the spatial_merge connector, one tokenizer, the
-same seed, steps, batch and learning rate, trained from scratch in process by vlkit's trainer. Evaluation: OCR
-exact match and doc ANLS on held-out test-split samples (vlkit's eval runner and metrics), each with its 95%
-bootstrap CI, and native - square with a paired 95% bootstrap CI. Prints JSON.
+count, and the script says so.) Both arms: the quickstart's model (conv stem, 2x2 merge, 4 x 128 LM; arms.py), one
+tokenizer, the same seed, steps, batch and learning rate, trained from scratch in process by vlkit's trainer.
+Evaluation: OCR exact match (and CER, lower is better) and doc ANLS on held-out test-split samples (vlkit's eval
+runner and metrics), each with its 95% bootstrap CI, and native - square with a paired 95% bootstrap CI. Prints
+JSON.
 
     python benchmarks/native_resolution.py --out /tmp/native_res [--steps 3000 --batch 32 --n-test 500]
 """
@@ -21,10 +22,11 @@ import math
 import sys
 from pathlib import Path
 
-from arms import paired, per_sample, rounded, shared_tokenizer, train_arm, evaluate
+from arms import evaluate, paired, per_sample, quickstart_model, rounded, shared_tokenizer, train_arm
 
 FACTOR = 16  # the tiny preset's patch size (8) x the spatial_merge connector's merge_size (2)
-METRICS = {"ocr": "exact_match", "doc": "anls"}
+METRICS = [("ocr", "exact_match"), ("ocr", "cer"), ("doc", "anls")]  # CER: lower is better
+TASKS = sorted({t for t, _ in METRICS})
 
 
 def canvas(size: int, aspect_ratio: float) -> tuple[int, int]:
@@ -44,10 +46,10 @@ def arm_models(size: int, aspect_ratio: float) -> tuple[dict, dict, int]:
         sys.exit(f"native_resolution: a {w} x {h} canvas gives a {nw // FACTOR} x {nh // FACTOR} token grid "
                  f"({tokens} tokens), which no square grid matches; pick --size/--aspect-ratio so that it does "
                  f"(e.g. 256 and 4)")
-    connector = {"type": "spatial_merge", "merge_size": 2}
-    square = {"preset": "tiny", "vision": {"image_size": side * FACTOR}, "connector": connector}
-    native = {"preset": "tiny", "connector": connector, "vision": {
-        "position": "rope2d", "processor": {"min_pixels": FACTOR * FACTOR, "max_pixels": nh * nw, "merge_size": 2}}}
+    base = quickstart_model()
+    square = {**base, "vision": {**base["vision"], "image_size": side * FACTOR}}
+    native = {**base, "vision": {**base["vision"], "position": "rope2d", "processor": {
+        "min_pixels": FACTOR * FACTOR, "max_pixels": nh * nw, "merge_size": 2}}}
     return square, native, tokens
 
 
@@ -67,12 +69,12 @@ def main() -> None:
     from vlkit.data.synth import generate_dataset
     from vlkit.data.synth.stream import synth_stream
 
-    synth = {"tasks": sorted(METRICS), "size": a.size, "aspect": "wide", "aspect_ratio": a.aspect_ratio}
+    synth = {"tasks": TASKS, "size": a.size, "aspect": "wide", "aspect_ratio": a.aspect_ratio}
     square, native, tokens = arm_models(a.size, a.aspect_ratio)
     tok = shared_tokenizer(synth_stream(synth, a.seed), out / "tokenizer.json")
     test = out / "test"
     if not (test / "data.jsonl").exists():
-        generate_dataset(test, n=a.n_test, tasks=sorted(METRICS), split="test", seed=a.seed + 1, size=a.size,
+        generate_dataset(test, n=a.n_test, tasks=TASKS, split="test", seed=a.seed + 1, size=a.size,
                          aspect="wide", aspect_ratio=a.aspect_ratio, progress=False)
     h, w = canvas(a.size, a.aspect_ratio)
     result = {"steps": a.steps, "batch": a.batch, "lr": a.lr, "canvas": [w, h], "image_tokens": tokens,
@@ -86,12 +88,12 @@ def main() -> None:
         pipe = load(final)
         size = (h, w) if name == "native" else (square["vision"]["image_size"],) * 2
         assert pipe.model.tokens_per_image(*size) == tokens, "the arms must give the same number of image tokens"
-        evaluate(final, test, sorted(METRICS), out / name / "eval")
-        scores[name] = {t: per_sample(out / name / "eval", t, m) for t, m in METRICS.items()}
-        result["arms"][name] = {**info, **{f"{t}_{m}": _summary(scores[name][t]) for t, m in METRICS.items()}}
+        evaluate(final, test, TASKS, out / name / "eval")
+        scores[name] = {(t, m): per_sample(out / name / "eval", t, m) for t, m in METRICS}
+        result["arms"][name] = {**info, **{f"{t}_{m}": _summary(scores[name][t, m]) for t, m in METRICS}}
         print(json.dumps({name: result["arms"][name]}), file=sys.stderr)
-    result["native_minus_square"] = {f"{t}_{m}": _difference(paired(scores["native"][t], scores["square"][t]))
-                                     for t, m in METRICS.items()}
+    result["native_minus_square"] = {f"{t}_{m}": _difference(paired(scores["native"][t, m], scores["square"][t, m]))
+                                     for t, m in METRICS}
     print(json.dumps(result, indent=2))
 
 

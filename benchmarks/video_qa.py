@@ -5,7 +5,7 @@ which object appeared or left, counts over time, order of events) against two ba
 - single frame: a model trained and evaluated on only the first frame of each clip (`data.video.max_frames: 1`
   in its recipe; its test clips cut to their first frame), with the same steps, batch, tokenizer and seed.
 
-Both models: the tiny preset, trained from scratch in process by vlkit's trainer on the `synth:` stream of
+Both models: the quickstart's model (conv stem, 2x2 merge, 4 x 128 LM; arms.py), trained from scratch in process by vlkit's trainer on the `synth:` stream of
 video_qa clips. Evaluation: vlkit's runner on held-out test-split clips; VQA accuracy with its 95% bootstrap CI,
 broken down by question type, and clip - blind and clip - single frame with paired 95% bootstrap CIs. Prints JSON.
 
@@ -18,7 +18,7 @@ import json
 import sys
 from pathlib import Path
 
-from arms import evaluate, paired, per_sample, shared_tokenizer, train_arm
+from arms import evaluate, paired, per_sample, quickstart_model, shared_tokenizer, train_arm
 
 TASK, METRIC = "video_qa", "vqa_acc"
 
@@ -67,7 +67,7 @@ def main() -> None:
     if not (test / "data.jsonl").exists():
         generate_dataset(test, n=a.n_test, tasks=[TASK], split="test", seed=a.seed + 1, size=a.size,
                          video_frames=a.frames, progress=False)
-    model = {"preset": "tiny", "connector": {"type": "spatial_merge", "merge_size": 2}}
+    model = quickstart_model()
     data = {"train": [{"synth": synth}], "max_length": a.max_length}
     result = {"steps": a.steps, "batch": a.batch, "lr": a.lr, "frames": a.frames, "n_test": a.n_test, "seed": a.seed}
 
