@@ -340,4 +340,8 @@ def accuracy(rollout: Rollout) -> float:
     if not task:
         raise EvalError(f"reward 'accuracy' cannot score sample {rollout.sample.get('id')!r}: it has no `task` to "
                         "choose the reward by")
-    return REWARDS[reward_for_task(str(task))](rollout)
+    name = reward_for_task(str(task))
+    try:
+        return REWARDS[name](rollout)
+    except EvalError as exc:
+        raise EvalError(f"reward 'accuracy' uses {name!r} for task {task!r}: {exc}") from None
