@@ -33,10 +33,13 @@ from vlkit.data.synth import verify
 from vlkit.data.synth.world import COLOR_NAMES, SHAPES, SIZE_NAMES
 from vlkit.errors import UserError
 from vlkit.eval import metrics as M
-from vlkit.eval.answer_formats import ANSWER_FORMATS, extract_answer, format_prompt, parse_completion  # noqa: F401
+from vlkit.eval.answer_formats import ANSWER_FORMATS, extract_answer, format_prompt, get_format, parse_completion
 from vlkit.eval.metrics import EvalError
 from vlkit.eval.task_base import Task, answers_of, need
 from vlkit.eval.tasks import TASKS
+
+__all__ = ["ANSWER_FORMATS", "REWARDS", "TASK_REWARDS", "Rollout", "caption_objects", "check_weights", "extract_answer",
+           "format_prompt", "object_f1", "parse_completion", "reward", "reward_for_task", "score"]
 
 
 @dataclass
@@ -270,7 +273,7 @@ def caption(rollout: Rollout) -> float:
     except (TypeError, KeyError):
         raise EvalError(f"reward 'caption' cannot score: sample {rollout.sample.get('id')!r} has meta['objects'] "
                         f"without color and shape: {objects!r}") from None
-    if "info" in ANSWER_FORMATS[rollout.answer_format].tags:
+    if "info" in get_format(rollout.answer_format).tags:
         parts = parse_completion(rollout.text, rollout.answer_format)
         if parts is None:
             return 0.0
