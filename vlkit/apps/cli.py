@@ -8,6 +8,7 @@ from typing import Callable, Iterable, Iterator
 from vlkit.apps.quickstart import VISION_TARGETS
 from vlkit.data.sources import FORMATS
 from vlkit.config.synth import ASPECTS, SPLITS
+from vlkit.eval.answer_formats import ANSWER_FORMATS
 
 
 def _csv(text: str | None) -> list[str] | None:
@@ -48,7 +49,7 @@ def cmd_eval(a: argparse.Namespace) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     pipe = vlkit.load(a.ckpt)
     run_eval(pipe, a.data, tasks=_csv(a.tasks), batch_size=a.batch_size, limit=a.limit, out_dir=a.out,
-             blind=a.blind)
+             blind=a.blind, answer_format=a.answer_format)
 
 
 def cmd_inspect(a: argparse.Namespace) -> None:
@@ -193,6 +194,9 @@ def _add_eval(sub) -> None:
     e.add_argument("--blind", action="store_true",
                    help="also score with every image replaced by a mid-grey one of the same size; report with "
                         "images vs blind, the difference with a 95%% paired CI, and flag tasks not beating blind")
+    e.add_argument("--answer-format", default="plain", choices=sorted(ANSWER_FORMATS),
+                   help="ask for this completion format and read the answer from its <answer> part; completions "
+                        "not following it score as wrong and are counted (docs/rl.md); default plain")
     e.set_defaults(func=cmd_eval)
 
 

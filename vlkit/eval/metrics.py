@@ -106,6 +106,15 @@ def ordinal_choice(text: str) -> str:
     return named[0] if len(named) == 1 else norm
 
 
+def normalized_match(prediction: str, answers: Sequence[str]) -> float:
+    """1.0 if the prediction equals one of the answers after full VQA normalization (normalize_vqa_answer), else
+    0.0: the `match` of referring-expression generation, where the answers are different valid phrasings."""
+    if not answers:
+        raise EvalError("normalized_match needs at least one ground-truth answer, got none")
+    p = normalize_vqa_answer(prediction)
+    return float(any(p == normalize_vqa_answer(a) for a in answers))
+
+
 def vqa_accuracy(prediction: str, answers: Sequence[str], mode: str = "official") -> float:
     """VQAv2 accuracy: for each GT answer, min(1, #matches among the *other* answers / 3); the mean of these.
 

@@ -33,6 +33,12 @@ def scores_table(scores: dict[str, Any], breakdowns: bool = True) -> str:
             rows.append([name, "-", "-", "-", "0", "-"])
     parts = ["## Eval scores", "", _table(["task", "metric", "value", "95% CI", "n", "parse fail"], rows), "",
              "`*` headline metric. CI: percentile bootstrap over samples."]
+    formats = {name: t["format_failures"] for name, t in tasks.items() if t.get("format_failures")}
+    if formats:
+        fmt = next(iter(formats.values()))["answer_format"]
+        parts += ["", f"Answer format `{fmt}`: a completion that does not follow it scores as a wrong answer (and "
+                  "counts as a parse failure). Not following it: "
+                  + "; ".join(f"{k} {f['count']} ({f['rate']:.1%})" for k, f in formats.items()) + "."]
     skipped = (scores.get("skipped") or {}).get("tasks") or {}
     if skipped:
         parts += ["", "Skipped: " + "; ".join(f"{k} ({v})" for k, v in skipped.items())]

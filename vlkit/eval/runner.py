@@ -10,6 +10,11 @@ scores exactly like an uninterrupted one.
 `blind=True` ("a model must beat its blind self") also asks the model with every input image replaced by a blank
 one of the same size (BLIND_FILL, mid-grey) and reports, per task, the difference with images minus blind with a
 95% paired bootstrap CI.
+
+`answer_format` (vlkit.eval.answer_formats: plain | think | visionary) asks every text task's question with the
+format's instruction and extracts the answer with `extract_answer` before the task's own extraction; a completion
+that does not follow the format is scored as an empty (wrong) answer and counted (`format_failures` per task; the
+per-sample rows keep the raw completion and whether it parsed). `plain`, the default, changes nothing.
 """
 from __future__ import annotations
 
@@ -24,6 +29,8 @@ from typing import Any, Iterable, Optional, Sequence, Union
 from PIL import Image
 
 from vlkit.data.sources import read_samples
+from vlkit.errors import UserError
+from vlkit.eval.answer_formats import extract_answer, get_format
 from vlkit.eval.metrics import EvalError
 from vlkit.eval.report import scores_table
 from vlkit.eval.scoring import paired_difference
@@ -149,9 +156,11 @@ def _sample_ids(samples: Sequence[dict], task: str) -> list[str]:
 
 
 def _make_jobs(pipe: Any, by_task: dict[str, list[dict]], order: list[str], limit: Optional[int],
-               max_new_tokens: Optional[int], blind: bool, skipped: dict[str, str]) -> tuple[dict, dict]:
+               max_new_tokens: Optional[int], blind: bool, skipped: dict[str, str],
+               answer_format: str = "plain") -> tuple[dict, dict]:
     """({task: [job]}, {task: [blind job, same order]}) for the tasks the pipe can answer; the others go to
-    `skipped`. Blind jobs exist for tasks with input images (not text-to-image)."""
+    `skipped`. Blind jobs exist for tasks with input images (not text-to-image). A text task's jobs carry the
+    answer format in their settings (so in their cache key) unless it is plain."""
     fingerprint = str(pipe.fingerprint())
     file_digests: dict[str, str] = {}
     jobs: dict[str, list[Job]] = {}
@@ -169,6 +178,8 @@ def _make_jobs(pipe: Any, by_task: dict[str, list[dict]], order: list[str], limi
         for s, sid in zip(ss, _sample_ids(ss, name)):
             task.validate(s)  # missing ground truth is a data error: report before any model call
             settings = task.settings(s, max_new_tokens)
+            if answer_format != "plain" and task.text_answer:
+                settings = {**settings, "answer_format": answer_format}
             content = content_digest(task, s, file_digests)
             jobs[name].append(Job(task, s, sid, settings, prediction_key(fingerprint, name, content, settings)))
             if name in blind_jobs:
@@ -246,17 +257,27 @@ def _group_value(sample: dict, key: str) -> Optional[str]:
     return str(m[key])
 
 
-def _score_task(task: Task, jobs: list[Job], preds: list[Any], resamples: int, seed: int) -> tuple[dict, list[dict]]:
+def _score_task(task: Task, jobs: list[Job], raws: list[Any], out_dir: Path, resamples: int,
+                seed: int) -> tuple[dict, list[dict]]:
+    """A task's scores from its jobs' cached raw predictions, and its per-sample rows."""
     samples = [j.sample for j in jobs]
+    formatted = [_formatted(j, raw) for j, raw in zip(jobs, raws)]
+    preds = [task.prediction(text, out_dir) for text, _ in formatted]
     ts = task.score(samples, preds)
+    followed = [ok for _, ok in formatted]  # None: no answer format step for this job
+    parse_failed = [bool(f) or ok is False for f, ok in zip(ts.parse_failed, followed)]
     rows = list(range(len(samples)))
     out: dict[str, Any] = {
         "n": len(samples),
         "primary": task.metrics[0],
         "metrics": {name: m.summary(rows, resamples, seed) for name, m in ts.metrics.items()},
     }
-    nfail = sum(bool(f) for f in ts.parse_failed)
+    nfail = sum(parse_failed)
     out["parse_failures"] = {"count": nfail, "rate": nfail / len(samples) if samples else None}
+    fmt = jobs[0].settings.get("answer_format") if jobs else None
+    if fmt is not None:
+        bad = sum(ok is False for ok in followed)
+        out["format_failures"] = {"answer_format": fmt, "count": bad, "rate": bad / len(samples)}
     breakdown: dict[str, dict] = {}
     for key in task.breakdowns:
         groups: dict[str, list[int]] = {}
@@ -268,7 +289,7 @@ def _score_task(task: Task, jobs: list[Job], preds: list[Any], resamples: int, s
             breakdown[key] = {}
             for g in sorted(groups):
                 rr = groups[g]
-                fails = sum(bool(ts.parse_failed[r]) for r in rr)
+                fails = sum(parse_failed[r] for r in rr)
                 breakdown[key][g] = {"n": len(rr),
                                      "metrics": {name: m.summary(rr, resamples, seed) for name, m in ts.metrics.items()},
                                      "parse_failure_rate": fails / len(rr)}
@@ -277,11 +298,24 @@ def _score_task(task: Task, jobs: list[Job], preds: list[Any], resamples: int, s
         out["extra"] = ts.extra
     per_sample = [{"task": task.name, "id": j.sid, "prediction": p, **d}
                   for j, p, d in zip(jobs, preds, ts.per_sample or [{}] * len(jobs))]
+    if fmt is not None:
+        for row, raw, ok in zip(per_sample, raws, followed):
+            row.update(completion=raw, parsed=ok)
     return out, per_sample
 
 
+def _formatted(job: Job, raw: Any) -> tuple[Any, Optional[bool]]:
+    """(what the task extracts its answer from, whether the completion followed the job's answer format). Without
+    an answer format: (raw, None). A completion that does not follow it becomes an empty answer (scored wrong)."""
+    fmt = job.settings.get("answer_format")
+    if fmt is None:
+        return raw, None
+    answer = extract_answer(str(raw), fmt)
+    return ("", False) if answer is None else (answer, True)
+
+
 def _prediction(cache: PredictionCache, job: Job, out: Path) -> Any:
-    return job.task.prediction(cache.get(job.key)["prediction"], out)
+    return job.task.prediction(_formatted(job, cache.get(job.key)["prediction"])[0], out)
 
 
 def _task_result(task: Task, jobs: list[Job], cache: PredictionCache, errors: dict[str, str], out: Path,
@@ -289,7 +323,7 @@ def _task_result(task: Task, jobs: list[Job], cache: PredictionCache, errors: di
     done = [j for j in jobs if j.key in cache]
     if not done:
         return {"n": 0, "primary": task.metrics[0], "metrics": {}, "errors": len(errors)}, []
-    res, per_sample = _score_task(task, done, [_prediction(cache, j, out) for j in done], resamples, seed)
+    res, per_sample = _score_task(task, done, [cache.get(j.key)["prediction"] for j in done], out, resamples, seed)
     res["errors"] = len(errors)
     if errors:
         res["error_examples"] = dict(list(errors.items())[:5])
@@ -318,8 +352,12 @@ def _blind_comparison(task: Task, jobs: list[Job], blind_jobs: list[Job], cache:
 # ---------------------------------------------------------------------------------------------------------
 
 def _check_args(pipe: Any, tasks: Optional[Sequence[str]], batch_size: int, limit: Optional[int],
-                out_dir: Optional[Union[str, os.PathLike]], max_new_tokens: Optional[int]) -> Path:
+                out_dir: Optional[Union[str, os.PathLike]], max_new_tokens: Optional[int], answer_format: str) -> Path:
     """Raise EvalError on a bad argument; returns the output folder (created)."""
+    try:
+        get_format(answer_format)
+    except UserError as exc:
+        raise EvalError(str(exc)) from None
     if not isinstance(batch_size, int) or batch_size < 1:
         raise EvalError(f"batch_size must be a positive integer, got {batch_size!r}")
     if limit is not None and (not isinstance(limit, int) or limit < 0):
@@ -361,20 +399,23 @@ def _group_samples(samples: list[dict], tasks: Optional[Sequence[str]], data: An
 
 def run_eval(pipe: Any, data: Union[str, os.PathLike], tasks: Optional[Sequence[str]] = None, batch_size: int = 32,
              limit: Optional[int] = None, out_dir: Optional[Union[str, os.PathLike]] = None,
-             max_new_tokens: Optional[int] = None, *, blind: bool = False, resamples: int = 1000, seed: int = 0,
-             progress: bool = True) -> dict:
+             max_new_tokens: Optional[int] = None, *, blind: bool = False, answer_format: str = "plain",
+             resamples: int = 1000, seed: int = 0, progress: bool = True) -> dict:
     """Evaluate `pipe` on the samples in `data` and return the scores dict (also written to out_dir).
 
     tasks: task names to run (default: every known task present in the data). limit: at most this many samples
     per task (the first ones in file order). max_new_tokens: overrides each task's default answer length.
     blind: also score every task with input images with each image replaced by a blank one (blank_like) and
     report with images vs blind, their difference and its 95% paired bootstrap CI (`tasks[t]["blind"]`).
+    answer_format: plain | think | visionary (vlkit.eval.answer_formats): text tasks ask for the format and read
+    the answer out of it; completions that do not follow it score as wrong and are counted per task
+    (`tasks[t]["format_failures"]`, also in `parse_failures`); per-sample rows get `completion` and `parsed`.
     out_dir default: `<pipe.path>/eval`. Files: predictions.jsonl (the cache), per_sample.jsonl, scores.json,
     scores.md, generations/*.png and masks/*.png for image outputs.
     """
-    out = _check_args(pipe, tasks, batch_size, limit, out_dir, max_new_tokens)
+    out = _check_args(pipe, tasks, batch_size, limit, out_dir, max_new_tokens, answer_format)
     by_task, order, skipped = _group_samples(load_samples(data), tasks, data)
-    jobs, blind_jobs = _make_jobs(pipe, by_task, order, limit, max_new_tokens, blind, skipped["tasks"])
+    jobs, blind_jobs = _make_jobs(pipe, by_task, order, limit, max_new_tokens, blind, skipped["tasks"], answer_format)
     cache = PredictionCache(out / PREDICTIONS_FILE)
     everything = [j for jl in [*jobs.values(), *blind_jobs.values()] for j in jl]
     reused = sum(j.key in cache for j in everything)
@@ -385,6 +426,7 @@ def run_eval(pipe: Any, data: Union[str, os.PathLike], tasks: Optional[Sequence[
     scores = {
         "fingerprint": str(pipe.fingerprint()),
         "data": str(data),
+        "answer_format": answer_format,
         "bootstrap": {"resamples": resamples, "seed": seed, "ci": 0.95},
         "tasks": results,
         "skipped": skipped,

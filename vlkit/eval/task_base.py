@@ -17,6 +17,7 @@ from PIL import Image
 
 from vlkit.chat import USER_ROLES
 from vlkit.eval import metrics as M
+from vlkit.eval.answer_formats import format_prompt
 from vlkit.eval.metrics import EvalError
 from vlkit.eval.scoring import MeanMetric, TaskScores
 from vlkit.images import load_image
@@ -92,7 +93,8 @@ def answers_of(sample: dict) -> list[str]:
 @dataclass(eq=False)
 class Job:
     """One prediction to make: a task's sample (id `sid`) with its generation settings, under its cache `key`;
-    `blind`: the input images are replaced by blanks."""
+    `blind`: the input images are replaced by blanks. `settings["answer_format"]`, when present, is the answer
+    format (vlkit.eval.answer_formats) the prompt asks for and the answer is extracted with."""
     task: "Task"
     sample: dict
     sid: str
@@ -108,9 +110,14 @@ class Task:
     max_new_tokens: ClassVar[int] = 32
     breakdowns: ClassVar[tuple[str, ...]] = ("heldout", "category")
     input_images: ClassVar[bool] = True         # False: the sample's images are the target (text-to-image)
+    text_answer: ClassVar[bool] = True          # the model answers in text (so an answer format applies)
 
     def prompt(self, sample: dict) -> str:
         return first_human_turn(sample)
+
+    def ask(self, job: Job) -> str:
+        """What the model is asked for `job`: the prompt, with the instruction of the job's answer format."""
+        return format_prompt(self.prompt(job.sample), job.settings.get("answer_format", "plain"))
 
     def settings(self, sample: dict, max_new_tokens: Optional[int]) -> dict:
         """Generation settings: part of the prediction cache key."""
@@ -134,7 +141,7 @@ class Task:
     def predict(self, pipe: Any, jobs: list[Job], images: list[list], out_dir: Path) -> list[Any]:
         """The raw predictions of `jobs` (as cached), whose inputs (`inputs`) are `images`."""
         settings = jobs[0].settings
-        texts = pipe.chat_batch([self.prompt(j.sample) for j in jobs], **self.media(images),
+        texts = pipe.chat_batch([self.ask(j) for j in jobs], **self.media(images),
                                 max_new_tokens=settings["max_new_tokens"], temperature=settings["temperature"])
         if len(texts) != len(jobs):
             raise RuntimeError(f"pipe.chat_batch returned {len(texts)} answers for {len(jobs)} prompts")
@@ -159,6 +166,7 @@ class Task:
 class ImageOutputTask(Task):
     """A task whose prediction is a PNG written under the eval folder; the cache holds its relative path."""
     folder: ClassVar[str]
+    text_answer = False
 
     def batch_key(self, settings):
         return ""

@@ -71,8 +71,7 @@ class REGTask(AnswersTask):
     def score(self, samples, predictions):
         refs = [[M.ptb_tokenize(a) for a in answers_of(s)] for s in samples]
         _, per = M.cider_d([M.ptb_tokenize(p) for p in predictions], refs)
-        match = [float(any(M.normalize_vqa_answer(p) == M.normalize_vqa_answer(a) for a in answers_of(s)))
-                 for s, p in zip(samples, predictions)]
+        match = [M.normalized_match(p, answers_of(s)) for s, p in zip(samples, predictions)]
         return mean_scores({"cider": per, "match": match}, predictions)
 
 
