@@ -12,6 +12,7 @@ from vlkit.config.base import ConfigError, _Checked, ranged
 
 SPLITS = ("train", "test")
 ASPECTS = ("square", "wide", "tall", "mixed")  # the canvas of text images (ocr, chart, doc); "mixed": one per sample
+OCR_KINDS = ("word", "number", "line", "box")
 MIN_SHORT_SIDE = 16  # pixels: the short side of a wide or tall canvas
 DEFAULT_HELDOUT_PAIRS = (("red", "star"), ("blue", "triangle"), ("yellow", "circle"), ("purple", "square"))
 DEFAULT_HELDOUT_PHRASES = ("left of", "right of")  # the short forms: every word of them is seen in training
@@ -43,9 +44,16 @@ class SynthConfig(_Checked):
     # about one image in one conversation, so the image is encoded once for several answers (docs/training.md row 17)
     turns: int = ranged(1, 1, 16)
     max_objects: int = ranged(6, 1, 6)  # objects per scene (1..max_objects; relation questions need 2): a curriculum's easy start
+    # what OCR samples show: words, numbers, lines of words (canvases >= 128 px wide) and texts in a box; a subset
+    # (e.g. ("number",)) draws only those kinds, uniformly (a reading curriculum's start)
+    ocr_kinds: tuple[str, ...] = OCR_KINDS
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        object.__setattr__(self, "ocr_kinds", tuple(self.ocr_kinds))  # YAML gives a list
+        bad = [k for k in self.ocr_kinds if k not in OCR_KINDS]
+        if bad or not self.ocr_kinds:
+            raise ConfigError(f"synth.ocr_kinds={list(self.ocr_kinds)}: choose one or more of {list(OCR_KINDS)}")
         if self.aspect != "square" and self.short_side < MIN_SHORT_SIDE:
             raise ConfigError(f"synth.aspect_ratio={self.aspect_ratio:g} with size={self.size} makes the short side "
                               f"{self.short_side} px; it must be >= {MIN_SHORT_SIDE} (lower aspect_ratio or raise size)")

@@ -104,3 +104,16 @@ def test_turns_and_max_objects_reach_the_samples():
         synth_stream({"turns": 0}, 0)
     with pytest.raises(ConfigError, match="synth.max_objects=7"):
         synth_stream({"max_objects": 7}, 0)
+
+
+def test_ocr_kinds_restricts_what_ocr_samples_show():
+    def kinds(spec, n):
+        stream = synth_stream({"tasks": ["ocr"], **spec}, 0)
+        return {stream(g)["meta"]["category"] for g in range(n)}
+
+    assert kinds({"ocr_kinds": ["number"], "size": 128, "aspect": "wide"}, 40) == {"number"}
+    assert kinds({"ocr_kinds": ["number", "box"]}, 60) == {"number", "box"}
+    assert kinds({}, 200) == {"word", "number", "box"}  # the default; 64 px is too narrow for lines
+    assert kinds({"size": 256, "aspect": "wide"}, 200) == {"word", "number", "box", "line"}
+    with pytest.raises(ConfigError, match="ocr_kinds"):
+        synth_stream({"tasks": ["ocr"], "ocr_kinds": ["digits"]}, 0)

@@ -17,7 +17,7 @@ from vlkit.data.synth.dataset import parse_heldout, task_plan, task_weights
 from vlkit.data.synth.tasks import make_memory_sample
 
 BLOCK = 1000
-PASSED_KEYS = ("aspect", "aspect_ratio", "video_frames", "turns", "max_objects")  # to SynthConfig as given (it checks them)
+PASSED_KEYS = ("aspect", "aspect_ratio", "video_frames", "turns", "max_objects", "ocr_kinds")  # to SynthConfig as given (it checks them)
 KEYS = ("tasks", "size", "heldout", "seed", "split", "max_iou", "dense_labels", "dense_text", "question_first",
         *PASSED_KEYS)
 

@@ -5,17 +5,21 @@ from __future__ import annotations
 import numpy as np
 
 from vlkit.data.synth import text as T
-from vlkit.config.synth import SynthConfig
+from vlkit.config.synth import OCR_KINDS, SynthConfig
 from vlkit.data.synth.base import Made, canvas, canvas_meta, follow_ups, pick
 from vlkit.grounding import box_text, to_bins
 
 
 def task_ocr(rng: np.random.Generator, cfg: SynthConfig) -> Made:
     w, h = canvas(rng, cfg)
-    r = rng.random()
-    kind = "word" if r < 0.4 else ("number" if r < 0.7 else "box")
-    if kind == "word" and w >= 128 and rng.random() < 0.4:
-        kind = "line"
+    if cfg.ocr_kinds == OCR_KINDS:
+        r = rng.random()
+        kind = "word" if r < 0.4 else ("number" if r < 0.7 else "box")
+        if kind == "word" and w >= 128 and rng.random() < 0.4:
+            kind = "line"
+    else:
+        kinds = [k for k in cfg.ocr_kinds if k != "line" or w >= 128] or ["word"]  # a line needs a wide canvas
+        kind = kinds[int(rng.integers(len(kinds)))]
     if kind == "box":
         n = 2 if h < 128 else int(rng.integers(2, 4))
         texts = []
