@@ -238,6 +238,13 @@ def test_a_train_stage_reads_video_qa_from_shards(synth, tokenizer, tmp_path):
     clips = [ex for ex in batch if len(ex.images) == 5]  # video_qa: 5 frames, each filling image pads
     assert len(clips) == 4 and not stats.skipped
     assert all(ex.input_ids.count(tokenizer.image_pad_id) == 5 * per_frame for ex in clips)
+    # a corrupt video file member, read lazily as training does, is skipped when its sample is encoded
+    junk = write_tar(tmp_path / "junk" / "s.tar", [("j.json", jbytes({"conversations": _conv()})),
+                                                    ("j.video.mp4", b"\x00\x00\x00 not a video")])
+    stats = stage_data.EncodeStats()
+    with pytest.warns(UserWarning, match="sample j: video 0 cannot be decoded"):
+        assert stage_data.sample_encoder(pipe, data, 0)(_read(junk, decode_images=False)[0], stats) == []
+    assert stats.skipped == {"VideoError": 1}
     recipe = Recipe(model={}, tokenizer={}, train=TrainConfig(out=str(tmp_path / "run"), precision="fp32", log_every=1),
                     stages=[StageConfig(name="v", train="multitask", steps=2, lr=3e-3, warmup_steps=1, batch_size=3,
                                         data=data)])

@@ -18,7 +18,8 @@ from typing import Any, Iterator, Optional
 from vlkit.data.sources.base import DataError, Sink
 from vlkit.data.sources.normalize import ClipData, Reader
 
-ROW_BATCH = 256
+ROW_BATCH = 256  # rows taken from Arrow at a time
+VIDEO_ROW_BATCH = 8  # ... when rows hold clips (a video file may be large)
 
 
 def import_datasets():
@@ -50,8 +51,9 @@ def read_hf(reader: Reader, path: Path) -> Iterator[dict]:
             raise DataError(f"{path}{split} has no `conversations` or `messages` column "
                             f"(columns: {sorted(columns)})")
         arrow = ds.with_format("arrow")  # raw Arrow rows: images stay bytes here and are decoded per sample
-        for start in range(0, len(ds), ROW_BATCH):
-            for i, row in enumerate(arrow[start:start + ROW_BATCH].to_pylist()):
+        batch = VIDEO_ROW_BATCH if "videos" in columns else ROW_BATCH
+        for start in range(0, len(ds), batch):
+            for i, row in enumerate(arrow[start:start + batch].to_pylist()):
                 sample = hf_sample(reader, row, path, f"{path}{split}: row {start + i}")
                 if sample is not None:
                     yield sample
