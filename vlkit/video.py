@@ -1,8 +1,8 @@
 """Video clips -> lists of RGB frames (PIL images), sampled and bounded as `vlkit.config.video.VideoConfig` says.
 
 A clip is a video file (mp4, webm, ...; decoded with PyAV, which is imported only when a file is decoded: the
-`video` extra), its encoded bytes, a folder of frame images, or a list of frame image paths / PIL images (these
-work without PyAV). Files are sampled at `fps` frames per second; when a clip would give more than `max_frames`
+`video` extra), its encoded bytes, a folder of frame images, or a list of frames, each an image path, encoded image
+bytes or a PIL image (these work without PyAV; tar shards and HF datasets give frames as bytes). Files are sampled at `fps` frames per second; when a clip would give more than `max_frames`
 the sampling step grows so that the frames spread evenly over the whole clip. Frame lists are taken as given
 (already sampled) and thinned evenly to `max_frames`. Then `temporal_patch_size: 2` makes the count even (the last
 frame repeated, as Qwen2-VL) and frames are resized down together, aspect kept, so that
@@ -27,10 +27,10 @@ from vlkit.config.video import VideoConfig
 
 if TYPE_CHECKING:
     import torch
-from vlkit.images import MAX_PIXELS, RESAMPLE, ImageError, load_image, to_rgb
+from vlkit.images import MAX_PIXELS, RESAMPLE, ImageError, decode_bytes, load_image, to_rgb
 
 FRAME_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # files of a folder of frames
-VideoLike = Union[str, os.PathLike, bytes, Sequence[Union[str, os.PathLike, Image.Image]]]
+VideoLike = Union[str, os.PathLike, bytes, Sequence[Union[str, os.PathLike, bytes, Image.Image]]]
 
 
 class VideoError(ImageError):
@@ -45,17 +45,34 @@ def load_video(src: VideoLike, cfg: VideoConfig | None = None, what: str = "vide
     elif isinstance(src, (str, os.PathLike)):
         path = Path(src)
         if path.is_dir():
-            frames = thin(load_frames(frame_files(path), f"{what} {path}"), cfg.max_frames)
+            frames = load_frames(thin(frame_files(path), cfg.max_frames), f"{what} {path}")
         elif path.is_file():
             frames = decode_video_file(path, cfg, f"{what} {path}")
         else:
             raise VideoError(f"{what} {path} does not exist")
     elif isinstance(src, (list, tuple)):
-        frames = thin(load_frames(src, what), cfg.max_frames)
+        if not src:
+            raise VideoError(f"{what} has no frames")
+        frames = load_frames(thin(list(src), cfg.max_frames), what)  # only the kept frames are decoded
     else:
         raise VideoError(f"{what} must be a video file path, its bytes, a folder of frames or a list of frames; "
                          f"got {type(src).__name__}")
     return fit_budget(even_frames(frames, cfg.temporal_patch_size), cfg.max_total_pixels)
+
+
+def clip_frames(src: Union[bytes, Sequence], what: str = "video", cfg: VideoConfig | None = None) -> list[Image.Image]:
+    """A clip held as data (tar shards, HF datasets) -> its frames as a reader gives them: every frame of a frame
+    list (encoded image bytes or PIL images; at most `max_decoded_frames`), or a video file's bytes sampled at
+    `fps` up to `max_frames` (`cfg`, default `VideoConfig()`). Not evened or resized: `load_video` does that when
+    the sample is encoded. Errors are `VideoError`s naming `what`."""
+    cfg = cfg or VideoConfig()
+    if isinstance(src, (bytes, bytearray)):
+        return decode_video_bytes(bytes(src), cfg, what)
+    if not isinstance(src, (list, tuple)):
+        raise VideoError(f"{what} must be a video file's bytes or a list of frames, got {type(src).__name__}")
+    if len(src) > cfg.max_decoded_frames:
+        raise VideoError(f"{what} has {len(src)} frames, more than max_decoded_frames={cfg.max_decoded_frames}")
+    return load_frames(src, what)
 
 
 def stack_frames(frames: Sequence["torch.Tensor"], what: str = "video") -> "torch.Tensor":
@@ -81,16 +98,26 @@ def frame_files(folder: Path) -> list[Path]:
 
 
 def load_frames(frames: Sequence, what: str) -> list[Image.Image]:
+    """Frames (image paths, encoded image bytes or PIL images) -> RGB images; a frame that cannot be read is a
+    `VideoError` naming the clip and the frame."""
     if not frames:
         raise VideoError(f"{what} has no frames")
     out = []
     for k, f in enumerate(frames):
-        if isinstance(f, Image.Image):
-            out.append(to_rgb(f))
-        elif isinstance(f, (str, os.PathLike)):
-            out.append(load_image(f))
-        else:
-            raise VideoError(f"{what}: frame {k} must be an image path or a PIL image, got {type(f).__name__}")
+        try:
+            if isinstance(f, Image.Image):
+                out.append(to_rgb(f))
+            elif isinstance(f, (str, os.PathLike)):
+                out.append(load_image(f))
+            elif isinstance(f, (bytes, bytearray)):
+                out.append(decode_bytes(bytes(f), what=f"frame {k}"))
+            else:
+                raise VideoError(f"{what}: frame {k} must be an image path, image bytes or a PIL image, got "
+                                 f"{type(f).__name__}")
+        except VideoError:
+            raise
+        except ImageError as exc:
+            raise VideoError(f"{what}: {exc}") from None
     return out
 
 

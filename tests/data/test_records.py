@@ -58,3 +58,14 @@ def test_tar_shards_stream_undecoded_bytes_and_decode_to_the_same_pixels(records
     b = encode([jsonl[k] for k in range(5)], EncodeStats())
     assert [e.input_ids for e in a] == [e.input_ids for e in b]
     assert all(torch.equal(x.images[0], y.images[0]) for x, y in zip(a, b))
+
+
+def test_packed_records_keep_clip_bytes_in_their_shape():
+    """video_bytes (a video file's bytes, or a list of frame bytes per clip) pack and unpack beside images."""
+    from vlkit.data.records import pack, unpack
+
+    sample = {"id": "v", "videos": ["v.video.mp4", ["v.video1.000.png", "v.video1.001.png"]],
+              "image_bytes": [b"img0", b""], "mask_bytes": b"mask",
+              "video_bytes": [b"\x00mp4 data", [b"frame-0", b"frame-11"]]}
+    assert unpack(pack(sample)) == sample
+    assert unpack(pack({"id": "t", "image_bytes": []})) == {"id": "t", "image_bytes": []}

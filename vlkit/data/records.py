@@ -6,7 +6,7 @@
   decoded, only when its batch is made.
 - Every other source (LLaVA JSON lists, tar shards, HF datasets; `RecordStore`): each sample is read once, as
   `read_samples(..., check_images=False, decode_images=False)` yields it (text and image paths, or undecoded
-  image bytes), and packed into an unlinked temporary spill file.
+  image and clip bytes), and packed into an unlinked temporary spill file.
 
 RAM holds a few integers per record, so memory does not grow with the number of samples; pixels are decoded
 only when a batch is encoded (in a DataLoader worker, vlkit/data/feed.py).
@@ -37,20 +37,34 @@ from vlkit.errors import UserError
 
 log = logging.getLogger("vlkit.data")
 
-BLOB_KEYS = ("image_bytes", "mask_bytes")  # sample fields that hold raw bytes (decode_images=False)
+BLOB_KEYS = ("image_bytes", "mask_bytes", "video_bytes")  # sample fields that hold raw bytes (decode_images=False)
+
+
+def _flatten(x, blobs: list[bytes]):
+    """The sizes of a blob field's bytes (bytes, or lists of them, nested: a clip's frames), in its shape; the bytes
+    are appended to `blobs`."""
+    if isinstance(x, (bytes, bytearray)):
+        blobs.append(bytes(x))
+        return len(x)
+    return [_flatten(part, blobs) for part in x]
+
+
+def _rebuild(shape, data: bytes, at: int):
+    """The field `_flatten` measured, cut from `data` at `at`; returns (field, the offset after it)."""
+    if isinstance(shape, int):
+        return data[at:at + shape], at + shape
+    out = []
+    for part in shape:
+        value, at = _rebuild(part, data, at)
+        out.append(value)
+    return out, at
 
 
 def pack(sample: dict) -> bytes:
-    """A sample as bytes: a length-prefixed JSON header, then its raw image/mask bytes."""
+    """A sample as bytes: a length-prefixed JSON header, then its raw image/mask/clip bytes."""
     head = {k: v for k, v in sample.items() if k not in BLOB_KEYS}
     blobs: list[bytes] = []
-    sizes: dict[str, list[int]] = {}
-    for key in BLOB_KEYS:
-        if sample.get(key) is not None:
-            parts = sample[key] if isinstance(sample[key], list) else [sample[key]]
-            sizes[key] = [len(b) for b in parts]
-            blobs += parts
-    head["_blobs"] = sizes
+    head["_blobs"] = {key: _flatten(sample[key], blobs) for key in BLOB_KEYS if sample.get(key) is not None}
     text = json.dumps(head, ensure_ascii=False).encode("utf-8")
     return struct.pack("<I", len(text)) + text + b"".join(blobs)
 
@@ -59,12 +73,8 @@ def unpack(data: bytes) -> dict:
     (n,) = struct.unpack_from("<I", data)
     sample = json.loads(data[4:4 + n].decode("utf-8"))
     at = 4 + n
-    for key, sizes in sample.pop("_blobs").items():
-        parts = []
-        for size in sizes:
-            parts.append(data[at:at + size])
-            at += size
-        sample[key] = parts if key == "image_bytes" else parts[0]
+    for key, shape in sample.pop("_blobs").items():
+        sample[key], at = _rebuild(shape, data, at)
     return sample
 
 

@@ -131,6 +131,4 @@ def test_video_clips_on_disk(tmp_path):
     samples = [json.loads(line) for line in (out / "data.jsonl").read_text().splitlines()]
     clips = [s["videos"][0] for s in samples if s["task"] == "video_qa"]
     assert len(clips) == 2 and all(len(c) == 6 and all((out / p).is_file() for p in c) for c in clips)
-    assert all(len(s["images"]) == 2 for s in samples if s["task"] == "change")
-    with pytest.raises(DataError, match="video_qa clips .* format='jsonl' only"):
-        generate_dataset(tmp_path / "w", n=2, tasks=["video_qa"], fmt="webdataset", progress=False)
+    assert all(len(s["images"]) == 2 for s in samples if s["task"] == "change")  # shards, HF: tests/data/sources

@@ -16,9 +16,12 @@ normalisation: normalize.py).
   - tar and HF sources (and JSON samples with data: URLs): `images` keep the stored names and the decoded
     pixels are in `image_objects` (a list of RGB `PIL.Image`, same order); a segmentation mask is in
     `mask_object` ("L").
-  - videos (`videos`, in `<video>` placeholder order; JSON(L) sources): each a video file or frame-folder path
+  - videos (`videos`, in `<video>` placeholder order). JSON(L) sources: each a video file or frame-folder path
     or a list of frame paths, made absolute and checked to exist; a missing one skips the sample
-    (`missing_video`). Clips are decoded (vlkit.video) only when the sample is encoded.
+    (`missing_video`); these clips are decoded (vlkit.video) only when the sample is encoded. tar and HF sources:
+    `videos` keep the stored names and each clip's decoded frames are in `video_objects` (all frames of a frame
+    clip; a video file sampled with the default `VideoConfig`); a clip that cannot be decoded skips the sample
+    (`corrupt_video`). Read with `decode_images=False`, they stay bytes in `video_bytes`.
 `load_sample_images(sample)`, `load_sample_videos(sample)` and `load_sample_mask(sample)` give pixels for either
 kind. Paths may be brace
 patterns (`shards/{00000..00099}.tar`).

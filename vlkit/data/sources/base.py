@@ -15,6 +15,7 @@ from vlkit.errors import UserError
 
 CAPTION_PROMPT = "Describe the image briefly."  # img2dataset caption shards: the question a caption answers
 IMAGE_EXTS = ("png", "jpg", "jpeg", "webp", "bmp", "gif", "tif", "tiff")
+VIDEO_EXTS = ("mp4", "webm", "mkv", "avi", "mov", "m4v", "mpg", "mpeg", "ogv")  # video files stored in shards
 
 PathLike = Union[str, os.PathLike]
 

@@ -4,8 +4,9 @@
 of image references in placeholder order; LLaVA's `image` becomes `images`), `videos` (clips in `<video>`
 placeholder order: a video file or frame folder path, or a list of frame paths), `conversations` ({from, value};
 `messages` are converted, see messages.py) and the sample's other keys. `resolve` makes a JSON(L) sample's
-image and video paths absolute and checks the files; `decode` / `attach` turn image data into pixels (or keep the bytes,
-for the streaming index). A bad sample is skipped and counted (`skip`), or raises `DataError` under `strict`.
+image and video paths absolute and checks the files; `decode` / `attach` turn image and clip data (tar and HF sources)
+into pixels (or keep the bytes, for the streaming index). A bad sample is skipped and counted (`skip`), or raises
+`DataError` under `strict`.
 """
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import io
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence, Union
 
 from PIL import Image
 
@@ -22,6 +23,9 @@ from vlkit.data.sources.base import CAPTION_PROMPT, DataError, DataWarning, Read
 from vlkit.data.sources.messages import from_messages
 from vlkit.images import ImageError, decode_bytes
 from vlkit.tokenizer import IMAGE_PLACEHOLDER, VIDEO_PLACEHOLDER
+from vlkit.video import VideoError, clip_frames
+
+ClipData = Union[bytes, list]  # a clip held as data: a video file's bytes, or its frames' encoded bytes
 
 
 class Reader:
@@ -187,32 +191,47 @@ class Reader:
         sample["videos"] = out
         return True
 
-    def decode(self, sample: dict, base: Path, mask: Optional[bytes], where: str) -> Optional[dict]:
+    def ref_bytes(self, ref: Any, base: Path, where: str, what: str = "image") -> Optional[bytes]:
+        """The bytes of a reference (a path against `image_folder` or `base`, bytes, a {bytes, path} dict) or a
+        PIL image as it is; None (after counting `missing_<what>`) when its file does not exist."""
+        if isinstance(ref, dict):
+            ref = ref["bytes"] if ref.get("bytes") is not None else ref.get("path")
+        if not isinstance(ref, str):
+            return ref
+        p = self._path(ref, base)
+        if not p.is_file():
+            self.skip(f"missing_{what}", where, f"{what} file {p} does not exist")
+            return None
+        return p.read_bytes()
+
+    def decode(self, sample: dict, base: Path, mask: Optional[bytes], where: str,
+               clips: Sequence[ClipData] = ()) -> Optional[dict]:
         """Images from references (paths against `image_folder` or `base`, bytes, {bytes, path}, PIL images) ->
-        `image_objects`; `images` keeps a name for each."""
+        `image_objects`; `images` keeps a name for each. `clips`: the sample's clips as data (`attach`)."""
         blobs, names = [], []
         for k, ref in enumerate(sample["images"]):
             name = ref if isinstance(ref, str) else ref.get("path") if isinstance(ref, dict) else None
             names.append(name or f"{sample['id']}_{k}.png")
-            if isinstance(ref, dict):
-                ref = ref["bytes"] if ref.get("bytes") is not None else ref.get("path")
-            if isinstance(ref, str):
-                p = self._path(ref, base)
-                if not p.is_file():
-                    self.skip("missing_image", where, f"image file {p} does not exist")
-                    return None
-                ref = p.read_bytes()
-            blobs.append(ref)
+            data = self.ref_bytes(ref, base, where)
+            if data is None:
+                return None
+            blobs.append(data)
         sample["images"] = names
-        return self.attach(sample, blobs, mask, where)
+        return self.attach(sample, blobs, mask, where, clips)
 
-    def attach(self, sample: dict, blobs: list, mask: Optional[bytes], where: str) -> Optional[dict]:
-        """The images (encoded bytes or PIL images) and mask bytes of a sample: decoded into `image_objects` and
-        `mask_object`, or (`decode_images=False`) kept as bytes in `image_bytes` and `mask_bytes`."""
+    def attach(self, sample: dict, blobs: list, mask: Optional[bytes], where: str,
+               clips: Sequence[ClipData] = ()) -> Optional[dict]:
+        """The images (encoded bytes or PIL images), mask bytes and clips (each a video file's bytes or a list of
+        its frames' encoded bytes, in `videos` order) of a sample: decoded into `image_objects`, `mask_object` and
+        `video_objects` (each clip a list of RGB frames: all of a frame list, a video file sampled as
+        `VideoConfig()` says), or (`decode_images=False`) kept as bytes in `image_bytes`, `mask_bytes` and
+        `video_bytes`."""
         if not self.decode_images:  # lazy (streaming) reads: bytes now, pixels when the sample is encoded
             sample["image_bytes"] = [png_bytes(b) if isinstance(b, Image.Image) else b for b in blobs]
             if mask is not None:
                 sample["mask_bytes"] = mask
+            if clips:
+                sample["video_bytes"] = list(clips)
             return sample
         objs = []
         for k, data in enumerate(blobs):
@@ -233,4 +252,10 @@ class Reader:
                 self.skip("corrupt_mask", where, f"mask cannot be decoded ({type(exc).__name__}: {exc})")
                 return None
             sample["mask_object"] = m
+        if clips:
+            try:
+                sample["video_objects"] = [clip_frames(c, f"video {k}") for k, c in enumerate(clips)]
+            except VideoError as exc:
+                self.skip("corrupt_video", where, str(exc))
+                return None
         return sample

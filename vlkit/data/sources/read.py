@@ -40,9 +40,11 @@ def read_samples(path: PathLike, strict: bool = False, stats: Optional[ReadStats
     `image_objects` (and a mask in `mask_object`). WebDataset records without a conversation (img2dataset:
     image + `.txt` caption) become caption samples asking `caption_prompt`. Bad samples are skipped and
     counted in `stats` (pass a `ReadStats` to see the counts) with a `DataWarning` naming file and line;
-    `strict=True` raises `DataError` instead. `decode_images=False` (the streaming index, vlkit/data/records.py):
-    images held as data stay undecoded in `image_bytes` (a mask in `mask_bytes`); `load_sample_images` decodes
-    them when needed."""
+    `strict=True` raises `DataError` instead. Videos (`videos`, one per `<video>`): JSON(L) sources give paths
+    (checked to exist); tar and HF sources give names and the decoded frames of each clip in `video_objects`.
+    `decode_images=False` (the streaming index, vlkit/data/records.py): images and clips held as data stay
+    undecoded in `image_bytes` (a mask in `mask_bytes`, clips in `video_bytes`); `load_sample_images` and
+    `load_sample_videos` decode them when needed."""
     stats = stats if stats is not None else ReadStats()
     folder = Path(image_folder) if image_folder is not None else None
     if folder is not None and not folder.is_dir():
@@ -126,8 +128,9 @@ def load_sample_images(sample: dict) -> list[Image.Image]:
 
 def load_sample_videos(sample: dict, cfg: Optional["VideoConfig"] = None) -> list[list[Image.Image]]:
     """The sample's video clips, each as its sampled RGB frames (vlkit.video; PyAV only for video files): decoded
-    frames in `video_objects` (in-memory sources: the synthetic stream) or `videos` (paths, bytes, frame lists)."""
-    clips = sample["video_objects"] if "video_objects" in sample else sample.get("videos", [])
+    frames in `video_objects` (tar and HF sources, the synthetic stream), clip data in `video_bytes` (read with
+    decode_images=False: a video file's bytes or a list of frame bytes) or `videos` (paths, frame lists)."""
+    clips = next((sample[k] for k in ("video_objects", "video_bytes") if k in sample), sample.get("videos", []))
     return [load_video(v, cfg, what=f"video {k}") for k, v in enumerate(clips)]
 
 

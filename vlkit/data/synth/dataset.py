@@ -97,8 +97,9 @@ def generate_dataset(out, n: int = 1000, tasks: TaskSpec = None, split: str = "t
                      aspect: str = "square", aspect_ratio: float = 8 / 3, video_frames: int = 8) -> Path:
     """Write `n` synthetic samples under `out` and return `out` as a Path.
 
-    fmt="jsonl": `out/data.jsonl` + `out/images/` (+ `out/masks/` for segmentation); "webdataset": tar
-    shards of `shard_size` samples; "hf": a saved HF dataset. `tasks`: None (all tasks, equal weights), a
+    fmt="jsonl": `out/data.jsonl` + `out/images/` (+ `out/masks/` for segmentation, `out/videos/<id>/000.png`,
+    ... for video_qa clips); "webdataset": tar shards of `shard_size` samples (clips as frame members); "hf": a
+    saved HF dataset (clips in its `videos` column). `tasks`: None (all tasks, equal weights), a
     list (repeat a name to weight it), a {task: weight} dict or a comma-separated string; None: DEFAULT_TASKS (the
     multi-image and video tasks only by name). The output is a
     function of (n, tasks, split, seed, size, heldout, max_iou, aspect, aspect_ratio, video_frames) only:
@@ -122,8 +123,6 @@ def generate_dataset(out, n: int = 1000, tasks: TaskSpec = None, split: str = "t
     cfg = SynthConfig(size=size, split=split, heldout_pairs=pairs, heldout_phrases=phrases, max_iou=max_iou,
                       aspect=aspect, aspect_ratio=aspect_ratio, video_frames=video_frames)
     weights = task_weights(tasks)
-    if fmt != "jsonl" and "video_qa" in weights:
-        raise DataError(f"video_qa clips (frame files under videos/) are written with format='jsonl' only, not {fmt!r}")
     plan = task_plan(weights, n, seed, split)
     jobs = list(zip(plan, range(n)))
     if workers is None:
