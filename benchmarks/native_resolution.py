@@ -64,21 +64,24 @@ def main() -> None:
     ap.add_argument("--n-test", type=int, default=500)
     ap.add_argument("--max-length", type=int, default=256)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--ocr-kinds", default="word,number,line,box",
+                    help="what the OCR samples show (synth ocr_kinds), e.g. number: digits only")
     a = ap.parse_args()
     out = Path(a.out)
     from vlkit.data.synth import generate_dataset
     from vlkit.data.synth.stream import synth_stream
 
-    synth = {"tasks": TASKS, "size": a.size, "aspect": "wide", "aspect_ratio": a.aspect_ratio}
+    kinds = a.ocr_kinds.split(",")
+    synth = {"tasks": TASKS, "size": a.size, "aspect": "wide", "aspect_ratio": a.aspect_ratio, "ocr_kinds": kinds}
     square, native, tokens = arm_models(a.size, a.aspect_ratio)
     tok = shared_tokenizer(synth_stream(synth, a.seed), out / "tokenizer.json")
     test = out / "test"
     if not (test / "data.jsonl").exists():
         generate_dataset(test, n=a.n_test, tasks=TASKS, split="test", seed=a.seed + 1, size=a.size,
-                         aspect="wide", aspect_ratio=a.aspect_ratio, progress=False)
+                         aspect="wide", aspect_ratio=a.aspect_ratio, ocr_kinds=kinds, progress=False)
     h, w = canvas(a.size, a.aspect_ratio)
     result = {"steps": a.steps, "batch": a.batch, "lr": a.lr, "canvas": [w, h], "image_tokens": tokens,
-              "n_test": a.n_test, "seed": a.seed, "arms": {}}
+              "n_test": a.n_test, "seed": a.seed, "ocr_kinds": kinds, "arms": {}}
     scores = {}
     for name, model in (("square", square), ("native", native)):
         final, info = train_arm(model, {"train": [{"synth": synth}], "max_length": a.max_length}, tok, out / name,

@@ -12,7 +12,7 @@ import numpy as np
 
 from vlkit.chat import ROLES
 from vlkit.data.sources import WRITE_FORMATS, DataError, open_sink
-from vlkit.config.synth import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES, SPLITS, SynthConfig
+from vlkit.config.synth import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES, OCR_KINDS, SPLITS, SynthConfig
 from vlkit.data.synth.tasks import DEFAULT_TASKS, TASKS, make_sample
 from vlkit.data.synth.world import COLOR_NAMES, SHAPES
 from vlkit.tokenizer import IMAGE_PLACEHOLDER
@@ -94,7 +94,8 @@ def _pool_context():
 def generate_dataset(out, n: int = 1000, tasks: TaskSpec = None, split: str = "train", seed: int = 0,
                      size: int = 64, fmt: str = "jsonl", heldout="default", progress: bool = True,
                      workers: Optional[int] = None, shard_size: int = 1000, max_iou: float = 0.0,
-                     aspect: str = "square", aspect_ratio: float = 8 / 3, video_frames: int = 8) -> Path:
+                     aspect: str = "square", aspect_ratio: float = 8 / 3, video_frames: int = 8,
+                     ocr_kinds: tuple = OCR_KINDS) -> Path:
     """Write `n` synthetic samples under `out` and return `out` as a Path.
 
     fmt="jsonl": `out/data.jsonl` + `out/images/` (+ `out/masks/` for segmentation, `out/videos/<id>/000.png`,
@@ -102,9 +103,10 @@ def generate_dataset(out, n: int = 1000, tasks: TaskSpec = None, split: str = "t
     saved HF dataset (clips in its `videos` column). `tasks`: None (all tasks, equal weights), a
     list (repeat a name to weight it), a {task: weight} dict or a comma-separated string; None: DEFAULT_TASKS (the
     multi-image and video tasks only by name). The output is a
-    function of (n, tasks, split, seed, size, heldout, max_iou, aspect, aspect_ratio, video_frames) only:
+    function of (n, tasks, split, seed, size, heldout, max_iou, aspect, aspect_ratio, video_frames, ocr_kinds) only:
     byte-identical for every `workers`. `aspect`: "square" text images (default), or "wide", "tall", "mixed" ones
-    at native resolution (SynthConfig); `video_frames`: frames per video_qa clip.
+    at native resolution (SynthConfig); `video_frames`: frames per video_qa clip; `ocr_kinds`: what OCR samples
+    show (SynthConfig.ocr_kinds).
     `heldout`: "default" keeps the held-out compositions out of the train split (see tasks.py), "none"
     keeps nothing out, or a list of (color, shape) pairs."""
     if split not in SPLITS:
@@ -121,7 +123,7 @@ def generate_dataset(out, n: int = 1000, tasks: TaskSpec = None, split: str = "t
         raise DataError(f"max_iou={max_iou!r} must be in [0, 1)")
     pairs, phrases = parse_heldout(heldout)
     cfg = SynthConfig(size=size, split=split, heldout_pairs=pairs, heldout_phrases=phrases, max_iou=max_iou,
-                      aspect=aspect, aspect_ratio=aspect_ratio, video_frames=video_frames)
+                      aspect=aspect, aspect_ratio=aspect_ratio, video_frames=video_frames, ocr_kinds=tuple(ocr_kinds))
     weights = task_weights(tasks)
     plan = task_plan(weights, n, seed, split)
     jobs = list(zip(plan, range(n)))
