@@ -28,6 +28,12 @@ def color_match(rollout):
     return float((rollout.answer or "").lower() == rollout.sample["meta"]["answers"][0])
 
 
+@reward("test_short")
+def short(rollout):
+    """Shorter answers score higher: a reward that varies among an untrained model's answers."""
+    return 1.0 / (1.0 + len(rollout.text))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # the objective
 
@@ -189,7 +195,7 @@ def greedy_accuracy(pipe, folder) -> float:
 
 
 def grpo_stage(data, steps, lr=2e-3, batch_size=6, **grpo):
-    settings = dict(num_generations=8, max_new_tokens=4, rewards={"test_color_match": 1.0}, **grpo)
+    settings = dict(dict(num_generations=8, max_new_tokens=4, rewards={"test_color_match": 1.0}), **grpo)
     return StageConfig(name="rl", train="grpo", steps=steps, lr=lr, warmup_steps=0, batch_size=batch_size,
                        data=DataConfig(train=[{"path": str(data)}], max_length=128), grpo=GRPOConfig(**settings))
 
@@ -232,7 +238,8 @@ def test_grpo_raises_the_reward_on_a_task_that_needs_the_image(colors, color_tok
 
 
 def _grpo_recipe(colors, out, save_every=0, **grpo):
-    stage = grpo_stage(colors["train"], steps=4, lr=1e-3, batch_size=2, **dict(dict(num_generations=3), **grpo))
+    settings = dict(num_generations=3, rewards={"test_color_match": 1.0, "test_short": 1.0})
+    stage = grpo_stage(colors["train"], steps=4, lr=1e-3, batch_size=2, **dict(settings, **grpo))
     return Recipe(train=TrainConfig(out=str(out), precision="fp32", log_every=1, save_every=save_every, keep_last=2,
                                     seed=5), stages=[stage])
 
@@ -245,6 +252,7 @@ def _rows(run):
 def test_an_interrupted_grpo_stage_resumes_exactly(colors, color_tokenizer, tmp_path):
     """beta > 0: the checkpoint carries the reference policy; rollouts are seeded by (seed, step, rank)."""
     settings = dict(beta=0.1, kl_estimator="k3", loss_type="token", epsilon_high=0.28)
+    start = color_pipe(color_tokenizer, 1).model.state_dict()
     full = train(_grpo_recipe(colors, tmp_path / "a", **settings), pipe=color_pipe(color_tokenizer, 1))
 
     def kill_at_3(trainer, global_step):
@@ -261,6 +269,7 @@ def test_an_interrupted_grpo_stage_resumes_exactly(colors, color_tokenizer, tmp_
     a, b = load(full).model.state_dict(), load(resumed).model.state_dict()
     for k in a:
         assert torch.equal(a[k], b[k]), k
+    assert any(not torch.equal(a[k], start[k]) for k in a if k.startswith("language."))  # it did learn
     assert _rows(tmp_path / "a") == _rows(tmp_path / "b")
     kls = [r["kl"] for r in _rows(tmp_path / "a")]
     assert kls[0] == 0.0 and kls[-1] > 0  # the policy starts as its reference, then moves away

@@ -4,7 +4,8 @@ A recipe (YAML) names the model, the tokenizer and a list of stages; each stage 
 reads its data mixture, and runs AdamW with warmup + cosine decay, gradient accumulation and clipping, bf16
 autocast, a NaN/inf guard and periodic atomic checkpoints. `batch_size` is the global number of samples per
 optimizer step: under torchrun each rank takes a strided share, and the loss is normalized by the global count
-of supervised tokens, so N processes compute the same update as one.
+of supervised tokens, so N processes compute the same update as one. A `grpo` stage's step samples answers and
+learns from their rewards instead (vlkit/train/grpo.py); the loop around it is the same.
 """
 from __future__ import annotations
 
