@@ -167,8 +167,8 @@ def write_colors(folder, n, seed, every_label=False):
 @pytest.fixture(scope="module")
 def colors(tmp_path_factory):
     root = tmp_path_factory.mktemp("colors")
-    return {"blind": write_colors(root / "blind", 30, 1, every_label=True), "train": write_colors(root / "train", 60, 2),
-            "held": write_colors(root / "held", 30, 3)}
+    return {"blind": write_colors(root / "blind", 30, 1, every_label=True),
+            "train": write_colors(root / "train", 60, 2), "held": write_colors(root / "held", 30, 3)}
 
 
 @pytest.fixture(scope="module")
