@@ -16,12 +16,13 @@ from vlkit.config.model import (CONNECTOR_TYPES, PRESETS, PROMPT_FORMAT_NAMES, C
                                 ModelConfig, TextConfig, VisionConfig, VQConfig, model_config_from_dict,
                                 tiny_model_config)
 from vlkit.config.synth import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES, SynthConfig
-from vlkit.config.train import (STAGE_KINDS, DataConfig, Recipe, StageConfig, TargetSpec, TokenizerConfig,
-                                TrainConfig)
+from vlkit.config.train import (ANSWER_FORMAT_NAMES, STAGE_KINDS, DataConfig, GRPOConfig, Recipe, StageConfig,
+                                TargetSpec, TokenizerConfig, TrainConfig)
 
 __all__ = [
-    "CONNECTOR_TYPES", "ConfigError", "ConnectorConfig", "DEFAULT_HELDOUT_PAIRS", "DEFAULT_HELDOUT_PHRASES",
-    "DataConfig", "GenerationConfig", "ImageGenerationConfig", "ImageProcessorConfig", "ModelConfig", "PRESETS",
+    "ANSWER_FORMAT_NAMES", "CONNECTOR_TYPES", "ConfigError", "ConnectorConfig", "DEFAULT_HELDOUT_PAIRS",
+    "DEFAULT_HELDOUT_PHRASES", "DataConfig", "GRPOConfig", "GenerationConfig", "ImageGenerationConfig",
+    "ImageProcessorConfig", "ModelConfig", "PRESETS",
     "PROMPT_FORMAT_NAMES", "Range", "Recipe", "SEED_RANGE", "STAGE_KINDS", "SamplingParams", "StageConfig",
     "SynthConfig", "TargetSpec", "TextConfig", "TokenizerConfig", "TrainConfig", "VQConfig", "VisionConfig",
     "apply_overrides", "check_fields", "from_dict", "load_yaml", "model_config_from_dict", "non_negative",

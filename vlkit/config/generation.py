@@ -40,6 +40,7 @@ class GenerationConfig(_Settings):
     stop_token_ids: tuple[int, ...] = non_negative(())  # token ids
     seed: Optional[int] = _seed()
     vocab_limit: Optional[int] = positive(None)  # only ids below this may be generated (VLUAS: text ids, not codes)
+    suppress_token_ids: tuple[int, ...] = non_negative(())  # ids never generated (a grpo stage's image/video pads)
 
 
 @dataclass

@@ -2,6 +2,7 @@
 encoded example supervises beyond text (TargetSpec)."""
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Callable, Literal, Optional
 
@@ -10,7 +11,10 @@ from vlkit.config.video import VideoConfig
 
 # the stage kinds (a stage's `train:`), in the order a recipe uses them; vlkit.train.stages.STAGES gives each its
 # trainable modules and properties (tests/config/test_train.py checks the two agree)
-STAGE_KINDS = ("vision", "align", "multitask", "sft", "lora")
+STAGE_KINDS = ("vision", "align", "multitask", "sft", "lora", "grpo")
+# the answer formats a grpo stage's completions follow: the keys of vlkit.eval.rewards.ANSWER_FORMATS
+# (tests/train/test_grpo.py checks the two agree)
+ANSWER_FORMAT_NAMES = ("plain", "think", "visionary")
 
 
 @dataclass
@@ -34,6 +38,45 @@ class DataConfig(_Checked):
 
 
 @dataclass
+class GRPOConfig(_Checked):
+    """A `train: grpo` stage's settings (its `grpo:` key; docs/rl.md, "The grpo stage"). The stage's batch_size is
+    the number of prompts per step (global); each prompt gets `num_generations` sampled completions."""
+
+    SECTION = "grpo"
+
+    num_generations: int = ranged(8, 2)  # G completions per prompt (a group); advantages are relative within it
+    temperature: float = ranged(1.0, 0, 100, lo_open=True)  # sampling temperature of the rollouts (> 0)
+    top_p: float = ranged(1.0, 0, 1, lo_open=True)
+    max_new_tokens: int = positive(64)
+    epsilon: float = ranged(0.2, 0, 1, lo_open=True)  # the ratio is clipped to [1 - epsilon, 1 + epsilon_high]
+    epsilon_high: Optional[float] = positive(None)  # None: epsilon (symmetric); DAPO uses 0.28 with epsilon 0.2
+    beta: float = non_negative(0.0)  # the KL penalty's weight; 0: no reference model is built
+    # k1: logp - ref_logp; k3: exp(ref_logp - logp) - (ref_logp - logp) - 1 (Schulman's unbiased, low-variance
+    # estimator of KL(policy || reference), always >= 0; what TRL uses)
+    kl_estimator: Literal["k1", "k3"] = "k3"
+    scale_rewards: bool = True  # true: (r - group mean) / (group std + 1e-4); false: r - group mean (Dr. GRPO)
+    # sequence: mean over each completion's tokens, then over completions (GRPO); token: sum over all completion
+    # tokens / their number (DAPO), so long completions weigh more
+    loss_type: Literal["sequence", "token"] = "sequence"
+    rewards: dict = field(default_factory=dict)  # {reward name: weight}, names of vlkit.eval.rewards.REWARDS
+    answer_format: Literal[ANSWER_FORMAT_NAMES] = "plain"  # where a completion's answer is (vlkit.eval.rewards)
+    lora: bool = False  # adapters on the LM (the stage's lora_r/alpha/dropout), trained with the connector, merged
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        # the names are checked against the reward registry when the stage starts (a user's own reward is
+        # registered by then); here only the shape
+        for name, weight in self.rewards.items():
+            if not isinstance(name, str) or isinstance(weight, bool) or not isinstance(weight, (int, float)) \
+                    or not math.isfinite(weight):
+                raise ConfigError(f"grpo.rewards: {name!r}: {weight!r} must map a reward name to a finite number")
+
+    @property
+    def clip_high(self) -> float:
+        return self.epsilon if self.epsilon_high is None else self.epsilon_high
+
+
+@dataclass
 class StageConfig(_Checked):
     name: str = "sft"
     train: Literal[STAGE_KINDS] = "sft"  # what trains: the kinds of vlkit.train.stages.STAGES
@@ -51,6 +94,14 @@ class StageConfig(_Checked):
     lora_dropout: float = ranged(0.05, 0, 1, hi_open=True)
     lora_vision: bool = False  # also adapt the vision encoder
     data: DataConfig = field(default_factory=DataConfig)
+    grpo: Optional[GRPOConfig] = None  # train: grpo only (default settings when not given)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.train == "grpo" and self.grpo is None:
+            self.grpo = GRPOConfig()
+        elif self.train != "grpo" and self.grpo is not None:
+            raise ConfigError(f"stage {self.name!r}: `grpo:` settings need `train: grpo` (it has train: {self.train})")
 
 
 @dataclass

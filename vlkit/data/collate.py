@@ -35,9 +35,18 @@ class Example:
     target_images: list[int] = field(default_factory=list)  # images the assistant produces (generation)
     depth_codes: Optional[list[tuple[int, list[int]]]] = None  # (position, D residual codes) of visual-code tokens
     dense: Optional[list[tuple[int, list[int]]]] = None  # NTP-M: (image-token position, positive class-token ids)
+    # the sample itself (task, meta, conversations), kept only for stages that score what the model generates
+    # (grpo: its rewards read the ground truth); None elsewhere, so other stages hold no extra memory
+    sample: Optional[dict] = None
 
     def __len__(self) -> int:
         return len(self.input_ids)
+
+    @property
+    def prompt_length(self) -> int:
+        """The tokens before the first supervised one: the prompt of the first assistant answer, ending with the
+        assistant's header (what a grpo stage samples after; later turns are left out)."""
+        return next((i for i, t in enumerate(self.labels) if t != IGNORE), len(self.labels))
 
     @property
     def num_targets(self) -> int:
@@ -65,10 +74,11 @@ def encode_samples(samples: Iterable[dict], processor: ChatProcessor, image_size
                    tokens_per_image: Callable[[int, int], int], max_length: int, strict: bool = False,
                    stats: Optional[EncodeStats] = None, spec: Optional[TargetSpec] = None,
                    image_processor: Optional[ImageProcessor] = None, video: Optional[VideoConfig] = None,
-                   tokens_per_clip: Optional[ClipTokens] = None) -> list[Example]:
+                   tokens_per_clip: Optional[ClipTokens] = None, keep_samples: bool = False) -> list[Example]:
     """Samples -> examples: images through `image_processor` (the checkpoint's own; default vlkit's, a bicubic
     resize to `image_size`) as uint8, video clips sampled as `video` says (default VideoConfig()), text tokenized
-    with as many image (video) pads as each image (clip) gives tokens (`tokens_per_image`, `tokens_per_clip`)."""
+    with as many image (video) pads as each image (clip) gives tokens (`tokens_per_image`, `tokens_per_clip`).
+    `keep_samples`: each example keeps a reference to its sample (`Example.sample`, for rewards)."""
     stats = stats if stats is not None else EncodeStats()
     spec = spec or TargetSpec()
     if image_processor is None:
@@ -101,7 +111,8 @@ def encode_samples(samples: Iterable[dict], processor: ChatProcessor, image_size
             stats.skip(type(exc).__name__, f"sample {sid}: {exc}")
             continue
         out.append(Example(enc.input_ids, enc.labels, images, sample.get("task", ""), sid,
-                           target_images=list(enc.target_images), dense=dense))
+                           target_images=list(enc.target_images), dense=dense,
+                           sample=sample if keep_samples else None))
         stats.encoded += 1
     if spec.encode_codes is not None:
         attach_codes(out, processor.tok.image_pad_id, spec)

@@ -17,7 +17,8 @@ from vlkit.models.sampling import sample
 def sample_tokens(logits: torch.Tensor, gen: GenerationConfig,
                   generator: Optional[torch.Generator] = None) -> torch.Tensor:
     """(B, V) logits -> (B,) token ids under `gen`'s settings (vlkit.models.sampling)."""
-    return sample(logits, gen.temperature, gen.top_k, gen.top_p, generator, vocab_limit=gen.vocab_limit)
+    return sample(logits, gen.temperature, gen.top_k, gen.top_p, generator, vocab_limit=gen.vocab_limit,
+                  suppress=gen.suppress_token_ids)
 
 
 def left_pad(seqs: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

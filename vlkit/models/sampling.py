@@ -27,13 +27,17 @@ def filter_logits(logits: torch.Tensor, top_k: int = 0, top_p: float = 1.0) -> t
 
 
 def sample(logits: torch.Tensor, temperature: float = 1.0, top_k: int = 0, top_p: float = 1.0,
-           generator: Optional[torch.Generator] = None, vocab_limit: Optional[int] = None) -> torch.Tensor:
+           generator: Optional[torch.Generator] = None, vocab_limit: Optional[int] = None,
+           suppress: tuple[int, ...] = ()) -> torch.Tensor:
     """(M, V) logits -> (M,) ids. temperature 0 is argmax; otherwise top-k, then top-p filtering of
     logits / temperature (at least MIN_TEMPERATURE) and one draw with `generator`. `vocab_limit`: only ids below
-    it can be picked (VLUAS text generation: text ids, not visual codes)."""
-    if vocab_limit is not None:
+    it can be picked (VLUAS text generation: text ids, not visual codes); `suppress`: ids that are never picked."""
+    if vocab_limit is not None or suppress:
         logits = logits.clone()
+    if vocab_limit is not None:
         logits[..., vocab_limit:] = float("-inf")
+    if suppress:
+        logits[..., list(suppress)] = float("-inf")
     if temperature == 0.0:
         return logits.argmax(-1)
     logits = filter_logits(logits / max(temperature, MIN_TEMPERATURE), top_k, top_p)

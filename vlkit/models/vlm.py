@@ -178,11 +178,13 @@ class VisionLanguageModel(nn.Module):
                 labels: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
                 position_ids: Optional[torch.Tensor] = None, attn_mask_4d: Optional[torch.Tensor] = None,
                 return_logits: bool = False, depth_codes: Optional[torch.Tensor] = None,
-                dense_targets: Optional[torch.Tensor] = None, run_language: bool = True) -> dict:
+                dense_targets: Optional[torch.Tensor] = None, run_language: bool = True,
+                logits_at: Optional[torch.Tensor] = None) -> dict:
         """labels are aligned with input_ids (label[i] is the token at i, IGNORE where no loss); the shift is
         done here. depth_codes (B, T, D): residual codes of visual-code tokens (-1 elsewhere); dense_targets
         (B, T, P): NTP-M positive token ids at image tokens (-1 padded). Returns {"loss", "num_tokens",
-        "text_loss", "vision_loss", "dense_loss" (means, where present), "logits" (if asked)}.
+        "text_loss", "vision_loss", "dense_loss" (means, where present), "logits" (if asked)}. logits_at (B, T)
+        bool: "logits" (M, V) at those positions only, row-major (a grpo stage scores its completion tokens).
         run_language=False (a `vision` stage, dense_from: connector): the loss is the per-patch loss alone and
         the LM is not run."""
         embeds = self.embed(input_ids, images, depth_codes=depth_codes)
@@ -228,6 +230,8 @@ class VisionLanguageModel(nn.Module):
             out["num_tokens"] = n
         if return_logits:
             out["logits"] = self.logits(hidden)
+        elif logits_at is not None:
+            out["logits"] = self.logits(hidden[logits_at])
         return out
 
     def dense_loss(self, source: torch.Tensor, dense_targets: torch.Tensor) -> tuple[torch.Tensor, int]:

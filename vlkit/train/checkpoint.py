@@ -5,6 +5,7 @@
                                           FSDP the full (unsharded) state, keyed by parameter name
         trainer_state/state.json          stage index, step, epoch, data position, scheduler step, bad-step count
         trainer_state/rng.pt              torch / numpy / python RNG states
+        trainer_state/<name>.safetensors  tensors a stage needs to go on exactly (a grpo stage's reference policy)
 Writes are atomic (the pipeline writes a temp dir and renames it); only the last `keep_last` are kept.
 """
 from __future__ import annotations
@@ -47,8 +48,9 @@ def set_rng_state(s: dict, python_state: list) -> None:
 
 
 def save_checkpoint(pipe, out: Path, step: int, state: dict, optimizer: torch.optim.Optimizer | dict,
-                    keep_last: int) -> Path:
-    """`optimizer`: the optimizer, or its state dict (FSDP: the gathered full state, see distributed.py)."""
+                    keep_last: int, tensors: Optional[dict[str, dict[str, torch.Tensor]]] = None) -> Path:
+    """`optimizer`: the optimizer, or its state dict (FSDP: the gathered full state, see distributed.py).
+    `tensors`: {name: state dict} written as trainer_state/<name>.safetensors (read back with `load_tensors`)."""
     target = checkpoint_dir(out, step)
     state = dict(state, python_rng=python_rng_state())
 
@@ -58,6 +60,12 @@ def save_checkpoint(pipe, out: Path, step: int, state: dict, optimizer: torch.op
         torch.save(optimizer if isinstance(optimizer, dict) else optimizer.state_dict(), sd / "optimizer.pt")
         torch.save(rng_state(), sd / "rng.pt")
         (sd / "state.json").write_text(json.dumps(state))
+        for name, tensors_of in (tensors or {}).items():
+            from safetensors.torch import save_file
+
+            # clones: tied weights share storage, which safetensors refuses
+            save_file({k: v.detach().cpu().clone().contiguous() for k, v in tensors_of.items()},
+                      str(sd / f"{name}.safetensors"))
 
     pipe.save_pretrained(target, extra=extra)
     prune(out, keep_last)
@@ -85,6 +93,18 @@ def load_trainer_state(ckpt: Path) -> tuple[dict, Any, dict]:
         raise CheckpointError(f"trainer state in {sd} cannot be read ({exc}); delete {ckpt} to resume from an "
                               f"earlier checkpoint") from None
     return state, opt, rng
+
+
+def load_tensors(ckpt: Path, name: str) -> dict[str, torch.Tensor]:
+    """The tensors `save_checkpoint` wrote under `name` into `ckpt`'s trainer state."""
+    from safetensors.torch import load_file
+
+    path = ckpt / STATE_DIR / f"{name}.safetensors"
+    try:
+        return load_file(str(path))
+    except Exception as exc:
+        raise CheckpointError(f"{path} cannot be read ({exc}); delete {ckpt} to resume from an earlier "
+                              "checkpoint") from None
 
 
 def drop_metrics_after(metrics: Path, global_step: int) -> int:

@@ -61,6 +61,16 @@ def all_reduce_sum(value: float, device: torch.device) -> float:
     return float(t.item())
 
 
+def all_reduce_sums(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Each value summed over ranks, in one collective (the same keys on every rank)."""
+    if not dist.is_initialized():
+        return dict(values)
+    keys = sorted(values)
+    t = torch.tensor([values[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return dict(zip(keys, t.tolist()))
+
+
 def barrier() -> None:
     if dist.is_initialized():
         dist.barrier()

@@ -52,15 +52,17 @@ def file_mixture(data: DataConfig, seed: int):
     return FileMixture(specs, data.strict, seed)
 
 
-def sample_encoder(pipe, data: DataConfig, seed: int) -> Callable[[list[dict], EncodeStats], list[Example]]:
-    """samples -> encoded examples (images decoded and resized, text tokenized), skipping and counting failures."""
+def sample_encoder(pipe, data: DataConfig, seed: int,
+                   keep_samples: bool = False) -> Callable[[list[dict], EncodeStats], list[Example]]:
+    """samples -> encoded examples (images decoded and resized, text tokenized), skipping and counting failures;
+    `keep_samples`: each example keeps its sample (a grpo stage's rewards read the ground truth there)."""
     spec = target_spec(pipe, data, seed)
     image_size, images = pipe.config.vision.image_size, pipe.image_processor
 
     def encode(samples: list[dict], st: EncodeStats) -> list[Example]:
         return encode_samples(samples, pipe.processor, image_size, pipe.model.tokens_per_image, data.max_length,
                               strict=data.strict, stats=st, spec=spec, image_processor=images, video=data.video,
-                              tokens_per_clip=pipe.model.tokens_per_clip)
+                              tokens_per_clip=pipe.model.tokens_per_clip, keep_samples=keep_samples)
 
     return encode
 
@@ -77,14 +79,15 @@ def length_grouping(pipe, data: DataConfig, seed: int) -> Optional[LengthGroupin
     return LengthGrouping(measure, data.group_window, seed)
 
 
-def load_examples(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = None) -> list[Example]:
+def load_examples(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = None,
+                  keep_samples: bool = False) -> list[Example]:
     """The in-memory path: every record of the stage's file mixture encoded up front, in mixture order (a source
     with weight 2 is encoded twice). Training streams instead (`load_feed`); tests and
     benchmarks/stream_data.py use this to compare."""
     from vlkit.data.sources import check_skip_share
 
     mix = file_mixture(data, seed)
-    encode = sample_encoder(pipe, data, seed)
+    encode = sample_encoder(pipe, data, seed, keep_samples)
     stats = stats if stats is not None else EncodeStats()
     out = encode(read_records(mix.__getitem__, range(len(mix)), stats), stats)
     check_skip_share("the stage's data", stats.encoded, stats.skipped, mix.max_skip, stats.examples, "encoding")
@@ -136,12 +139,12 @@ def stream_of(data: DataConfig, seed: int):
 
 
 def load_feed(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = None,
-              order_seed: Optional[int] = None) -> StreamFeed:
+              order_seed: Optional[int] = None, keep_samples: bool = False) -> StreamFeed:
     """The stage's training feed, streamed: its `synth:` stream, or its files indexed as light records and walked
     in epoch permutations seeded by `order_seed` (default `seed`; `train` passes train.seed, the order the
     in-memory path used); with data.group_by_length, batches of similar length (vlkit/data/grouping.py). Either way a batch is read and encoded only when it is needed (in DataLoader workers
-    with train.num_workers > 0), by the rank that trains on it."""
-    encode, group = sample_encoder(pipe, data, seed), length_grouping(pipe, data, seed)
+    with train.num_workers > 0), by the rank that trains on it. `keep_samples`: examples keep their samples (grpo)."""
+    encode, group = sample_encoder(pipe, data, seed, keep_samples), length_grouping(pipe, data, seed)
     stream = stream_of(data, seed)
     if stream is not None:
         return StreamFeed(stream, encode, stats=stats, group=group)

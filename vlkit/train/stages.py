@@ -10,6 +10,8 @@ changes in the loop. STAGES is the registry of the kinds a stage's `train:` name
     multitask  everything
     sft        connector + LM (vision encoder frozen)
     lora       LoRA adapters on the LM (+ connector), base weights frozen
+    grpo       connector + LM as sft, learning from the rewards of sampled completions (vlkit.train.grpo; with
+               grpo.lora: adapters on the LM + connector, as lora)
 """
 from __future__ import annotations
 
@@ -30,6 +32,17 @@ class StageKind:
     runs_language: bool = True  # False: the loss is the per-patch loss at the connector, the LM is skipped
     dense_at_connector: bool = False  # learns per-patch labels at the connector (needs dense_from: connector)
     trains_everything: bool = False  # every parameter gets a gradient (DDP need not look for unused ones)
+    samples_rollouts: bool = False  # the step samples completions and learns from their rewards (vlkit.train.grpo)
+
+    def adds_lora(self, stage: StageConfig) -> bool:
+        """Whether the stage trains LoRA adapters (merged into plain weights at its end): always for `lora`, and for
+        a grpo stage with grpo.lora."""
+        return self.uses_lora or bool(stage.grpo is not None and stage.grpo.lora)
+
+    def trains(self, stage: StageConfig) -> tuple[str, ...]:
+        """The modules that train fully in `stage` (adapter parameters train besides): with LoRA the connector,
+        as LLaVA's LoRA recipe."""
+        return ("connector",) if self.adds_lora(stage) else self.trainable
 
 
 STAGES = {
@@ -39,6 +52,7 @@ STAGES = {
     "multitask": StageKind(("vision", "connector", "language", "depth"), trains_everything=True),
     "sft": StageKind(("connector", "language", "depth")),  # depth: the residual-code depth transformer (VLUAS, D > 1)
     "lora": StageKind(("connector",), uses_lora=True),  # plus adapter parameters added by vlkit.models.lora
+    "grpo": StageKind(("connector", "language", "depth"), samples_rollouts=True),
 }
 
 
@@ -57,7 +71,7 @@ def check_vision_stage(stage: StageConfig, cfg) -> None:
 
 def apply_stage(model: nn.Module, stage: StageConfig) -> dict:
     """Sets requires_grad per module; returns {"trainable": n, "frozen": n} parameter counts (also logged)."""
-    parts = stage_kind(stage).trainable
+    parts = stage_kind(stage).trains(stage)
     for name, p in model.named_parameters():
         p.requires_grad_(any(name == part or name.startswith(part + ".") for part in parts) or "lora_" in name)
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)

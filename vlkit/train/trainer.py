@@ -4,7 +4,8 @@ A recipe (YAML) names the model, the tokenizer and a list of stages; each stage 
 reads its data mixture, and runs AdamW with warmup + cosine decay, gradient accumulation and clipping, bf16
 autocast, a NaN/inf guard and periodic atomic checkpoints. `batch_size` is the global number of samples per
 optimizer step: under torchrun each rank takes a strided share, and the loss is normalized by the global count
-of supervised tokens, so N processes compute the same update as one.
+of supervised tokens, so N processes compute the same update as one. A `grpo` stage's step samples answers and
+learns from their rewards instead (vlkit/train/grpo.py); the loop around it is the same.
 """
 from __future__ import annotations
 
@@ -27,6 +28,9 @@ from vlkit.errors import UserError
 from vlkit.io import write_json
 from vlkit.train import checkpoint as ckpt_io
 from vlkit.train import distributed as dist_utils
+from vlkit.train.grpo import METRICS as GRPO_METRICS
+from vlkit.train.grpo import GRPOStep
+from vlkit.train.grpo import check_stage as check_grpo_stage
 from vlkit.train.stage_data import load_feed, tokenizer_corpus
 from vlkit.train.stages import StageKind, apply_stage, check_vision_stage, param_groups, stage_kind
 from vlkit.train.validation import Validator
@@ -202,13 +206,20 @@ class Trainer:
         v = self.pipe.config.vision
         collate = Collator(self.pipe.tokenizer.pad_id, v.image_mean, v.image_std, stage.data.packing,
                            stage.data.max_length)
+        # a stage that learns from rewards (grpo) samples completions and scores them in its own step
+        rl = GRPOStep(self, stage, model, collate) if kind.samples_rollouts else None
         step = self._restore(resume, model, opt, sched, feed)
+        if rl is not None and resume is not None:
+            rl.restore(resume[0])
         bar = self._progress_bar(stage, total, step, counts)
         consecutive_bad, meter = 0, Throughput()
         # this rank's share of each global batch; closing the iterator stops its DataLoader workers
         with contextlib.closing(feed.batches(stage.batch_size, self.rank, self.world, cfg.num_workers)) as batches:
             while step < total:
-                loss, tokens = self._forward_backward(ddp, next(batches), stage, kind, collate)
+                if rl is not None:
+                    loss, tokens, extra = rl.step(ddp, next(batches), self.global_step)
+                else:
+                    (loss, tokens), extra = self._forward_backward(ddp, next(batches), stage, kind, collate), {}
                 if not math.isfinite(loss):
                     opt.zero_grad(set_to_none=True)
                     consecutive_bad = self._bad_step(stage, step, loss, consecutive_bad + 1)
@@ -223,13 +234,15 @@ class Trainer:
                 self.global_step += 1
                 meter.add(stage.batch_size, int(tokens))
                 if step % cfg.log_every == 0 or step == total:
-                    self._log_step(stage, step, loss, float(grad_norm), sched.get_last_lr()[0], feed, meter, bar)
+                    self._log_step(stage, step, loss, float(grad_norm), sched.get_last_lr()[0], feed, meter, bar,
+                                   extra)
                 if bar is not None:
                     bar.update(1)
-                self._after_step(stage_index, stage, kind, step, total, feed, opt, sched)
+                self._after_step(stage_index, stage, kind, step, total, feed, opt, sched,
+                                 rl.checkpoint_tensors() if rl is not None else None)
         if bar is not None:
             bar.close()
-        self._finish_stage(stage_index, kind, model)
+        self._finish_stage(stage_index, kind.adds_lora(stage), model)
 
     def _prepare_model(self, stage: StageConfig, kind: StageKind):
         """The model set up for the stage (adapters added, modules frozen) and the object the loop calls: DDP or
@@ -237,7 +250,7 @@ class Trainer:
         (same parameter names), so the parameter groups and clipping use it as it is."""
         model = self.pipe.model
         model.to(self.device).train()
-        if kind.uses_lora:
+        if kind.adds_lora(stage):
             from vlkit.models.lora import apply_lora
 
             apply_lora(model, r=stage.lora_r, alpha=stage.lora_alpha, dropout=stage.lora_dropout,
@@ -277,19 +290,22 @@ class Trainer:
         micro = [mine[k::stage.grad_accum] for k in range(stage.grad_accum)]
         local_tokens = sum(e.num_targets if text else len(e.dense or ()) for e in mine)
         global_tokens = dist_utils.all_reduce_sum(float(local_tokens), self.device)
-        autocast = (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
-                    else contextlib.nullcontext())
         loss_sum = 0.0
         for k, idx in enumerate(micro):
             batch = collate(idx).to(self.device)
             sync = contextlib.nullcontext() if (k == len(micro) - 1 or self.world == 1) else ddp.no_sync()
             with sync:
-                with autocast:
+                with self.autocast():
                     out = ddp(batch.input_ids, batch.images, **batch.model_inputs(), run_language=text)
                 part = out["loss"] * out["num_tokens"]
                 (part * self.world / max(global_tokens, 1.0)).backward()
             loss_sum += float(part.detach())
         return dist_utils.all_reduce_sum(loss_sum, self.device) / max(global_tokens, 1.0), global_tokens
+
+    def autocast(self):
+        """bf16 autocast when the run's precision is bf16, else nothing."""
+        return (torch.autocast(self.device.type, dtype=torch.bfloat16) if self.precision == "bf16"
+                else contextlib.nullcontext())
 
     def _bad_step(self, stage: StageConfig, step: int, loss: float, consecutive: int) -> int:
         """A non-finite loss: the step is skipped; too many in a row stop the run. Returns `consecutive`."""
@@ -302,43 +318,45 @@ class Trainer:
         return consecutive
 
     def _log_step(self, stage: StageConfig, step: int, loss: float, grad_norm: float, lr: float, feed,
-                  meter: "Throughput", bar) -> None:
+                  meter: "Throughput", bar, extra: Optional[dict] = None) -> None:
+        """A metrics row; `extra`: the step's own keys (a grpo stage's reward, kl, entropy, ...)."""
         row = {"stage": stage.name, "step": step, "global_step": self.global_step, "loss": round(loss, 5),
                "lr": lr, "grad_norm": round(grad_norm, 4), **meter.rates(),
-               "bad_steps": self.bad_steps_total, "epoch": feed.state()["epoch"]}
+               "bad_steps": self.bad_steps_total, "epoch": feed.state()["epoch"], **(extra or {})}
         self.log_metrics(row)
         if bar is not None:
             bar.set_postfix(loss=f"{loss:.4f}", lr=f"{row['lr']:.2e}", sps=row["samples_per_s"])
 
     def _after_step(self, stage_index: int, stage: StageConfig, kind: StageKind, step: int, total: int, feed,
-                    opt, sched) -> None:
-        """A learning-curve point, a periodic checkpoint and the callbacks, each when due."""
+                    opt, sched, tensors: Optional[dict] = None) -> None:
+        """A learning-curve point, a periodic checkpoint (with the stage's `tensors`, e.g. a grpo stage's reference
+        policy) and the callbacks, each when due."""
         # a stage that does not run the LM (vision) has nothing to answer with yet
         if self.validator is not None and kind.runs_language and self.global_step % self.cfg.eval_every == 0:
             self.validate(stage.name, step)
         # LoRA stages save only at their end, once the adapters are merged into plain weights
-        if self.cfg.save_every and step % self.cfg.save_every == 0 and step < total and not kind.uses_lora:
-            self.save(stage_index, step, feed.state(), opt, sched)
+        if self.cfg.save_every and step % self.cfg.save_every == 0 and step < total and not kind.adds_lora(stage):
+            self.save(stage_index, step, feed.state(), opt, sched, tensors)
         for cb in self.callbacks:
             cb(self, self.global_step)
 
-    def _finish_stage(self, stage_index: int, kind: StageKind, model) -> None:
+    def _finish_stage(self, stage_index: int, lora: bool, model) -> None:
         model = self.pipe.model = dist_utils.unwrap_model(model)  # FSDP: plain again, full weights on every rank
-        if kind.uses_lora:
+        if lora:
             from vlkit.models.lora import merge_lora
 
             self.pipe.model = merge_lora(model)
         self.save(stage_index + 1, 0, {"epoch": 0, "pos": 0}, None, None)  # stage boundary: the next starts fresh
 
     # -- bookkeeping -----------------------------------------------------------------------------------
-    def save(self, stage_index: int, step: int, position: dict, opt, sched) -> None:
+    def save(self, stage_index: int, step: int, position: dict, opt, sched, tensors: Optional[dict] = None) -> None:
         # FSDP: every rank takes part in gathering the full weights and optimizer state to rank 0
         pipe, opt_state = dist_utils.gather_for_save(self.pipe, opt)
         if dist_utils.is_main():
             state = {"stage": stage_index, "step": step, **position, "global_step": self.global_step,
                      "bad_steps_total": self.bad_steps_total,
                      "scheduler": sched.state_dict() if sched is not None else None}
-            ckpt_io.save_checkpoint(pipe, self.out, self.global_step, state, opt_state, self.cfg.keep_last)
+            ckpt_io.save_checkpoint(pipe, self.out, self.global_step, state, opt_state, self.cfg.keep_last, tensors)
         dist_utils.barrier()
 
     def validate(self, stage: str, step: int) -> None:
@@ -358,9 +376,12 @@ class Trainer:
         with open(self.out / "metrics.jsonl", "a") as f:
             f.write(json.dumps(row) + "\n")
         if self._tb is not None:
-            for k in ("loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s"):
-                if k in row:
+            for k in ("loss", "lr", "grad_norm", "samples_per_s", "tokens_per_s", *GRPO_METRICS):
+                if row.get(k) is not None:
                     self._tb.add_scalar(f"{row['stage']}/{k}", row[k], row["global_step"])
+            for k, v in row.items():  # each reward component of a grpo stage
+                if k.startswith("reward/") and v is not None:
+                    self._tb.add_scalar(f"{row['stage']}/{k}", v, row["global_step"])
             for task, score in row.get("eval", {}).items():
                 if score is not None:
                     self._tb.add_scalar(f"eval/{task}", score, row["global_step"])
@@ -393,6 +414,7 @@ def resume_run(out: Path) -> tuple[Any, Optional[tuple[dict, Any, dict]], int, i
         return None, None, 0, 0
     pipe = load_bundle(latest, dtype=torch.float32)
     state = ckpt_io.load_trainer_state(latest)
+    state[0]["checkpoint"] = str(latest)  # where a stage reads tensors it saved there (a grpo stage's reference)
     start_stage, global_step = state[0]["stage"], state[0]["global_step"]
     if dist_utils.is_main():  # rows logged after the checkpoint are logged again by the resumed run
         ckpt_io.drop_metrics_after(out / "metrics.jsonl", global_step)
@@ -420,11 +442,15 @@ def train(recipe: Recipe, out: Optional[str | Path] = None, resume: bool = False
         write_json(out / "recipe.json", to_dict(recipe))
     trainer = Trainer(pipe, recipe.train, out, callbacks)
     trainer.global_step = global_step
+    for stage in recipe.stages:  # before any work: a grpo stage's rewards are registered, its setup allowed
+        if stage_kind(stage).samples_rollouts:
+            check_grpo_stage(stage, recipe.train)
     for i, stage in enumerate(recipe.stages):
         if i < start_stage:
             continue
         enc_stats = EncodeStats()
-        feed = load_feed(pipe, stage.data, recipe.train.seed + i, enc_stats, order_seed=recipe.train.seed)
+        feed = load_feed(pipe, stage.data, recipe.train.seed + i, enc_stats, order_seed=recipe.train.seed,
+                         keep_samples=stage_kind(stage).samples_rollouts)
         if feed.length is not None:
             log.info("stage %s: %d records indexed, streamed with %d DataLoader worker(s)", stage.name, feed.length,
                      recipe.train.num_workers)
