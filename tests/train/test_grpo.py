@@ -28,7 +28,7 @@ def color_match(rollout):
     return float((rollout.answer or "").lower() == rollout.sample["meta"]["answers"][0])
 
 
-@reward("test_short")
+@reward("test_grpo_short")
 def short(rollout):
     """Shorter answers score higher: a reward that varies among an untrained model's answers."""
     return 1.0 / (1.0 + len(rollout.text))
@@ -238,7 +238,7 @@ def test_grpo_raises_the_reward_on_a_task_that_needs_the_image(colors, color_tok
 
 
 def _grpo_recipe(colors, out, save_every=0, **grpo):
-    settings = dict(num_generations=3, rewards={"test_color_match": 1.0, "test_short": 1.0})
+    settings = dict(num_generations=3, rewards={"test_color_match": 1.0, "test_grpo_short": 1.0})
     stage = grpo_stage(colors["train"], steps=4, lr=1e-3, batch_size=2, **dict(settings, **grpo))
     return Recipe(train=TrainConfig(out=str(out), precision="fp32", log_every=1, save_every=save_every, keep_last=2,
                                     seed=5), stages=[stage])
