@@ -52,8 +52,9 @@ def shared_tokenizer(stream: Callable[[int], dict], path: Path, vocab_size: int 
 def train_arm(model: dict, data: dict, tokenizer: Path, out: Path, steps: int, batch: int, lr: float,
               seed: int) -> tuple[Path, dict]:
     """Trains a fresh model (the `model:` recipe section) for one multitask stage on `data` (the stage's `data:`);
-    returns (final checkpoint, {train_seconds, final_loss})."""
-    from vlkit.config import Recipe
+    returns (final checkpoint, {train_seconds, final_loss}). A finished run of the same recipe in `out` is reused
+    (its recorded seconds), so a benchmark interrupted after training resumes at its evaluation."""
+    from vlkit.config import Recipe, to_dict
     from vlkit.train.trainer import train
 
     recipe = Recipe.from_dict({
@@ -61,10 +62,16 @@ def train_arm(model: dict, data: dict, tokenizer: Path, out: Path, steps: int, b
         "train": {"out": str(out), "seed": seed, "log_every": max(1, steps // 10)},
         "stages": [{"name": "multitask", "train": "multitask", "steps": steps, "batch_size": batch, "lr": lr,
                     "warmup_steps": max(1, steps // 20), "data": data}]})
-    t0 = time.perf_counter()
-    final = train(recipe, out=out)
+    done = out / "train_seconds.json"
+    if done.exists() and json.loads((out / "recipe.json").read_text()) == json.loads(json.dumps(to_dict(recipe))):
+        seconds = json.loads(done.read_text())
+    else:
+        t0 = time.perf_counter()
+        train(recipe, out=out)
+        seconds = round(time.perf_counter() - t0, 1)
+        done.write_text(json.dumps(seconds))
     rows = [json.loads(r) for r in (out / "metrics.jsonl").read_text().splitlines() if '"loss"' in r]
-    return final, {"train_seconds": round(time.perf_counter() - t0, 1), "final_loss": rows[-1]["loss"]}
+    return out / "final", {"train_seconds": seconds, "final_loss": rows[-1]["loss"]}
 
 
 def evaluate(final: Path, data: Path, tasks: list[str], out: Path, blind: bool = False) -> dict:
