@@ -19,7 +19,9 @@ grounding: 1`, held-out compositions excluded), written once as files (plain, an
 arm). The budget: a short probe of each phase (`--probe-steps` steps from the starting checkpoint, timed by a
 trainer callback after every step; the first step is not counted) gives its seconds per step, and a phase gets
 floor(seconds / seconds-per-step) steps. Each arm's actual stepping seconds are measured the same way and
-reported (a GRPO step's cost moves with the completion lengths, so it is not exactly the budget).
+reported (a GRPO step's cost moves with the completion lengths, so it is not exactly the budget). `--clock wall`
+(the default) times wall-clock, right on a machine of your own; `--clock cpu` times the process's CPU seconds
+(time.process_time), which other people's jobs on a shared CPU do not inflate (run with OMP_NUM_THREADS=1 there).
 
 Evaluation: vlkit's runner, greedy, on a fixed held-out test split (`--n-test` samples, split=test: it has the
 held-out compositions), with blind baselines; the visionary arm asks for and is read in its format (a completion
@@ -47,6 +49,7 @@ from typing import Callable, Optional
 from arms import paired, rounded, t_interval
 
 TASKS = {"vqa": 2, "grounding": 1}
+CLOCKS: dict[str, Callable[[], float]] = {"wall": time.perf_counter, "cpu": time.process_time}
 VISIONARY = "visionary"
 
 
@@ -250,14 +253,15 @@ def log(**kw) -> None:
     print(json.dumps(kw), file=sys.stderr, flush=True)
 
 
-def timed_train(rec: dict, out: Path) -> tuple[Path, list[float], float]:
-    """Trains `rec` in process; returns (final checkpoint, the time after each step, train()'s wall-clock)."""
+def timed_train(rec: dict, out: Path, clock: Callable[[], float] = time.perf_counter
+                ) -> tuple[Path, list[float], float]:
+    """Trains `rec` in process; returns (final checkpoint, the `clock` after each step, train()'s wall-clock)."""
     from vlkit.config import Recipe
     from vlkit.train.trainer import train
 
     times: list[float] = []
     t0 = time.perf_counter()
-    final = train(Recipe.from_dict(rec), out=out, callbacks=(lambda trainer, step: times.append(time.perf_counter()),))
+    final = train(Recipe.from_dict(rec), out=out, callbacks=(lambda trainer, step: times.append(clock()),))
     return final, times, time.perf_counter() - t0
 
 
@@ -319,12 +323,14 @@ def main() -> None:
     ap.add_argument("--init", help="the starting checkpoint (a quickstart checkpoint: runs/quickstart/final)")
     ap.add_argument("--train-steps", type=int, help="without --init: train a start for this many multitask steps")
     ap.add_argument("--out", default="/tmp/grpo_answers")
-    ap.add_argument("--seconds", type=float, default=600, help="extra stepping wall-clock per arm")
+    ap.add_argument("--seconds", type=float, default=600, help="extra stepping seconds per arm (of --clock)")
+    ap.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                    help="wall: wall-clock; cpu: the process's CPU seconds (a shared CPU)")
     ap.add_argument("--seeds", default="0", help="comma-separated training seeds")
     ap.add_argument("--arms", default=",".join(a.name for a in ARMS))
     ap.add_argument("--n-test", type=int, default=600)
     ap.add_argument("--train-samples", type=int, default=5000)
-    ap.add_argument("--probe-steps", type=int, default=4)
+    ap.add_argument("--probe-steps", type=int, default=6)
     ap.add_argument("--format-share", type=float, default=Settings.format_share)
     ap.add_argument("--batch-size", type=int, default=Settings.batch_size)
     ap.add_argument("--prompts", type=int, default=Settings.prompts)
@@ -358,7 +364,7 @@ def main() -> None:
     rates = {}
     for phase in sorted({p for arm in arms for p in arm.phases}):
         _, times, _ = timed_train(recipe(init, {phase: a.probe_steps}, s, data, out / "probe" / phase, 0),
-                                  out / "probe" / phase)
+                                  out / "probe" / phase, CLOCKS[a.clock])
         rates[phase] = seconds_per_step(times)
         log(probe=phase, seconds_per_step=round(rates[phase], 3))
 
@@ -371,7 +377,7 @@ def main() -> None:
         for arm in arms:
             steps = budget_steps(arm, a.seconds, rates, s.format_share)
             where = out / f"seed{seed}" / arm.name
-            final, times, wall = timed_train(recipe(init, steps, s, data, where, seed), where)
+            final, times, wall = timed_train(recipe(init, steps, s, data, where, seed), where, CLOCKS[a.clock])
             # the phases' steps, in order: split the step timestamps between them
             used, k = {}, 0
             for p, n in steps.items():
@@ -385,7 +391,7 @@ def main() -> None:
                 scores=report["scores"])
         run["differences"] = differences(values)
         runs.append(run)
-    result = {"init": str(init), "seconds": a.seconds, "seeds": seeds, "n_test": a.n_test,
+    result = {"init": str(init), "seconds": a.seconds, "clock": a.clock, "seeds": seeds, "n_test": a.n_test,
               "train_samples": a.train_samples, "settings": s.__dict__,
               "probe_seconds_per_step": {k: round(v, 3) for k, v in rates.items()},
               "start": init_report, "runs": runs}
