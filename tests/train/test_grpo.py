@@ -290,3 +290,16 @@ def test_a_lora_grpo_stage_trains_adapters_and_merges(colors, color_tokenizer, t
     assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("connector."))
     # the LM's norms and embeddings are not adapted: frozen in a LoRA stage
     assert all(torch.equal(before[k], after[k]) for k in before if k.startswith("language.") and "norm" in k)
+
+
+def test_a_grpo_stage_asks_for_its_answer_format_in_the_prompt():
+    from vlkit.train.stage_data import ask_format
+
+    sample = {"id": "s", "conversations": [{"from": "system", "value": "Be brief."},
+                                           {"from": "human", "value": "<image>\nWhat color?"},
+                                           {"from": "gpt", "value": "red"}, {"from": "human", "value": "Sure?"}]}
+    asked = ask_format(sample, "visionary")
+    turns = [t["value"] for t in asked["conversations"]]
+    assert turns == ["Be brief.", f"<image>\nWhat color?\n{ANSWER_FORMATS['visionary'].instruction}", "red", "Sure?"]
+    assert sample["conversations"][1]["value"] == "<image>\nWhat color?"  # the sample itself is not changed
+    assert ask_format(sample, "plain") == sample

@@ -52,19 +52,35 @@ def file_mixture(data: DataConfig, seed: int):
     return FileMixture(specs, data.strict, seed)
 
 
-def sample_encoder(pipe, data: DataConfig, seed: int,
-                   keep_samples: bool = False) -> Callable[[list[dict], EncodeStats], list[Example]]:
+def sample_encoder(pipe, data: DataConfig, seed: int, keep_samples: bool = False,
+                   answer_format: str = "plain") -> Callable[[list[dict], EncodeStats], list[Example]]:
     """samples -> encoded examples (images decoded and resized, text tokenized), skipping and counting failures;
-    `keep_samples`: each example keeps its sample (a grpo stage's rewards read the ground truth there)."""
+    `keep_samples`: each example keeps its sample (a grpo stage's rewards read the ground truth there);
+    `answer_format`: the first human turn asks for that answer format (a grpo stage's prompts, as eval asks)."""
     spec = target_spec(pipe, data, seed)
     image_size, images = pipe.config.vision.image_size, pipe.image_processor
 
     def encode(samples: list[dict], st: EncodeStats) -> list[Example]:
+        if answer_format != "plain":
+            samples = [ask_format(s, answer_format) for s in samples]
         return encode_samples(samples, pipe.processor, image_size, pipe.model.tokens_per_image, data.max_length,
                               strict=data.strict, stats=st, spec=spec, image_processor=images, video=data.video,
                               tokens_per_clip=pipe.model.tokens_per_clip, keep_samples=keep_samples)
 
     return encode
+
+
+def ask_format(sample: dict, fmt: str) -> dict:
+    """A copy of `sample` whose first human turn asks for the answer format `fmt` (vlkit.eval.answer_formats)."""
+    from vlkit.chat import USER_ROLES
+    from vlkit.eval.answer_formats import format_prompt
+
+    turns = list(sample.get("conversations") or [])
+    for i, turn in enumerate(turns):
+        if turn.get("from") in USER_ROLES:
+            turns[i] = {**turn, "value": format_prompt(str(turn.get("value", "")), fmt)}
+            break
+    return {**sample, "conversations": turns}
 
 
 def length_grouping(pipe, data: DataConfig, seed: int) -> Optional[LengthGrouping]:
@@ -139,12 +155,15 @@ def stream_of(data: DataConfig, seed: int):
 
 
 def load_feed(pipe, data: DataConfig, seed: int, stats: Optional[EncodeStats] = None,
-              order_seed: Optional[int] = None, keep_samples: bool = False) -> StreamFeed:
+              order_seed: Optional[int] = None, keep_samples: bool = False,
+              answer_format: str = "plain") -> StreamFeed:
     """The stage's training feed, streamed: its `synth:` stream, or its files indexed as light records and walked
     in epoch permutations seeded by `order_seed` (default `seed`; `train` passes train.seed, the order the
     in-memory path used); with data.group_by_length, batches of similar length (vlkit/data/grouping.py). Either way a batch is read and encoded only when it is needed (in DataLoader workers
-    with train.num_workers > 0), by the rank that trains on it. `keep_samples`: examples keep their samples (grpo)."""
-    encode, group = sample_encoder(pipe, data, seed, keep_samples), length_grouping(pipe, data, seed)
+    with train.num_workers > 0), by the rank that trains on it. `keep_samples`: examples keep their samples (grpo);
+    `answer_format`: prompts ask for it (grpo)."""
+    encode = sample_encoder(pipe, data, seed, keep_samples, answer_format)
+    group = length_grouping(pipe, data, seed)
     stream = stream_of(data, seed)
     if stream is not None:
         return StreamFeed(stream, encode, stats=stats, group=group)

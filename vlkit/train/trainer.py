@@ -449,8 +449,9 @@ def train(recipe: Recipe, out: Optional[str | Path] = None, resume: bool = False
         if i < start_stage:
             continue
         enc_stats = EncodeStats()
+        rollouts = stage_kind(stage).samples_rollouts
         feed = load_feed(pipe, stage.data, recipe.train.seed + i, enc_stats, order_seed=recipe.train.seed,
-                         keep_samples=stage_kind(stage).samples_rollouts)
+                         keep_samples=rollouts, answer_format=stage.grpo.answer_format if rollouts else "plain")
         if feed.length is not None:
             log.info("stage %s: %d records indexed, streamed with %d DataLoader worker(s)", stage.name, feed.length,
                      recipe.train.num_workers)
