@@ -201,7 +201,7 @@ class GRPOStep:
         from vlkit.infer.generate import generate_stream
 
         G, model, tok = self.cfg.num_generations, self.model, self.tokenizer
-        prompts, pixels, images = [], [], []
+        prompts, pixels = [], []
         for ex in mine:
             if ex.sample is None:
                 raise UserError(f"sample {ex.sample_id}: a grpo stage scores completions against their samples; "
@@ -217,6 +217,7 @@ class GRPOStep:
         gen = copy.copy(self.gen)
         gen.seed = self.seed(global_step)
         completions: list[list[int]] = [[] for _ in prompts]
+        pictures: dict[int, object] = {}  # row -> its image (image rollouts)
         was_training = model.training
         model.eval()
         try:
@@ -226,20 +227,17 @@ class GRPOStep:
                                                   gen, tok.pad_id):
                         completions[written[row]].append(t)
                 if drawn:
-                    pictures = self.draw([prompts[r] for r in drawn], [pixels[r] for r in drawn], gen.seed,
+                    drawings = self.draw([prompts[r] for r in drawn], [pixels[r] for r in drawn], gen.seed,
                                          mine[drawn[0] // G])
-                    for r, (codes, picture) in zip(drawn, pictures):
-                        completions[r] = codes
-                        images.append((r, picture))
+                    for r, (codes, picture) in zip(drawn, drawings):
+                        completions[r], pictures[r] = codes, picture
         finally:
             model.train(was_training)
         stops = set(gen.stop_token_ids)
-        is_image = set(drawn)
-        rollouts = [Rollout("" if r in is_image else
-                            tok.decode([t for t in c if t not in stops], skip_special=True).strip(),
-                            mine[r // G].sample, self.cfg.answer_format) for r, c in enumerate(completions)]
-        for r, picture in images:
-            rollouts[r].image = picture
+        texts = ["" if r in pictures else tok.decode([t for t in c if t not in stops], skip_special=True).strip()
+                 for r, c in enumerate(completions)]
+        rollouts = [Rollout(text, mine[r // G].sample, self.cfg.answer_format, image=pictures.get(r))
+                    for r, text in enumerate(texts)]
         totals, parts = score(rollouts, self.cfg.rewards)
         rewards = torch.tensor(totals, dtype=torch.float64).view(len(mine), G)
         advantages = group_advantages(rewards, self.cfg.scale_rewards).flatten().float()
