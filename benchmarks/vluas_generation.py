@@ -25,9 +25,14 @@ import re
 import time
 from pathlib import Path
 
-from vluas_ablation import metric, rounded  # benchmarks/ is on sys.path when this script runs
+from vluas_ablation import rounded  # benchmarks/ is on sys.path when this script runs
 
 RECIPE = Path(__file__).resolve().parents[1] / "recipes" / "vluas-grid16.yaml"
+
+
+def metric(scores: dict, task: str, name: str) -> dict:
+    """One metric of run_eval's scores, rounded (vluas_ablation.rounded)."""
+    return rounded(scores["tasks"][task]["metrics"][name])
 
 
 def tokenizer_ceiling(vq_dir: Path, test: Path) -> float:
@@ -47,24 +52,27 @@ def tokenizer_ceiling(vq_dir: Path, test: Path) -> float:
     return sum(ok) / len(ok)
 
 
-def heldout_kinds(test: Path, eval_dir: Path) -> dict:
-    """Generation correctness by what a test prompt holds out: nothing ("seen"), a (colour, shape) pair never
-    shown in training, the short relation phrasing ("left of" with no "to the"), or both."""
-    from vlkit.data.sources import read_samples
+def heldout_kind(meta: dict) -> str:
+    """What a test prompt holds out: nothing ("seen"), a (colour, shape) pair never shown in training ("pair"), the
+    short relation phrasing ("left of" with no "to the": "phrasing"), or both ("pair+phrasing")."""
     from vlkit.data.synth import DEFAULT_HELDOUT_PAIRS, DEFAULT_HELDOUT_PHRASES
+
+    pair = any((o["color"], o["shape"]) in DEFAULT_HELDOUT_PAIRS for o in meta["objects"])
+    phrase = any(f" {p} " in meta["prompt"] and f"the {p}" not in meta["prompt"] for p in DEFAULT_HELDOUT_PHRASES)
+    return "+".join(k for k, on in (("pair", pair), ("phrasing", phrase)) if on) or "seen"
+
+
+def heldout_kinds(test: Path, eval_dir: Path) -> dict:
+    """Generation correctness by what a test prompt holds out (heldout_kind)."""
+    from vlkit.data.sources import read_samples
     from vlkit.eval.metrics import summarize
 
     correct = {r["id"]: r["gen_correct"] for r in map(json.loads, open(eval_dir / "per_sample.jsonl"))
                if r["task"] == "generation"}
     groups: dict[str, list[float]] = {}
     for s in read_samples(test):
-        if s.get("id") not in correct:
-            continue
-        m = s["meta"]
-        pair = any((o["color"], o["shape"]) in DEFAULT_HELDOUT_PAIRS for o in m["objects"])
-        phrase = any(f" {p} " in m["prompt"] and f"the {p}" not in m["prompt"] for p in DEFAULT_HELDOUT_PHRASES)
-        kind = "+".join(k for k, on in (("pair", pair), ("phrasing", phrase)) if on) or "seen"
-        groups.setdefault(kind, []).append(correct[s["id"]])
+        if s.get("id") in correct:
+            groups.setdefault(heldout_kind(s["meta"]), []).append(correct[s["id"]])
     return {k: rounded(summarize(groups[k])) for k in sorted(groups)}
 
 
@@ -91,6 +99,55 @@ def phrasing_probe(pipe, test: Path, n: int = 80) -> dict:
     return res
 
 
+def train_model(out: Path, tasks: list[str], n: int, steps: int, batch_size: int, test_n: int, vq_steps: int,
+                vq_images: int, grid: int, noise_steps: int = 0, vision_target: str = "codes") -> tuple[Path, dict]:
+    """Steps 1 to 3 of this script's recipe: the data (out/data/train and out/data/test), the visual tokenizer
+    (out/vq) and the LM. -> (the final checkpoint, {the tokenizer's figures, timings})."""
+    from vlkit.apps.quickstart import recipe_dict
+    from vlkit.config import VQConfig
+    from vlkit.data.sources import read_samples
+    from vlkit.data.synth import generate_dataset
+    from vlkit.train.trainer import Recipe, train
+    from vlkit.train.vq_trainer import train_visual_tokenizer
+
+    patch = 64 // grid
+    data = out / "data"
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    made = sorted(set(tasks) | ({"generation"} if vision_target == "codes" else set()))  # the tokenizer's images
+    generate_dataset(data / "train", n=n * len(made), tasks=made, split="train", seed=0, progress=False)
+    generate_dataset(data / "test", n=2 * test_n, tasks=["generation", "segmentation"], split="test", seed=1,
+                     progress=False)
+    res: dict = {"grid": grid, "tasks": tasks, "vision_target": vision_target}
+    spec = recipe_dict(data, out, False, RECIPE, out / "vq")
+    if vision_target == "codes":
+        images = [s["images"][0] for s in read_samples(data / "train") if s.get("task") == "generation"]
+        images = images[:vq_images]  # held in memory as float tensors: 200,000 would take 10 GB
+        cfg = VQConfig(codebook_size=256, code_dim=32, depth=1, hidden_size=64, num_layers=2, downsample=patch,
+                       image_size=64, ema_decay=0.8, dead_code_threshold=0.05)
+        vq = train_visual_tokenizer(cfg, images, steps=vq_steps, batch_size=32, lr=2e-3, out_dir=out / "vq",
+                                    warmup_steps=50, progress=False)
+        res.update({"vq_psnr": round(vq["psnr"], 2), "vq_usage": round(vq["codebook_usage"], 3),
+                    "vq_ceiling_gen_correct": round(tokenizer_ceiling(out / "vq", data / "test"), 3)})
+    else:
+        spec["model"]["vision_target"] = "none"
+        spec.pop("vq")
+    t_vq = time.perf_counter() - t0
+    spec["model"]["vision"]["patch_size"] = patch
+    stage = spec["stages"][-1]
+    stage["steps"], stage["batch_size"] = steps, batch_size
+    stage["data"]["train"] = [src for src in stage["data"]["train"] if src["tasks"][0] in tasks]
+    if noise_steps:
+        gen_data = [src for src in stage["data"]["train"] if src["tasks"][0] == "generation"]
+        spec["stages"].append(dict(stage, name="prompt-noise", steps=noise_steps, lr=5e-4, warmup_steps=100,
+                                   data=dict(stage["data"], train=gen_data, prompt_noise=0.5)))
+    final = train(Recipe.from_dict(spec), out=out)
+    t_train = time.perf_counter() - t0 - t_vq
+    res.update({"data_and_vq_seconds": round(t_vq, 1), "lm_steps": steps, "noise_steps": noise_steps,
+                "lm_batch_size": batch_size, "train_seconds": round(t_train, 1)})
+    return final, res
+
+
 class Unrefined:
     """The pipeline with `segment(..., refine=False)`: plain bilinear decoding, for comparison."""
 
@@ -105,14 +162,8 @@ class Unrefined:
 
 
 def main() -> None:
-    from vlkit.config import VQConfig
-    from vlkit.data.sources import read_samples
-    from vlkit.data.synth import generate_dataset
     from vlkit.eval.runner import run_eval
     from vlkit.pipeline import load
-    from vlkit.apps.quickstart import recipe_dict
-    from vlkit.train.trainer import Recipe, train
-    from vlkit.train.vq_trainer import train_visual_tokenizer
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", default="/tmp/vluas_gen")
@@ -136,43 +187,11 @@ def main() -> None:
         ap.error("generation needs --vision-target codes")
     if a.noise_steps and "generation" not in tasks:
         ap.error("--noise-steps adds prompt noise to generation prompts: it needs --tasks with generation")
-    patch = 64 // a.grid
     out = Path(a.out)
     data = out / "data"
-    out.mkdir(parents=True, exist_ok=True)
-    t0 = time.perf_counter()
-    made = sorted(set(tasks) | ({"generation"} if a.vision_target == "codes" else set()))  # the tokenizer's images
-    generate_dataset(data / "train", n=a.n * len(made), tasks=made, split="train", seed=0, progress=False)
-    generate_dataset(data / "test", n=2 * a.test_n, tasks=["generation", "segmentation"], split="test", seed=1,
-                     progress=False)
-    res: dict = {"grid": a.grid, "tasks": tasks, "vision_target": a.vision_target}
-    spec = recipe_dict(data, out, False, RECIPE, out / "vq")
-    if a.vision_target == "codes":
-        images = [s["images"][0] for s in read_samples(data / "train") if s.get("task") == "generation"]
-        images = images[:a.vq_images]  # held in memory as float tensors: 200,000 would take 10 GB
-        cfg = VQConfig(codebook_size=256, code_dim=32, depth=1, hidden_size=64, num_layers=2, downsample=patch,
-                       image_size=64, ema_decay=0.8, dead_code_threshold=0.05)
-        vq = train_visual_tokenizer(cfg, images, steps=a.vq_steps, batch_size=32, lr=2e-3, out_dir=out / "vq",
-                                    warmup_steps=50, progress=False)
-        res.update({"vq_psnr": round(vq["psnr"], 2), "vq_usage": round(vq["codebook_usage"], 3),
-                    "vq_ceiling_gen_correct": round(tokenizer_ceiling(out / "vq", data / "test"), 3)})
-    else:
-        spec["model"]["vision_target"] = "none"
-        spec.pop("vq")
-    t_vq = time.perf_counter() - t0
-    spec["model"]["vision"]["patch_size"] = patch
-    stage = spec["stages"][-1]
-    stage["steps"], stage["batch_size"] = a.steps, a.batch_size
-    stage["data"]["train"] = [src for src in stage["data"]["train"] if src["tasks"][0] in tasks]
-    if a.noise_steps:
-        gen_data = [src for src in stage["data"]["train"] if src["tasks"][0] == "generation"]
-        spec["stages"].append(dict(stage, name="prompt-noise", steps=a.noise_steps, lr=5e-4, warmup_steps=100,
-                                   data=dict(stage["data"], train=gen_data, prompt_noise=0.5)))
-    final = train(Recipe.from_dict(spec), out=out)
-    t_train = time.perf_counter() - t0 - t_vq
+    final, res = train_model(out, tasks, a.n, a.steps, a.batch_size, a.test_n, a.vq_steps, a.vq_images, a.grid,
+                             a.noise_steps, a.vision_target)
     pipe = load(final)
-    res.update({"data_and_vq_seconds": round(t_vq, 1), "lm_steps": a.steps, "noise_steps": a.noise_steps,
-                "lm_batch_size": a.batch_size, "train_seconds": round(t_train, 1)})
     if "generation" in tasks:
         gen = run_eval(pipe, data / "test", tasks=["generation"], out_dir=out / "eval", progress=False)
         res["gen_correct"] = metric(gen, "generation", "gen_correct")

@@ -138,3 +138,42 @@ def generate_codes(model, cond: Sequence[int], uncond: Sequence[int], num_codes:
         hidden = model.decode_codes(codes, cache, next_pos)
         next_pos = next_pos + 1
     return torch.stack(out)
+
+
+@torch.no_grad()
+def sample_code_rows(model, prompts: Sequence[Sequence[int]], num_codes: int, gen: ImageGenerationConfig,
+                     pad_id: int, images: Sequence[Sequence[torch.Tensor]] = ()) -> torch.Tensor:
+    """Unguided, batched visual-code sampling (a grpo stage's image rollouts): `num_codes` codes (row-major) after
+    each prompt, which ends with `<|gen_start|><|vision_start|>`; every row is its own draw, so a prompt repeated G
+    times gives G images. Code 0 of each position is drawn from `code_logits` (the LM head restricted to the code
+    range) / temperature, top-k and top-p filtered. `images`: each prompt's input images, if it has any.
+    -> (B, num_codes) codebook indices.
+
+    Depth-1 tokenizers only: a depth transformer's residual codes would need their own log-probs in the policy
+    loss. gen.cfg_scale must be 1 (guidance mixes a second, unconditional pass into the sampled distribution)."""
+    gen.validate()
+    if model.code_offset is None:
+        raise UserError("this model does not predict visual codes (vision_target is not 'codes')")
+    if model.depth is not None:
+        raise UserError(f"batched code sampling supports depth-1 visual tokenizers only; this model's has depth "
+                        f"{model.cfg.vq.depth} (residual codes from the depth transformer)")
+    if gen.cfg_scale != 1.0:
+        raise UserError(f"batched code sampling is unguided: cfg_scale must be 1.0, got {gen.cfg_scale}")
+    device = next(model.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(gen.seed) if gen.seed is not None else None
+    pick = GenerationConfig(temperature=gen.temperature, top_k=gen.top_k, top_p=gen.top_p)
+    ids, mask = left_pad(prompts, pad_id)
+    cache = model.new_cache()
+    flat_images = [img.to(device) for row in images for img in row]
+    hidden, next_pos = model.prefill(ids.to(device), cache, attention_mask=mask.to(device), images=flat_images,
+                                     hidden=True)
+    out = []
+    for i in range(num_codes):
+        codes = sample_tokens(model.code_logits(hidden), pick, generator)  # (B,)
+        out.append(codes)
+        if i + 1 == num_codes:
+            break
+        hidden = model.step_hidden(model.embed_codes(codes[:, None, None]), cache, next_pos[:, None],
+                                   attention_mask=torch.ones_like(next_pos)[:, None])
+        next_pos = next_pos + 1
+    return torch.stack(out, 1)

@@ -5,9 +5,13 @@ One optimizer step, on each rank's share of the step's prompts (docs/rl.md, "The
 1. Rollouts. Each prompt (a sample up to its first assistant answer, with its images) is sampled G times
    (grpo.num_generations) with vlkit's batched KV-cache generation (temperature, top-p), the model in eval mode and
    a generator seeded by (train.seed, global step, rank), so a resumed run samples exactly what the uninterrupted
-   one sampled. Completions keep their stop token when they have one.
-2. Rewards. Each completion is decoded (special tokens dropped) into a `Rollout` and scored by the stage's
-   weighted rewards (vlkit.eval.rewards.score).
+   one sampled. Completions keep their stop token when they have one. A prompt whose answer is an image (VLUAS:
+   the first assistant answer opens with `<|gen_start|>`) continues after `<|gen_start|><|vision_start|>` with
+   one visual code per image token instead (vlkit.infer.generate.sample_code_rows: code 0 from the LM head
+   restricted to the code range, unguided, depth-1 tokenizers only); its completion is those code tokens.
+2. Rewards. Each completion is decoded into a `Rollout` and scored by the stage's weighted rewards
+   (vlkit.eval.rewards.score): text with special tokens dropped, codes by the visual tokenizer into
+   `Rollout.image` (a PIL image).
 3. Advantages, per group of G: A = (r - mean) / (std + 1e-4), or r - mean with scale_rewards: false (Dr. GRPO).
    A group whose completions all got the same reward teaches nothing (A = 0).
 4. The loss, on prompt + completion sequences run teacher-forced through the policy (with the images):
@@ -15,7 +19,9 @@ One optimizer step, on each rank's share of the step's prompts (docs/rl.md, "The
        loss_t = -min(ratio * A, clip(ratio, 1 - epsilon, 1 + epsilon_high) * A) + beta * KL_t(policy || ref).
    There is one policy update per batch of rollouts, so logp_old is the detached logp of the same forward and the
    ratio is 1: the clipped form is kept as TRL keeps it with num_iterations 1 (its gradient is A * grad logp).
-   The reference is a frozen copy of the model at the stage start, built only when beta > 0. `sequence`
+   logp is taken over what the token could have been sampled from: text ids (without the pads) for a text
+   token, the code range for a code token. The reference is a frozen copy of the model at the stage start, built
+   only when beta > 0. `sequence`
    averaging takes the mean over each completion's tokens, then over completions (GRPO); `token` sums over all
    completion tokens and divides by their number (DAPO).
 
@@ -140,6 +146,13 @@ class GRPOStep:
         # a sampled image or video pad would have no image to fill it in the teacher-forced pass: never sampled
         mcfg = model.cfg
         self.gen.suppress_token_ids = tuple(t for t in (mcfg.image_token_id, mcfg.video_token_id) if t is not None)
+        # what each sampled token was drawn from, for its log-prob: text ids without the pads, or the code range
+        ids = torch.arange(mcfg.text.vocab_size)
+        self.text_ids = ids < (self.gen.vocab_limit if self.gen.vocab_limit is not None else mcfg.text.vocab_size)
+        self.text_ids[list(self.gen.suppress_token_ids)] = False
+        self.code_ids = None
+        if model.code_offset is not None:
+            self.code_ids = (ids >= model.code_offset) & (ids < model.code_offset + mcfg.vq.codebook_size)
         self.reference = None
         if self.cfg.beta > 0:
             self.reference = self._frozen_copy(model)
@@ -178,35 +191,53 @@ class GRPOStep:
             return ex.images
         return ex.images[:sum(len(image_spans(prompt, t)) for t in pads)]  # one run of pads per image, in order
 
+    def draws_image(self, ex: Example) -> bool:
+        """Whether `ex`'s first assistant answer is an image to generate (VLUAS): its rollouts sample visual codes."""
+        return bool(ex.target_images) and ex.prompt_length < len(ex.input_ids) \
+            and ex.input_ids[ex.prompt_length] == self.tokenizer.gen_start_id
+
     @torch.no_grad()
     def rollouts(self, mine: list[Example], global_step: int) -> Rollouts:
         from vlkit.infer.generate import generate_stream
 
-        G, model = self.cfg.num_generations, self.model
+        G, model, tok = self.cfg.num_generations, self.model, self.tokenizer
         prompts, pixels = [], []
         for ex in mine:
             if ex.sample is None:
                 raise UserError(f"sample {ex.sample_id}: a grpo stage scores completions against their samples; "
                                 "encode its data with keep_samples=True (train() does)")
             ids = ex.input_ids[:ex.prompt_length]
-            images = [self.collate.normalize(im).to(self.trainer.device) for im in self.prompt_images(ex, ids)]
+            px = [self.collate.normalize(im).to(self.trainer.device) for im in self.prompt_images(ex, ids)]
+            if self.draws_image(ex):  # the answer opens an image: the codes that follow are what is sampled
+                ids = ids + [tok.gen_start_id, tok.vision_start_id]
             prompts += [ids] * G
-            pixels += [images] * G
+            pixels += [px] * G
+        drawn = [r for r in range(len(prompts)) if self.draws_image(mine[r // G])]
+        written = [r for r in range(len(prompts)) if not self.draws_image(mine[r // G])]
         gen = copy.copy(self.gen)
         gen.seed = self.seed(global_step)
         completions: list[list[int]] = [[] for _ in prompts]
+        pictures: dict[int, object] = {}  # row -> its image (image rollouts)
         was_training = model.training
         model.eval()
         try:
             with self.trainer.autocast():
-                for row, tok in generate_stream(model, prompts, pixels, gen, self.tokenizer.pad_id):
-                    completions[row].append(tok)
+                if written:
+                    for row, t in generate_stream(model, [prompts[r] for r in written], [pixels[r] for r in written],
+                                                  gen, tok.pad_id):
+                        completions[written[row]].append(t)
+                if drawn:
+                    drawings = self.draw([prompts[r] for r in drawn], [pixels[r] for r in drawn], gen.seed,
+                                         mine[drawn[0] // G])
+                    for r, (codes, picture) in zip(drawn, drawings):
+                        completions[r], pictures[r] = codes, picture
         finally:
             model.train(was_training)
         stops = set(gen.stop_token_ids)
-        rollouts = [Rollout(self.tokenizer.decode([t for t in c if t not in stops], skip_special=True).strip(),
-                            mine[i // G].sample, self.cfg.answer_format)
-                    for i, c in enumerate(completions)]
+        texts = ["" if r in pictures else tok.decode([t for t in c if t not in stops], skip_special=True).strip()
+                 for r, c in enumerate(completions)]
+        rollouts = [Rollout(text, mine[r // G].sample, self.cfg.answer_format, image=pictures.get(r))
+                    for r, text in enumerate(texts)]
         totals, parts = score(rollouts, self.cfg.rewards)
         rewards = torch.tensor(totals, dtype=torch.float64).view(len(mine), G)
         advantages = group_advantages(rewards, self.cfg.scale_rewards).flatten().float()
@@ -218,6 +249,29 @@ class GRPOStep:
                 "completion_tokens": float(sum(len(c) for c in completions)),
                 **{f"reward/{name}": float(sum(values)) for name, values in parts.items()}}
         return Rollouts(sequences, advantages, sums)
+
+    def draw(self, prompts: list[list[int]], pixels: list[list[torch.Tensor]], seed: int,
+             first: Example) -> list[tuple[list[int], object]]:
+        """Image rollouts: visual codes sampled after each prompt (unguided, the stage's temperature and top-p), as
+        (code token ids, the PIL image the visual tokenizer decodes them to) per prompt."""
+        from vlkit.config import ImageGenerationConfig
+        from vlkit.infer.generate import sample_code_rows
+        from vlkit.models.vq import tensor_to_pil
+
+        vq = self.trainer.pipe.vq
+        if vq is None or self.model.code_offset is None:
+            raise UserError(f"sample {first.sample_id}: its answer is an image, which a grpo stage can sample only "
+                            "with a VLUAS model (vision_target: codes) and its visual tokenizer (vq/)")
+        if self.model.depth is not None:
+            raise UserError(f"sample {first.sample_id}: grpo image rollouts support depth-1 visual tokenizers only "
+                            f"(this one has vq.depth={self.model.cfg.vq.depth}: the depth transformer's residual "
+                            "codes would need their own log-probs in the loss)")
+        gen = ImageGenerationConfig(cfg_scale=1.0, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
+                                    seed=seed)
+        codes = sample_code_rows(self.model, prompts, vq.num_codes, gen, self.tokenizer.pad_id, pixels)
+        with torch.autocast(codes.device.type, enabled=False):
+            pictures = tensor_to_pil(vq.decode_codes(codes.to(vq.quantizer.codebook.device)))
+        return [((c + self.model.code_offset).tolist(), p) for c, p in zip(codes, pictures)]
 
     def step(self, ddp, mine: list[Example], global_step: int) -> tuple[float, float, dict]:
         """Rollouts, rewards and one accumulated backward pass over this rank's share of the step's prompts.
@@ -243,22 +297,12 @@ class GRPOStep:
     def _loss(self, ddp, sequences: list[Example], advantages: torch.Tensor, sums: dict) -> torch.Tensor:
         """The loss numerator (loss_sum) of a micro-batch of completions; adds its metric sums into `sums`."""
         cfg = self.cfg
-        batch = self.collate(sequences).to(self.trainer.device)
-        target = batch.labels[:, 1:]
-        keep = target != IGNORE
-        at = torch.zeros_like(batch.labels, dtype=torch.bool)
-        at[:, :-1] = keep  # the logits at t score the token at t + 1
-        tokens = target[keep]
-        seq = torch.arange(len(sequences), device=keep.device)[:, None].expand_as(keep)[keep]
-        lengths = keep.sum(1)
-        with self.trainer.autocast():
-            logits = ddp(batch.input_ids, batch.images, logits_at=at)["logits"]
-        logp, entropy = self._token_logprobs(logits, tokens)
+        batch, at, tokens, seq, lengths = self.targets(sequences)
+        logp, entropy = self.logprobs(ddp, batch, at, tokens)
         per_token, clipped = clipped_objective(logp, logp.detach(), advantages[seq], cfg.epsilon, cfg.clip_high)
         if self.reference is not None:
-            with torch.no_grad(), self.trainer.autocast():
-                ref_logits = self.reference(batch.input_ids, batch.images, logits_at=at)["logits"]
-            ref_logp, _ = self._token_logprobs(ref_logits, tokens)
+            with torch.no_grad():
+                ref_logp, _ = self.logprobs(self.reference, batch, at, tokens)
             kl = kl_estimate(logp, ref_logp, cfg.kl_estimator)
             per_token = per_token + cfg.beta * kl
             sums["kl"] += float(kl.detach().sum())
@@ -268,15 +312,34 @@ class GRPOStep:
         sums["entropy"] += float(entropy.sum())
         return part
 
+    def targets(self, sequences: list[Example]):
+        """The collated micro-batch and what the loss scores in it: (batch, at (B, T) the positions whose logits
+        score a completion token, those tokens (M,), each one's completion (M,), each completion's length (n,))."""
+        batch = self.collate(sequences).to(self.trainer.device)
+        target = batch.labels[:, 1:]
+        keep = target != IGNORE
+        at = torch.zeros_like(batch.labels, dtype=torch.bool)
+        at[:, :-1] = keep  # the logits at t score the token at t + 1
+        seq = torch.arange(len(sequences), device=keep.device)[:, None].expand_as(keep)[keep]
+        return batch, at, target[keep], seq, keep.sum(1)
+
+    def logprobs(self, module, batch, at: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The completion tokens' log-probs under `module` (the policy, DDP-wrapped or not, or the reference),
+        teacher-forced with the prompts' images, and each position's entropy."""
+        with self.trainer.autocast():
+            logits = module(batch.input_ids, batch.images, logits_at=at)["logits"]
+        return self._token_logprobs(logits, tokens)
+
     def _token_logprobs(self, logits: torch.Tensor, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Log-probs of `tokens` under logits (M, V) / temperature (the distribution they were sampled from, before
-        top-p), and each position's entropy (detached)."""
-        logits = logits.float()  # the policy scores what it could sample: text ids only, without the pads
-        if self.gen.vocab_limit is not None:
-            logits = logits[:, :self.gen.vocab_limit]
-        if self.gen.suppress_token_ids:
-            logits = logits.index_fill(1, torch.tensor(self.gen.suppress_token_ids, device=logits.device),
-                                       float("-inf"))
+        top-p), and each position's entropy (detached) over that distribution."""
+        # the policy scores what it could sample: text ids without the pads for a text token, the code range for
+        # a visual code (image rollouts; text ids are all below the codes)
+        allowed = self.text_ids.to(logits.device)[None]
+        if self.code_ids is not None:
+            is_code = tokens >= self.model.code_offset
+            allowed = torch.where(is_code[:, None], self.code_ids.to(logits.device)[None], allowed)
+        logits = logits.float().masked_fill(~allowed, float("-inf"))
         logprobs = torch.log_softmax(logits / self.cfg.temperature, dim=-1)
         entropy = torch.special.entr(logprobs.detach().exp()).sum(-1)  # -p log p, 0 where p = 0
         return logprobs.gather(1, tokens[:, None]).squeeze(1), entropy

@@ -10,6 +10,7 @@ learns from their rewards instead (vlkit/train/grpo.py); the loop around it is t
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import math
@@ -450,7 +451,9 @@ def train(recipe: Recipe, out: Optional[str | Path] = None, resume: bool = False
             continue
         enc_stats = EncodeStats()
         rollouts = stage_kind(stage).samples_rollouts
-        feed = load_feed(pipe, stage.data, recipe.train.seed + i, enc_stats, order_seed=recipe.train.seed,
+        # a rollout's prompt is scored against its sample: never blanked (prompt dropout is for guidance in SFT)
+        data = dataclasses.replace(stage.data, prompt_dropout=0.0) if rollouts else stage.data
+        feed = load_feed(pipe, data, recipe.train.seed + i, enc_stats, order_seed=recipe.train.seed,
                          keep_samples=rollouts, answer_format=stage.grpo.answer_format if rollouts else "plain")
         if feed.length is not None:
             log.info("stage %s: %d records indexed, streamed with %d DataLoader worker(s)", stage.name, feed.length,
