@@ -1,3 +1,7 @@
+import importlib.util
+import sys
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -28,3 +32,17 @@ def make_model(tokenizer):
         return VisionLanguageModel(cfg).eval()
 
     return make
+
+
+def load_benchmark(name: str):
+    """benchmarks/<name>.py as a module (benchmarks are scripts, not a package; they import their sibling arms.py)."""
+    bench = Path(__file__).resolve().parents[1] / "benchmarks"
+    sys.path.insert(0, str(bench))
+    spec = importlib.util.spec_from_file_location(name, bench / f"{name}.py")
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # its dataclasses look their module up
+    try:
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(bench))
+    return mod

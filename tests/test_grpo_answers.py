@@ -2,33 +2,22 @@
 evaluation read as right, its budget arithmetic and its pairing (by sample and by seed). Nothing is trained here."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_benchmark
 from vlkit.config import Recipe
 from vlkit.data.synth.stream import synth_stream
 from vlkit.eval.answer_formats import ANSWER_FORMATS, parse_completion
 from vlkit.eval.rewards import Rollout, score
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def bench():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # its sibling arms.py
-    spec = importlib.util.spec_from_file_location("grpo_answers", ROOT / "benchmarks" / "grpo_answers.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up
-    try:
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return mod
+    return load_benchmark("grpo_answers")
 
 
 def test_arms_are_the_intended_stages(bench, tmp_path):

@@ -2,30 +2,19 @@
 aggregation pairs arms by seed. Nothing is trained here."""
 from __future__ import annotations
 
-import importlib.util
 import math
 import statistics
-import sys
-from pathlib import Path
 
 import pytest
 
+from tests.conftest import load_benchmark
 from vlkit.config import Recipe
 
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
 def ablation():
-    sys.path.insert(0, str(ROOT / "benchmarks"))  # its sibling arms.py
-    spec = importlib.util.spec_from_file_location("vluas_ablation", ROOT / "benchmarks" / "vluas_ablation.py")
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # its dataclasses look their module up
-    try:
-        spec.loader.exec_module(mod)
-    finally:
-        sys.path.remove(str(ROOT / "benchmarks"))
-    return mod
+    return load_benchmark("vluas_ablation")
 
 
 def stream(stage: dict) -> dict:
