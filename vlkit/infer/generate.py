@@ -173,7 +173,6 @@ def sample_code_rows(model, prompts: Sequence[Sequence[int]], num_codes: int, ge
         out.append(codes)
         if i + 1 == num_codes:
             break
-        hidden = model.step_hidden(model.embed_codes(codes[:, None, None]), cache, next_pos[:, None],
-                                   attention_mask=torch.ones_like(next_pos)[:, None])
+        hidden = model.decode_codes(codes[:, None], cache, next_pos)
         next_pos = next_pos + 1
     return torch.stack(out, 1)

@@ -279,8 +279,8 @@ class VisionLanguageModel(nn.Module):
                                  attention_mask=torch.ones_like(tokens)[:, None])
 
     def decode_codes(self, codes: torch.Tensor, cache: KVCache, positions: torch.Tensor) -> torch.Tensor:
-        """Feed one visual-code token (1, D), the same in every row of the cache, at `positions` (B,) -> the
-        hidden state that predicts the next code (B, H)."""
+        """Feed one visual-code token at `positions` (B,): codes (1, D), the same in every row of the cache, or
+        (B, D), one per row -> the hidden state that predicts the next code (B, H)."""
         emb = self.embed_codes(codes[:, None]).expand(positions.shape[0], 1, -1)
         return self.step_hidden(emb, cache, positions[:, None], attention_mask=torch.ones_like(positions)[:, None])
 
