@@ -145,6 +145,14 @@ def _answer(rollout: Rollout, kind: str) -> Optional[str]:
     return None if answer is None else _eval_task(rollout, kind).extract(answer)
 
 
+def _on_answer(rollout: Rollout, name: str, kind: str, metric: Callable[[str, list], float]) -> float:
+    """`metric(answer, meta["answers"])` for the reward `name`, the answer read as eval task `kind` reads it; 0 when
+    it does not parse (the ground truth is checked first, so a sample without it is an error either way)."""
+    answers = _answers(rollout, name)
+    answer = _answer(rollout, kind)
+    return 0.0 if answer is None else float(metric(answer, answers))
+
+
 # ---------------------------------------------------------------------------------------------------------
 # accuracy rewards: the eval metrics (vlkit.eval.metrics) on the rollout's answer; 0 when it does not parse
 
@@ -152,9 +160,7 @@ def _answer(rollout: Rollout, kind: str) -> Optional[str]:
 @reward("vqa_exact")
 def vqa_exact(rollout: Rollout) -> float:
     """VQA accuracy (official VQAv2 rule, the vqa task's headline `vqa_acc`) against meta["answers"]."""
-    answers = _answers(rollout, "vqa_exact")
-    answer = _answer(rollout, "vqa")
-    return 0.0 if answer is None else M.vqa_accuracy(answer, answers, "official")
+    return _on_answer(rollout, "vqa_exact", "vqa", lambda a, refs: M.vqa_accuracy(a, refs, "official"))
 
 
 def _boxes(sample: dict) -> list:
@@ -183,43 +189,32 @@ def grounding_acc50(rollout: Rollout) -> float:
 @reward("ocr_exact")
 def ocr_exact(rollout: Rollout) -> float:
     """Case-sensitive exact match with one of meta["answers"] (the ocr task's exact_match)."""
-    answers = _answers(rollout, "ocr_exact")
-    answer = _answer(rollout, "ocr")
-    return 0.0 if answer is None else M.exact_match(answer, answers, case_sensitive=True)
+    return _on_answer(rollout, "ocr_exact", "ocr", lambda a, refs: M.exact_match(a, refs, case_sensitive=True))
 
 
 @reward("ocr_cer")
 def ocr_cer(rollout: Rollout) -> float:
     """1 - the character error rate against the closest of meta["answers"], clipped to [0, 1]."""
-    answers = _answers(rollout, "ocr_cer")
-    answer = _answer(rollout, "ocr")
-    if answer is None:
-        return 0.0
-    return min(1.0, max(0.0, 1.0 - min(M.cer(answer, a) for a in answers)))
+    return _on_answer(rollout, "ocr_cer", "ocr",
+                      lambda a, refs: min(1.0, max(0.0, 1.0 - min(M.cer(a, r) for r in refs))))
 
 
 @reward("anls")
 def anls(rollout: Rollout) -> float:
     """ANLS against meta["answers"] (the doc and receipt tasks' headline)."""
-    answers = _answers(rollout, "anls")
-    answer = _answer(rollout, "doc")
-    return 0.0 if answer is None else M.anls(answer, answers)
+    return _on_answer(rollout, "anls", "doc", M.anls)
 
 
 @reward("relaxed_acc")
 def relaxed_acc(rollout: Rollout) -> float:
     """ChartQA relaxed accuracy (numbers within 5%) against meta["answers"] (the chart task's headline)."""
-    answers = _answers(rollout, "relaxed_acc")
-    answer = _answer(rollout, "chart")
-    return 0.0 if answer is None else M.relaxed_accuracy(answer, answers)
+    return _on_answer(rollout, "relaxed_acc", "chart", M.relaxed_accuracy)
 
 
 @reward("reg_match")
 def reg_match(rollout: Rollout) -> float:
     """1 when the answer equals one of meta["answers"] after VQA normalization (the reg task's `match`)."""
-    answers = _answers(rollout, "reg_match")
-    answer = _answer(rollout, "reg")
-    return 0.0 if answer is None else M.normalized_match(answer, answers)
+    return _on_answer(rollout, "reg_match", "reg", M.normalized_match)
 
 
 # ---------------------------------------------------------------------------------------------------------
